@@ -1,0 +1,104 @@
+"""The schema of a prepared dataset (``schema.json``): fields, vocabularies, splits, options, hash.
+
+Id conventions shared by every reader, model and search method:
+
+* every field is encoded as int32 ids ``0 .. vocab_size - 1`` local to that field;
+* id ``OOV_ID = 0`` is the out-of-vocabulary id: values seen fewer than ``min_count`` times in the
+  training split, and values never seen in training, share it;
+* id ``MISSING_ID = 1`` is the id of a missing (empty / null) value;
+* ids ``>= FIRST_VALUE_ID`` are the kept values, sorted by descending training frequency (ties by
+  value), so that frequency blocks (MDE) are contiguous id ranges and id order is popularity order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from embdim.errors import DataError
+from embdim.io import atomic_write_json
+
+SCHEMA_FORMAT_VERSION = 1
+OOV_ID = 0
+MISSING_ID = 1
+FIRST_VALUE_ID = 2
+RESERVED_IDS = 2
+
+FieldKind = Literal["categorical", "numeric_bucketed"]
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class FieldSpec:
+    """One input field after preparation."""
+
+    name: str
+    kind: FieldKind
+    vocab_size: int  # including the reserved OOV and missing ids
+    # Summary of the training-split value frequencies: counts of the OOV and missing ids, number of
+    # kept values, share of the most frequent value, frequency quantiles of the kept values.
+    frequency: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vocab_size < RESERVED_IDS:
+            raise ValueError(f"field {self.name!r}: vocab_size {self.vocab_size} < {RESERVED_IDS}")
+
+
+@dataclass
+class Schema:
+    """Everything needed to interpret a prepared dataset's arrays."""
+
+    label: str
+    fields: list[FieldSpec]
+    splits: dict[str, int]  # rows per split
+    options: dict[str, Any]  # the preprocessing options used (format, min_count, split, seed, ...)
+    content_hash: str = ""
+    format_version: int = SCHEMA_FORMAT_VERSION
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def vocab_sizes(self) -> list[int]:
+        return [f.vocab_size for f in self.fields]
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # Keep the version first in the file: it is what a reader checks first.
+        return {"format_version": d.pop("format_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "schema") -> Schema:
+        version = d.get("format_version")
+        if version != SCHEMA_FORMAT_VERSION:
+            raise DataError(f"unsupported schema format_version {version!r} "
+                            f"(this embdim reads {SCHEMA_FORMAT_VERSION})", path=source)
+        try:
+            fields = [FieldSpec(**f) for f in d["fields"]]
+            return cls(label=d["label"], fields=fields, splits=dict(d["splits"]),
+                       options=dict(d.get("options", {})), content_hash=d.get("content_hash", ""),
+                       format_version=version)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"malformed schema: {e}", path=source) from e
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Schema:
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise DataError("no schema.json: not a prepared dataset (was `embdim prepare` run to "
+                            "the end?)", path=str(path)) from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"not valid JSON: {e}", path=str(path)) from e
+        return cls.from_dict(d, source=str(path))

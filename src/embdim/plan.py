@@ -1,0 +1,162 @@
+"""DimensionPlan: the artefact every search method produces (``plan.json``).
+
+A plan says how wide each field's embedding is (``dim = 0`` drops the field), which method and
+options produced it, and which dataset (schema content hash) it was searched on. It is plain, typed
+data: it loads from JSON without executing anything and can be applied to any base model.
+
+Optional parts, filled by the methods that need them:
+
+* ``kept_indices`` (SSEDS): per field, which columns of the pretrained full-width table were kept;
+* ``value_dim_rule`` (MDE, AutoEmb): the rule that maps a value's frequency/popularity to a width;
+* ``extra``: method-specific results (final architecture weights, saliency matrix, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from embdim.errors import EmbdimError, SchemaMismatchError
+from embdim.io import atomic_write_json
+
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass
+class DimensionPlan:
+    """Per-field embedding widths, with provenance."""
+
+    method: str
+    field_names: list[str]
+    vocab_sizes: list[int]
+    dims: list[int]
+    full_dim: int  # the width of the full-dimension (FDE) baseline the plan is compared with
+    schema_hash: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    kept_indices: list[list[int]] | None = None
+    value_dim_rule: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    format_version: int = PLAN_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        n = len(self.field_names)
+        if len(self.vocab_sizes) != n or len(self.dims) != n:
+            raise EmbdimError(f"plan has {n} field names, {len(self.vocab_sizes)} vocab sizes and "
+                              f"{len(self.dims)} dims: they must match")
+        if any(d < 0 for d in self.dims):
+            raise EmbdimError(f"plan dims must be >= 0, got {self.dims}")
+        if all(d == 0 for d in self.dims):
+            raise EmbdimError("plan drops every field")
+        if self.kept_indices is not None:
+            if len(self.kept_indices) != n:
+                raise EmbdimError("kept_indices must have one entry per field")
+            for name, d, idx in zip(self.field_names, self.dims, self.kept_indices, strict=True):
+                if len(idx) != d:
+                    raise EmbdimError(f"field {name!r}: dim {d} but {len(idx)} kept indices")
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def uniform(cls, schema, dim: int, *, method: str = "fde", full_dim: int | None = None,
+                options: dict[str, Any] | None = None) -> DimensionPlan:
+        """Every field at width ``dim`` (the FDE baseline)."""
+        return cls(method=method, field_names=schema.field_names, vocab_sizes=schema.vocab_sizes,
+                   dims=[int(dim)] * schema.num_fields, full_dim=int(full_dim or dim),
+                   schema_hash=schema.content_hash, options=dict(options or {}))
+
+    # ---- derived quantities -------------------------------------------------------------------
+    @property
+    def kept_fields(self) -> list[int]:
+        """Indices of the fields with ``dim > 0``."""
+        return [i for i, d in enumerate(self.dims) if d > 0]
+
+    @property
+    def dropped_fields(self) -> list[str]:
+        return [n for n, d in zip(self.field_names, self.dims, strict=True) if d == 0]
+
+    @property
+    def max_dim(self) -> int:
+        return max(self.dims)
+
+    @property
+    def embedding_params(self) -> int:
+        """Number of embedding-table entries: sum over fields of vocab_size x dim."""
+        return sum(v * d for v, d in zip(self.vocab_sizes, self.dims, strict=True))
+
+    @property
+    def fde_embedding_params(self) -> int:
+        """Entries of the full-dimension baseline: every field at ``full_dim``."""
+        return sum(self.vocab_sizes) * self.full_dim
+
+    def dims_by_field(self) -> dict[str, int]:
+        return dict(zip(self.field_names, self.dims, strict=True))
+
+    # ---- validation against a dataset ---------------------------------------------------------
+    def check_schema(self, schema) -> None:
+        """Refuse a plan made for another dataset, saying what differs."""
+        problems = []
+        if self.field_names != schema.field_names:
+            problems.append(f"fields differ: plan {self.field_names} vs dataset {schema.field_names}")
+        elif self.vocab_sizes != schema.vocab_sizes:
+            diff = [f"{n}: {a} vs {b}" for n, a, b in
+                    zip(self.field_names, self.vocab_sizes, schema.vocab_sizes, strict=True) if a != b]
+            problems.append("vocabulary sizes differ (plan vs dataset): " + ", ".join(diff))
+        if self.schema_hash and schema.content_hash and self.schema_hash != schema.content_hash:
+            problems.append(f"schema hash differs: plan {self.schema_hash} vs dataset "
+                            f"{schema.content_hash}")
+        if problems:
+            raise SchemaMismatchError("plan does not match the dataset: " + "; ".join(problems))
+
+    # ---- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        fields = []
+        for i, (name, vocab, dim) in enumerate(zip(self.field_names, self.vocab_sizes, self.dims,
+                                                   strict=True)):
+            entry: dict[str, Any] = {"name": name, "vocab_size": vocab, "dim": dim}
+            if self.kept_indices is not None:
+                entry["kept_indices"] = list(self.kept_indices[i])
+            fields.append(entry)
+        return {
+            "format_version": self.format_version,
+            "method": self.method,
+            "options": self.options,
+            "schema_hash": self.schema_hash,
+            "full_dim": self.full_dim,
+            "embedding_params": self.embedding_params,
+            "fde_embedding_params": self.fde_embedding_params,
+            "dropped_fields": self.dropped_fields,
+            "fields": fields,
+            "value_dim_rule": self.value_dim_rule,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DimensionPlan:
+        if d.get("format_version") != PLAN_FORMAT_VERSION:
+            raise EmbdimError(f"unsupported plan format_version {d.get('format_version')!r}")
+        try:
+            fields = d["fields"]
+            kept = None
+            if fields and "kept_indices" in fields[0]:
+                kept = [list(map(int, f["kept_indices"])) for f in fields]
+            return cls(method=d["method"], field_names=[f["name"] for f in fields],
+                       vocab_sizes=[int(f["vocab_size"]) for f in fields],
+                       dims=[int(f["dim"]) for f in fields], full_dim=int(d["full_dim"]),
+                       schema_hash=d.get("schema_hash", ""), options=d.get("options") or {},
+                       kept_indices=kept, value_dim_rule=d.get("value_dim_rule"),
+                       extra=d.get("extra") or {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise EmbdimError(f"malformed plan: {e!r}") from e
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> DimensionPlan:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise EmbdimError(f"{path}: plan file not found") from None
+        except json.JSONDecodeError as e:
+            raise EmbdimError(f"{path}: not valid JSON: {e}") from e
