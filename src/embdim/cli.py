@@ -17,7 +17,53 @@ def build_parser() -> argparse.ArgumentParser:
     from embdim.data import prepare_cli
 
     prepare_cli.register(sub)
+
+    run = sub.add_parser("run", help="run one experiment described by a YAML config",
+                         description="Run one experiment: search a dimension plan, retrain, evaluate.")
+    run.add_argument("config", nargs="?", help="experiment YAML (see README); omit to run the demo")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set method.name=fde --set train.lr=0.01")
+    run.add_argument("--out", help="run folder (default: runs/<config name>-<method>-<model>)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out from its last checkpoint")
+    run.set_defaults(handler=_cmd_run)
+
+    demo = sub.add_parser("demo", help="synthetic data with planted truth, a few methods, a table")
+    demo.add_argument("--out", default="runs/demo", help="demo folder (a fresh one if it exists)")
+    demo.add_argument("--rows", type=int, default=200_000, help="synthetic rows (default 200000)")
+    demo.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    demo.add_argument("--model", default="deepfm", help="base model (default deepfm)")
+    demo.add_argument("--seed", type=int, default=2022)
+    demo.set_defaults(handler=_cmd_demo)
     return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from embdim.config import load_config
+    from embdim.experiment import run_experiment
+
+    if args.config is None and not args.overrides:
+        return _cmd_demo(argparse.Namespace(out="runs/demo", rows=200_000, epochs=3,
+                                            model="deepfm", seed=2022, quiet=args.quiet))
+    cfg = load_config(args.config, args.overrides)
+    out = args.out
+    if out is None:
+        stem = Path(args.config).stem if args.config else "run"
+        out = f"runs/{stem}-{cfg.method['name']}-{cfg.model.name}"
+    metrics = run_experiment(cfg, out, resume=args.resume, quiet=args.quiet)
+    print(f"test_auc={metrics['test_auc']:.5f} test_logloss={metrics['test_logloss']:.5f} "
+          f"embedding_params={metrics['embedding_params']:,} -> {out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from embdim.demo import run_demo
+
+    run_demo(args.out, rows=args.rows, epochs=args.epochs, model=args.model, seed=args.seed,
+             quiet=args.quiet)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

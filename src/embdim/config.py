@@ -1,0 +1,141 @@
+"""Experiment configuration: the YAML shape of DESIGN.md, with defaults and validation.
+
+.. code-block:: yaml
+
+    data:   {path: prepared/ml-1m}
+    model:  {name: deepfm, mlp: [128, 128], dropout: 0.2, batch_norm: true}
+    method: {name: fde, candidates: [2, 8, 16, 24, 32]}
+    train:  {batch_size: 2000, lr: 0.001, epochs: 10, early_stop: 2, seed: 2022, device: cpu}
+
+``--set section.key=value`` overrides any key; the value is parsed as YAML (``--set
+model.mlp=[64,64]``). Unknown sections or keys are refused with the list of valid ones. The method
+section is validated by the method itself (each method declares its own options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from embdim.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # a folder written by `embdim prepare` (or the demo's synthetic data)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 2000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 10
+    early_stop: int = 2  # epochs without validation-AUC improvement before stopping; 0 = never
+    seed: int = 2022
+    device: str = "cpu"
+    eval_batch_size: int = 16384
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    log_every: int = 50  # steps between progress/loss-finiteness checks
+    max_steps_per_epoch: int = 0  # 0 = the whole training split each epoch
+
+    def validate(self) -> None:
+        if self.batch_size <= 0 or self.eval_batch_size <= 0:
+            raise ConfigError("train.batch_size and train.eval_batch_size must be positive")
+        if self.lr <= 0:
+            raise ConfigError("train.lr must be positive")
+        if self.epochs <= 0:
+            raise ConfigError("train.epochs must be positive")
+        if self.early_stop < 0:
+            raise ConfigError("train.early_stop must be >= 0 (0 = off)")
+        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
+            raise ConfigError(f"train.device {self.device!r}: expected cpu, cuda, cuda:N or mps")
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None  # embdim.nn.models.ModelOptions
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "fde"})
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": asdict(self.data), "model": asdict(self.model), "method": dict(self.method),
+                "train": asdict(self.train)}
+
+
+SECTIONS = ("data", "model", "method", "train")
+
+
+def _dataclass_from(cls, d: dict[str, Any], section: str):
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - valid)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in section '{section}'; valid keys: "
+                          f"{sorted(valid)}")
+    return cls(**d)
+
+
+def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate an ExperimentConfig from a plain dict (parsed YAML)."""
+    from embdim.nn.models import ModelOptions
+
+    if not isinstance(d, dict):
+        raise ConfigError("the config must be a mapping with sections " + ", ".join(SECTIONS))
+    unknown = sorted(set(d) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {list(SECTIONS)}")
+    for s in SECTIONS:
+        if d.get(s) is not None and not isinstance(d[s], dict):
+            raise ConfigError(f"section '{s}' must be a mapping, got {d[s]!r}")
+    data = _dataclass_from(DataConfig, d.get("data") or {}, "data")
+    model = ModelOptions.from_dict(dict(d.get("model") or {"name": "deepfm"}))
+    method = dict(d.get("method") or {"name": "fde"})
+    method.setdefault("name", "fde")
+    train = _dataclass_from(TrainConfig, d.get("train") or {}, "train")
+    train.validate()
+    return ExperimentConfig(data=data, model=model, method=method, train=train)
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a config dict in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. method.name=sseds")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) < 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: key must be section.name, e.g. train.lr=0.01")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
+        node = d
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+            node = node[p]
+        node[parts[-1]] = value
+    return d
+
+
+def load_config_dict(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    if path is not None:
+        try:
+            d = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return apply_overrides(d, list(overrides or []))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config, apply ``--set`` overrides, validate."""
+    return config_from_dict(load_config_dict(path, overrides))

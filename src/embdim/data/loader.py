@@ -1,0 +1,113 @@
+"""Mini-batches from a prepared split: array slices, no per-row Python.
+
+Two modes, chosen by the split's size:
+
+* **in memory** (default when the split fits in ``max_memory_bytes``): the split's arrays are
+  copied once into torch tensors (on the training device, so a GPU gets its data already there);
+  each epoch draws a permutation from a generator seeded by ``(seed, epoch)``, and a batch is one
+  ``index_select`` of that permutation's slice.
+* **out of core** (a split larger than that): the memory-mapped arrays are read block by block
+  (``block_rows`` contiguous rows, blocks in a seeded random order, rows shuffled inside a block),
+  so memory stays bounded by the block size whatever the number of rows.
+
+Both modes are deterministic functions of ``(seed, epoch)``: resuming at epoch ``e`` replays the
+same batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from embdim.data.dataset import SplitArrays
+
+DEFAULT_MAX_MEMORY_BYTES = 8 << 30
+DEFAULT_BLOCK_ROWS = 1 << 18
+
+
+def _generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
+    g = torch.Generator(device="cpu")
+    g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1))
+    return g
+
+
+class BatchLoader:
+    """Iterate ``(ids int32 [B, F], labels float32 [B])`` over one split.
+
+    ``loader.epoch(e)`` yields the batches of epoch ``e``; ``len(loader)`` is the number of
+    batches per epoch. With ``shuffle=False`` rows come in file order (evaluation).
+    """
+
+    def __init__(self, split: SplitArrays, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 device: str | torch.device = "cpu", drop_last: bool = False,
+                 max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+                 block_rows: int = DEFAULT_BLOCK_ROWS):
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = torch.device(device)
+        self.drop_last = drop_last
+        self.rows = len(split)
+        self.block_rows = max(int(block_rows), self.batch_size)
+        nbytes = split.x.nbytes + split.y.nbytes
+        self.in_memory = nbytes <= max_memory_bytes
+        self._split = split
+        if self.in_memory:
+            self._x = torch.from_numpy(np.ascontiguousarray(split.x)).to(self.device)
+            self._y = torch.from_numpy(np.ascontiguousarray(split.y)).to(self.device)
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.rows // self.batch_size
+        return -(-self.rows // self.batch_size)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.in_memory:
+            yield from self._epoch_in_memory(epoch)
+        else:
+            yield from self._epoch_out_of_core(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.epoch(0)
+
+    # ---- in memory ------------------------------------------------------------------------------
+    def _epoch_in_memory(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, b = self.rows, self.batch_size
+        stop = (n // b) * b if self.drop_last else n
+        if not self.shuffle:
+            for start in range(0, stop, b):
+                yield self._x[start:start + b], self._y[start:start + b]
+            return
+        perm = torch.randperm(n, generator=_generator(self.seed, epoch)).to(self.device)
+        for start in range(0, stop, b):
+            idx = perm[start:start + b]
+            yield self._x.index_select(0, idx), self._y.index_select(0, idx)
+
+    # ---- out of core ----------------------------------------------------------------------------
+    def _epoch_out_of_core(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, b = self.rows, self.batch_size
+        starts = np.arange(0, n, self.block_rows)
+        g = _generator(self.seed, epoch)
+        if self.shuffle:
+            starts = starts[torch.randperm(len(starts), generator=g).numpy()]
+        carry_x: torch.Tensor | None = None
+        carry_y: torch.Tensor | None = None
+        for s in starts:
+            x = torch.from_numpy(np.array(self._split.x[s:s + self.block_rows]))
+            y = torch.from_numpy(np.array(self._split.y[s:s + self.block_rows]))
+            if self.shuffle:
+                p = torch.randperm(len(y), generator=g)
+                x, y = x.index_select(0, p), y.index_select(0, p)
+            if carry_x is not None:
+                x, y = torch.cat([carry_x, x]), torch.cat([carry_y, y])
+            full = (len(y) // b) * b
+            for start in range(0, full, b):
+                yield (x[start:start + b].to(self.device, non_blocking=True),
+                       y[start:start + b].to(self.device, non_blocking=True))
+            carry_x, carry_y = x[full:], y[full:]
+        if carry_y is not None and len(carry_y) and not self.drop_last:
+            yield carry_x.to(self.device), carry_y.to(self.device)

@@ -1,0 +1,154 @@
+"""One experiment = one run folder: config -> search -> plan -> retrain -> evaluate -> metrics.
+
+Run folder contents::
+
+    config.yaml      the fully resolved configuration (every default written out)
+    plan.json        the DimensionPlan the method produced
+    metrics.json     test AUC / Logloss, parameter counts, timings, seed, versions
+    log.txt          what was printed, one line per event
+    checkpoints/     last.pt (every epoch, for --resume) and best.pt (best validation AUC)
+
+Every file is written atomically; ``metrics.json`` is written last, so its presence marks a
+finished run.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+import embdim
+from embdim.config import ExperimentConfig, config_from_dict
+from embdim.data.dataset import PreparedDataset
+from embdim.errors import ConfigError
+from embdim.io import atomic_write_json, atomic_write_yaml
+from embdim.nn.models import build_model
+from embdim.plan import DimensionPlan
+from embdim.search import SearchContext, make_method
+from embdim.train.trainer import Trainer, seed_everything
+
+
+def versions() -> dict[str, str]:
+    return {"embdim": embdim.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": sys.version.split()[0], "platform": platform.platform()}
+
+
+class RunLog:
+    """Appends timestamped lines to ``log.txt`` (and nothing else: the trainer prints)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, msg: str) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path, "a") as f:
+            f.write(f"{stamp} {msg}\n")
+
+
+def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
+    cfg_path = run_dir / "config.yaml"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not resume:
+            state = "finished" if (run_dir / "metrics.json").exists() else "unfinished"
+            raise ConfigError(f"run folder {run_dir} already holds an {state} run; pass --resume to "
+                              "continue it, or choose another --out")
+        if cfg_path.exists():
+            old = yaml.safe_load(cfg_path.read_text())
+            if old != cfg.to_dict():
+                diff = _dict_diff(old, cfg.to_dict())
+                raise ConfigError(f"cannot resume {run_dir}: its config differs in {diff}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(cfg_path, cfg.to_dict())
+
+
+def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _dict_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, *,
+                   resume: bool = False, quiet: bool = False) -> dict[str, Any]:
+    """Run one experiment into ``run_dir`` and return its metrics (also in metrics.json)."""
+    if isinstance(cfg, dict):
+        cfg = config_from_dict(cfg)
+    if not cfg.data.path:
+        raise ConfigError("data.path is not set: point it at a folder written by `embdim prepare`")
+    run_dir = Path(run_dir)
+    dataset = PreparedDataset(cfg.data.path)
+    method = make_method(cfg.method)
+    _prepare_run_dir(run_dir, cfg, resume)
+    log = RunLog(run_dir / "log.txt")
+    log(f"embdim {embdim.__version__}: {cfg.method['name']} on {cfg.model.name}, data "
+        f"{cfg.data.path} (schema {dataset.schema.content_hash}), seed {cfg.train.seed}")
+
+    # ---- search (or reuse the plan of an interrupted run) -------------------------------------
+    plan_path = run_dir / "plan.json"
+    seed_everything(cfg.train.seed)
+    if resume and plan_path.exists():
+        plan = DimensionPlan.load(plan_path)
+        plan.check_schema(dataset.schema)
+        search_seconds = float(plan.extra.get("search_seconds", 0.0))
+        log(f"reusing {plan_path}")
+    else:
+        ctx = SearchContext(model_options=cfg.model, train=cfg.train, work_dir=run_dir / "search",
+                            quiet=quiet, log=log)
+        t0 = time.perf_counter()
+        plan = method.search(dataset, ctx)
+        search_seconds = time.perf_counter() - t0
+        plan.extra["search_seconds"] = search_seconds
+        plan.save(plan_path)
+    log(f"plan: dims {plan.dims_by_field()}; embedding params {plan.embedding_params} "
+        f"({plan.embedding_params / max(1, plan.fde_embedding_params):.1%} of full dimension)")
+
+    # ---- retrain the base model with the plan -------------------------------------------------
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model.name, dataset.schema, plan, options=cfg.model)
+    fingerprint = {"model": cfg.model.name, "dims": list(plan.dims), "seed": cfg.train.seed}
+    trainer = Trainer(model, dataset, cfg.train, checkpoint_dir=run_dir / "checkpoints",
+                      quiet=quiet, log=log, fingerprint=fingerprint)
+    t0 = time.perf_counter()
+    fit = trainer.fit(resume=resume)
+    retrain_seconds = time.perf_counter() - t0
+    test = trainer.evaluate("test")
+    metrics = {
+        "method": plan.method,
+        "model": cfg.model.name,
+        "test_auc": test["auc"],
+        "test_logloss": test["logloss"],
+        "valid_auc": fit.best_valid_auc,
+        "best_epoch": fit.best_epoch,
+        "epochs_run": fit.epochs_run,
+        "stopped_early": fit.stopped_early,
+        "embedding_params": int(model.embedding_params),
+        "fde_embedding_params": int(plan.fde_embedding_params),
+        "embedding_params_ratio": model.embedding_params / max(1, plan.fde_embedding_params),
+        "total_params": int(sum(p.numel() for p in model.parameters())),
+        "dims": plan.dims_by_field(),
+        "search_seconds": search_seconds,
+        "retrain_seconds": retrain_seconds,
+        "train_samples_per_second": fit.train_samples_per_second,
+        "infer_samples_per_second": test["samples_per_second"],
+        "seed": cfg.train.seed,
+        "schema_hash": dataset.schema.content_hash,
+        "history": fit.history,
+        "versions": versions(),
+    }
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    log(f"test_auc={test['auc']:.5f} test_logloss={test['logloss']:.5f} "
+        f"embedding_params={metrics['embedding_params']}")
+    return metrics
