@@ -41,6 +41,7 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 50  # steps between progress/loss-finiteness checks
     max_steps_per_epoch: int = 0  # 0 = the whole training split each epoch
+    amp: bool = False  # bfloat16 autocast for the dense layers (CPUs with AVX512-BF16/AMX, GPUs)
 
     def validate(self) -> None:
         if self.batch_size <= 0 or self.eval_batch_size <= 0:

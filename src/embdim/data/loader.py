@@ -57,8 +57,9 @@ class BatchLoader:
         self.in_memory = nbytes <= max_memory_bytes
         self._split = split
         if self.in_memory:
-            self._x = torch.from_numpy(np.ascontiguousarray(split.x)).to(self.device)
-            self._y = torch.from_numpy(np.ascontiguousarray(split.y)).to(self.device)
+            # np.array copies the (read-only) memory map into RAM once.
+            self._x = torch.from_numpy(np.array(split.x, order="C")).to(self.device)
+            self._y = torch.from_numpy(np.array(split.y, order="C")).to(self.device)
 
     def __len__(self) -> int:
         if self.drop_last:

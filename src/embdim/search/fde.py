@@ -37,5 +37,8 @@ class FDE(SearchMethod):
 
     def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         w = self.options.width
-        return DimensionPlan.uniform(dataset.schema, w, method=self.name,
+        # The full-dimension reference is the largest candidate (AutoDim Sec. 3.4), so an FDE run
+        # at a smaller width reports its size relative to it.
+        full = max(w, max(int(c) for c in self.options.candidates))
+        return DimensionPlan.uniform(dataset.schema, w, method=self.name, full_dim=full,
                                      options={"dim": w, "candidates": list(self.options.candidates)})

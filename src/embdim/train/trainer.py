@@ -94,6 +94,10 @@ class Trainer:
         if not self.quiet:
             tqdm.write(msg)
 
+    def _autocast(self):
+        """bfloat16 autocast when ``train.amp`` is on, else a no-op context."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
+
     # ---- one epoch ----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[float, int, float]:
         """Run one epoch; return (mean loss, samples, seconds)."""
@@ -111,7 +115,9 @@ class Trainer:
         for step, (ids, labels) in enumerate(loader.epoch(epoch)):
             if step >= steps:
                 break
-            loss = F.binary_cross_entropy_with_logits(self.model(ids), labels)
+            with self._autocast():
+                logits = self.model(ids)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -147,7 +153,9 @@ class Trainer:
         start, seconds = 0, 0.0
         for ids, _ in loader.epoch(0):
             t0 = time.perf_counter()
-            p = torch.sigmoid(self.model(ids)).float().cpu().numpy()
+            with self._autocast():
+                logits = self.model(ids)
+            p = torch.sigmoid(logits.float()).cpu().numpy()
             seconds += time.perf_counter() - t0
             probs[start:start + len(p)] = p
             start += len(p)

@@ -1,0 +1,127 @@
+"""Trainer and run folders: learning on planted data, exact resume, divergence, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from embdim.config import TrainConfig, config_from_dict
+from embdim.data.dataset import PreparedDataset
+from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
+from embdim.errors import ConfigError, SchemaMismatchError, TrainingDivergedError
+from embdim.experiment import run_experiment
+from embdim.nn.models import build_model
+from embdim.train.trainer import Trainer, seed_everything
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """6 fields (one pure noise), 12k rows: trains in about a second per epoch."""
+    spec = SyntheticSpec(cardinalities=[5, 50, 200, 30, 100, 400], true_dims=[0, 2, 4, 2, 4, 0],
+                         zipf_exponent=1.1, first_order_std=1.0, interaction_std=1.5, seed=3)
+    out = tmp_path_factory.mktemp("data") / "planted"
+    write_synthetic_dataset(out, spec, 12_000, seed=3)
+    return out
+
+
+def _cfg(path, **train):
+    t = {"epochs": 3, "batch_size": 500, "lr": 3e-3, "early_stop": 0, "seed": 7, **train}
+    return config_from_dict({"data": {"path": str(path)}, "model": {"name": "deepfm", "mlp": [32]},
+                             "method": {"name": "fde", "dim": 8}, "train": t})
+
+
+def test_short_training_beats_constant_predictor(planted, tmp_path):
+    m = run_experiment(_cfg(planted), tmp_path / "run", quiet=True)
+    y = PreparedDataset(planted).split("test").y
+    p = float(np.mean(y))
+    constant_logloss = -(p * math.log(p) + (1 - p) * math.log(1 - p))
+    assert m["test_auc"] > 0.70
+    assert m["test_logloss"] < constant_logloss - 0.03
+
+
+def test_run_folder_holds_the_contract_files(planted, tmp_path):
+    run = tmp_path / "run"
+    m = run_experiment(_cfg(planted, epochs=1), run, quiet=True)
+    for name in ("config.yaml", "plan.json", "metrics.json", "log.txt", "checkpoints/last.pt",
+                 "checkpoints/best.pt"):
+        assert (run / name).exists(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("test_auc", "test_logloss", "embedding_params", "fde_embedding_params",
+                "search_seconds", "retrain_seconds", "train_samples_per_second",
+                "infer_samples_per_second", "seed", "versions"):
+        assert key in metrics, key
+    assert metrics["versions"]["torch"] == torch.__version__
+    schema = PreparedDataset(planted).schema
+    assert m["embedding_params"] == sum(schema.vocab_sizes) * 8 == m["fde_embedding_params"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"] == 500
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["done"]
+    with pytest.raises(ConfigError, match="--resume"):
+        run_experiment(_cfg(planted, epochs=1), run, quiet=True)
+
+
+def test_resume_ends_with_exactly_the_metrics_of_an_uninterrupted_run(planted, tmp_path,
+                                                                    monkeypatch):
+    full = run_experiment(_cfg(planted), tmp_path / "full", quiet=True)
+
+    real_epoch = Trainer.train_epoch
+
+    def interrupted(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(_cfg(planted), tmp_path / "cut", quiet=True)
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+    resumed = run_experiment(_cfg(planted), tmp_path / "cut", resume=True, quiet=True)
+
+    assert resumed["test_auc"] == full["test_auc"]
+    assert resumed["test_logloss"] == full["test_logloss"]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+    assert [h["valid_auc"] for h in resumed["history"]] == [h["valid_auc"] for h in full["history"]]
+
+
+def test_resume_refuses_a_changed_config(planted, tmp_path):
+    run_experiment(_cfg(planted, epochs=1), tmp_path / "run", quiet=True)
+    with pytest.raises(ConfigError, match="train.lr"):
+        run_experiment(_cfg(planted, epochs=1, lr=0.5), tmp_path / "run", resume=True, quiet=True)
+
+
+def test_checkpoint_of_another_model_is_refused(planted, tmp_path):
+    ds = PreparedDataset(planted)
+    cfg = TrainConfig(epochs=1, batch_size=1000, early_stop=0)
+    a = Trainer(build_model("fm", ds.schema, dim=4), ds, cfg, checkpoint_dir=tmp_path, quiet=True,
+                fingerprint={"dims": [4]})
+    a.fit()
+    b = Trainer(build_model("fm", ds.schema, dim=8), ds, cfg, checkpoint_dir=tmp_path, quiet=True,
+                fingerprint={"dims": [8]})
+    with pytest.raises(SchemaMismatchError, match="dims"):
+        b.fit(resume=True)
+
+
+def test_divergence_stops_with_a_clear_message(planted):
+    ds = PreparedDataset(planted)
+    seed_everything(0)
+    model = build_model("deepfm", ds.schema, dim=4)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    trainer = Trainer(model, ds, TrainConfig(epochs=1, batch_size=1000, log_every=3), quiet=True)
+    with pytest.raises(TrainingDivergedError, match="diverged.*nan.*epoch 1.*steps 1-3"):
+        trainer.fit()
+
+
+def test_early_stopping_keeps_the_best_epoch(planted, tmp_path):
+    m = run_experiment(_cfg(planted, epochs=30, early_stop=1, lr=0.05), tmp_path / "run",
+                       quiet=True)
+    aucs = [h["valid_auc"] for h in m["history"]]
+    assert m["epochs_run"] < 30 and m["stopped_early"]
+    assert m["best_epoch"] == int(np.argmax(aucs)) + 1
+    assert m["valid_auc"] == max(aucs)
