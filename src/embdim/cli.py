@@ -28,6 +28,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run in --out from its last checkpoint")
     run.set_defaults(handler=_cmd_run)
 
+    search = sub.add_parser("search", help="only the search stage: write plan.json",
+                            description="Search a dimension plan and write OUT/plan.json.")
+    search.add_argument("config", help="experiment YAML")
+    search.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    search.add_argument("--out", required=True, help="folder for plan.json, config.yaml, log.txt")
+    search.set_defaults(handler=_cmd_search)
+
+    retrain = sub.add_parser("retrain", help="only the retrain stage: train with a given plan.json",
+                             description="Train and evaluate the base model with an existing plan.")
+    retrain.add_argument("config", help="experiment YAML (its method section is replaced)")
+    retrain.add_argument("--plan", required=True, help="a plan.json written by a search")
+    retrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    retrain.add_argument("--out", required=True, help="run folder")
+    retrain.add_argument("--resume", action="store_true")
+    retrain.set_defaults(handler=_cmd_retrain)
+
     demo = sub.add_parser("demo", help="synthetic data with planted truth, a few methods, a table")
     demo.add_argument("--out", default="runs/demo", help="demo folder (a fresh one if it exists)")
     demo.add_argument("--rows", type=int, default=200_000, help="synthetic rows (default 200000)")
@@ -55,6 +71,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     metrics = run_experiment(cfg, out, resume=args.resume, quiet=args.quiet)
     print(f"test_auc={metrics['test_auc']:.5f} test_logloss={metrics['test_logloss']:.5f} "
           f"embedding_params={metrics['embedding_params']:,} -> {out}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from embdim.config import load_config
+    from embdim.experiment import run_search
+
+    plan = run_search(load_config(args.config, args.overrides), args.out, quiet=args.quiet)
+    print(f"plan: {plan.dims_by_field()}; embedding params {plan.embedding_params:,} "
+          f"({plan.embedding_params / max(1, plan.fde_embedding_params):.1%} of full) -> "
+          f"{args.out}/plan.json")
+    return 0
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from embdim.config import config_from_dict, load_config_dict
+    from embdim.experiment import run_experiment
+
+    d = load_config_dict(args.config, args.overrides)
+    d["method"] = {"name": "plan", "path": args.plan}
+    metrics = run_experiment(config_from_dict(d), args.out, resume=args.resume, quiet=args.quiet)
+    print(f"test_auc={metrics['test_auc']:.5f} test_logloss={metrics['test_logloss']:.5f} "
+          f"embedding_params={metrics['embedding_params']:,} -> {args.out}")
     return 0
 
 

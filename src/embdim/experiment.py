@@ -81,6 +81,32 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def run_search(cfg: ExperimentConfig | dict[str, Any], out_dir: str | Path, *,
+               quiet: bool = False) -> DimensionPlan:
+    """Only the search stage: write ``config.yaml`` and ``plan.json`` into ``out_dir``."""
+    if isinstance(cfg, dict):
+        cfg = config_from_dict(cfg)
+    if not cfg.data.path:
+        raise ConfigError("data.path is not set: point it at a folder written by `embdim prepare`")
+    out_dir = Path(out_dir)
+    dataset = PreparedDataset(cfg.data.path)
+    method = make_method(cfg.method)
+    if (out_dir / "plan.json").exists():
+        raise ConfigError(f"{out_dir} already holds a plan.json; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(out_dir / "config.yaml", cfg.to_dict())
+    log = RunLog(out_dir / "log.txt")
+    seed_everything(cfg.train.seed)
+    ctx = SearchContext(model_options=cfg.model, train=cfg.train, work_dir=out_dir / "search",
+                        quiet=quiet, log=log)
+    t0 = time.perf_counter()
+    plan = method.search(dataset, ctx)
+    plan.extra["search_seconds"] = time.perf_counter() - t0
+    plan.save(out_dir / "plan.json")
+    log(f"plan: dims {plan.dims_by_field()}; embedding params {plan.embedding_params}")
+    return plan
+
+
 def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, *,
                    resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` and return its metrics (also in metrics.json)."""

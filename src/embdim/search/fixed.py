@@ -1,0 +1,33 @@
+"""``plan``: retrain with a plan that already exists (the second stage of ``embdim retrain``).
+
+The plan is loaded from JSON and refused, with what differs, if it was searched on another dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from embdim.errors import ConfigError
+from embdim.plan import DimensionPlan
+from embdim.search.base import SearchContext, SearchMethod, register
+
+
+@dataclass
+class FixedPlanOptions:
+    path: str | None = None  # the plan.json to retrain with
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ConfigError("method 'plan' needs method.path (a plan.json)")
+
+
+@register
+class FixedPlan(SearchMethod):
+    name = "plan"
+    Options = FixedPlanOptions
+
+    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+        plan = DimensionPlan.load(self.options.path)
+        plan.check_schema(dataset.schema)
+        plan.extra.pop("search_seconds", None)  # the retrain run did no search of its own
+        return plan

@@ -1,0 +1,57 @@
+"""The `embdim` command: run, search + retrain, errors as messages (not tracebacks)."""
+
+import json
+
+import pytest
+import yaml
+
+from embdim.cli import main
+from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "data"
+    spec = SyntheticSpec(cardinalities=[5, 40, 100], true_dims=[0, 2, 4], seed=1)
+    write_synthetic_dataset(out, spec, 4000, seed=1)
+    return out
+
+
+@pytest.fixture
+def config(tmp_path, data):
+    p = tmp_path / "exp.yaml"
+    p.write_text(yaml.safe_dump({"data": {"path": str(data)}, "model": {"name": "fm"},
+                                 "method": {"name": "fde", "dim": 4},
+                                 "train": {"epochs": 1, "batch_size": 500}}))
+    return p
+
+
+def test_run_writes_a_run_folder(config, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--quiet", "run", str(config), "--set", "method.dim=2", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["dims"].values()) == {2}
+    assert "test_auc=" in capsys.readouterr().out
+
+
+def test_search_then_retrain(config, tmp_path):
+    assert main(["--quiet", "search", str(config), "--out", str(tmp_path / "s")]) == 0
+    plan = json.loads((tmp_path / "s" / "plan.json").read_text())
+    plan["fields"][0]["dim"] = 0  # hand-edit the plan: drop the first field
+    (tmp_path / "s" / "plan.json").write_text(json.dumps(plan))
+    assert main(["--quiet", "retrain", str(config), "--plan", str(tmp_path / "s" / "plan.json"),
+                 "--out", str(tmp_path / "r")]) == 0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["dims"]["f0"] == 0
+    assert metrics["embedding_params"] == sum(f["vocab_size"] * f["dim"] for f in plan["fields"])
+
+
+def test_errors_are_messages(config, tmp_path, capsys):
+    assert main(["run", str(config), "--set", "train.lrr=1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "embdim: error:" in err and "lrr" in err and "Traceback" not in err
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["run", str(config), "--set", "data.path=/nonexistent", "--out",
+                 str(tmp_path / "y")]) == 2
+    assert "does not exist" in capsys.readouterr().err
