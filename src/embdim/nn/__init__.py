@@ -1,0 +1,18 @@
+"""Neural building blocks: field embeddings, interaction layers and the base CTR models."""
+
+from embdim.nn.embedding import FeaturesLinear, FieldEmbedding
+from embdim.nn.layers import (
+    MLP,
+    BiInteraction,
+    Dropout,
+    FactorizationMachine,
+    InnerProduct,
+    SelfAttentionLayer,
+)
+from embdim.nn.models import MODEL_NAMES, ModelOptions, RecModel, build_model, register_model
+
+__all__ = [
+    "MLP", "MODEL_NAMES", "BiInteraction", "Dropout", "FactorizationMachine", "FeaturesLinear",
+    "FieldEmbedding", "InnerProduct", "ModelOptions", "RecModel", "SelfAttentionLayer", "build_model",
+    "register_model",
+]

@@ -1,0 +1,320 @@
+"""The base CTR models and :func:`build_model`.
+
+A :class:`RecModel` is ``embedding`` (ids ``[B, F_all]`` -> aligned field embeddings ``[B, F, D]``)
++ optional ``linear`` (first-order part over the same kept fields, ids -> ``[B]``) + ``body`` (the
+interaction part, ``[B, F, D]`` -> logits ``[B]``). The body never sees how the embeddings were made,
+so a search method only swaps ``embedding`` (DESIGN.md, "The key separation").
+
+Bodies (one small class each, registered by name):
+
+* ``lr``       — logistic regression: the linear part only, no embedding;
+* ``fm``       — FM (Rendle, ICDM 2010): linear + pairwise inner products;
+* ``widedeep`` — Wide & Deep (Cheng et al., DLRS 2016): linear (wide) + MLP over the embeddings;
+* ``deepfm``   — DeepFM (Guo et al., IJCAI 2017): linear + FM + MLP, sharing the embeddings;
+* ``nfm``      — NFM (He & Chua, SIGIR 2017): linear + MLP over bi-interaction pooling;
+* ``ipnn``     — IPNN (Qu et al., ICDM 2016): MLP over [embeddings, pairwise inner products];
+* ``autoint``  — AutoInt (Song et al., CIKM 2019): stacked self-attention (+ MLP for AutoInt+).
+
+MLP defaults follow the AutoDim paper, sec. 3.2: hidden [128, 128], BatchNorm, ReLU, dropout 0.2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from embdim.errors import ConfigError, SchemaMismatchError
+from embdim.nn.embedding import ALIGN_MODES, FeaturesLinear, FieldEmbedding
+from embdim.nn.layers import (
+    MLP,
+    BiInteraction,
+    Dropout,
+    FactorizationMachine,
+    InnerProduct,
+    SelfAttentionLayer,
+)
+from embdim.plan import DimensionPlan
+
+if TYPE_CHECKING:
+    from embdim.data.schema import Schema
+
+
+@dataclass
+class ModelOptions:
+    """Everything that shapes a base model besides the data and the dimension plan.
+
+    The YAML ``model:`` section maps onto it one key to one field (``ModelOptions.from_dict``).
+    """
+
+    name: str = "deepfm"
+    mlp: list[int] = field(default_factory=lambda: [128, 128])  # hidden widths of every MLP
+    dropout: float = 0.2  # after each hidden MLP layer
+    batch_norm: bool = True  # in each hidden MLP layer
+    align: str = "linear"  # mixed widths -> out_dim: "linear" (W_i x + b_i) or "pad" (zeros)
+    aligned_dim: int | None = None  # the common width D; None: the plan's largest width
+    align_bias: bool = False  # add b_i to the linear alignment (see docs/models.md: off by default)
+    # NFM: BatchNorm and dropout on the bi-interaction vector (NFM paper, sec. 3.1).
+    bi_batch_norm: bool = True
+    bi_dropout: float = 0.2
+    # AutoInt (paper sec. 5.1.3: 3 layers, 2 heads, d' = 32 per head, residual connections).
+    attention_layers: int = 3
+    attention_heads: int = 2
+    attention_dim: int = 32  # per head
+    residual: bool = True
+    attention_scaled: bool = False  # divide scores by sqrt(attention_dim) (the paper does not)
+    use_mlp: bool = False  # AutoInt+: add an MLP over the flattened embeddings
+
+    def __post_init__(self) -> None:
+        self.mlp = list(self.mlp)
+        problems = []
+        if not all(isinstance(w, int) and w > 0 for w in self.mlp):
+            problems.append(f"mlp must be a list of positive integers, got {self.mlp!r}")
+        for key in ("dropout", "bi_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                problems.append(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
+        if self.align not in ALIGN_MODES:
+            problems.append(f"align must be one of {', '.join(ALIGN_MODES)}, got {self.align!r}")
+        if self.aligned_dim is not None and not (isinstance(self.aligned_dim, int) and self.aligned_dim > 0):
+            problems.append(f"aligned_dim must be a positive integer or null, got {self.aligned_dim!r}")
+        for key in ("attention_layers", "attention_heads", "attention_dim"):
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) > 0):
+                problems.append(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if problems:
+            raise ConfigError("model options: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelOptions:
+        """Build from a config mapping; unknown keys are an error naming the valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown model option(s) {', '.join(map(repr, unknown))}; "
+                              f"valid options: {', '.join(valid)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- registry ---------------------------------------------------------------------------------
+MODELS: dict[str, type[nn.Module]] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register_model(name: str, *aliases: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make a body available to :func:`build_model` as ``name`` (and aliases).
+
+    A body is built as ``cls(num_fields, dim, options)`` and maps ``[B, F, D]`` to logits ``[B]``.
+    Class attributes: ``wide = True`` adds the first-order :class:`FeaturesLinear` (default: no);
+    ``uses_embedding = False`` marks a linear-only model (``lr``).
+    """
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        MODELS[name] = cls
+        ALIASES.update({a: name for a in aliases})
+        return cls
+    return register
+
+
+def resolve_model_name(name: str) -> str:
+    key = name.strip().lower().replace("-", "_")
+    key = ALIASES.get(key, key)
+    if key not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}"
+                          f" (aliases: {', '.join(f'{a}={n}' for a, n in ALIASES.items())})")
+    return key
+
+
+# ---- the model --------------------------------------------------------------------------------
+class RecModel(nn.Module):
+    """``logits [B] = body(embedding(ids)) + linear(ids)``; ids ``[B, F_all]`` int32/int64."""
+
+    def __init__(self, embedding: nn.Module | None, body: nn.Module | None,
+                 linear: FeaturesLinear | None = None, name: str = ""):
+        super().__init__()
+        if body is not None and embedding is None:
+            raise ValueError("a body needs an embedding")
+        if body is None and linear is None:
+            raise ValueError("a model needs a body or a linear part")
+        self.embedding, self.body, self.linear, self.name = embedding, body, linear, name
+
+    @property
+    def embedding_params(self) -> int:
+        """Entries of the embedding tables (the first-order weights are not counted, as in plans)."""
+        return 0 if self.embedding is None else int(self.embedding.embedding_params)
+
+    @property
+    def kept_fields(self) -> list[int]:
+        return list((self.embedding or self.linear).kept_fields)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids [B, F_all] -> logits [B] (pre-sigmoid)."""
+        if self.body is None:
+            return self.linear(ids)
+        logits = self.body(self.embedding(ids))
+        return logits if self.linear is None else logits + self.linear(ids)
+
+
+# ---- bodies: [B, F, D] -> [B] ------------------------------------------------------------------
+@register_model("lr", "logistic_regression")
+class LR(nn.Module):
+    """Logistic regression: the first-order part alone; no embedding, so plan widths are ignored
+    (dropped fields stay dropped)."""
+
+    wide, uses_embedding = True, False
+
+
+@register_model("fm")
+class FM(nn.Module):
+    """FM: ``w_0 + sum_i w_i + sum_{i<j} <v_i, v_j>`` (the first two terms are ``RecModel.linear``)."""
+
+    wide = True
+
+    def __init__(self, num_fields: int, dim: int, opts: ModelOptions):
+        super().__init__()
+        self.fm = FactorizationMachine()
+
+    def forward(self, emb: Tensor) -> Tensor:
+        return self.fm(emb)
+
+
+@register_model("widedeep", "wd", "wide_deep", "wide&deep")
+class WideDeep(nn.Module):
+    """Wide & Deep: linear part (wide) + MLP over the concatenated field embeddings (deep)."""
+
+    wide = True
+
+    def __init__(self, num_fields: int, dim: int, opts: ModelOptions):
+        super().__init__()
+        self.mlp = MLP(num_fields * dim, opts.mlp, opts.dropout, opts.batch_norm)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        return self.mlp(emb.flatten(1)).squeeze(1)
+
+
+@register_model("deepfm")
+class DeepFM(nn.Module):
+    """DeepFM: linear + FM + MLP, the FM and MLP parts reading the same embeddings."""
+
+    wide = True
+
+    def __init__(self, num_fields: int, dim: int, opts: ModelOptions):
+        super().__init__()
+        self.fm = FactorizationMachine()
+        self.mlp = MLP(num_fields * dim, opts.mlp, opts.dropout, opts.batch_norm)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        return self.fm(emb) + self.mlp(emb.flatten(1)).squeeze(1)
+
+
+@register_model("nfm")
+class NFM(nn.Module):
+    """NFM: linear + MLP over the bi-interaction vector (BatchNorm, dropout on it)."""
+
+    wide = True
+
+    def __init__(self, num_fields: int, dim: int, opts: ModelOptions):
+        super().__init__()
+        self.bi = nn.Sequential(BiInteraction(),
+                                nn.BatchNorm1d(dim) if opts.bi_batch_norm else nn.Identity(),
+                                Dropout(opts.bi_dropout))
+        self.mlp = MLP(dim, opts.mlp, opts.dropout, opts.batch_norm)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        return self.mlp(self.bi(emb)).squeeze(1)
+
+
+@register_model("ipnn", "pnn")
+class IPNN(nn.Module):
+    """IPNN: MLP over [flattened embeddings, all pairwise inner products]; no first-order part."""
+
+    wide = False
+
+    def __init__(self, num_fields: int, dim: int, opts: ModelOptions):
+        super().__init__()
+        self.product = InnerProduct(num_fields)
+        self.mlp = MLP(num_fields * dim + self.product.num_pairs, opts.mlp, opts.dropout,
+                       opts.batch_norm)
+
+    def forward(self, emb: Tensor) -> Tensor:
+        return self.mlp(torch.cat([emb.flatten(1), self.product(emb)], dim=1)).squeeze(1)
+
+
+@register_model("autoint")
+class AutoInt(nn.Module):
+    """AutoInt: stacked multi-head self-attention over fields -> linear logit (+ MLP: AutoInt+)."""
+
+    wide = False
+
+    def __init__(self, num_fields: int, dim: int, opts: ModelOptions):
+        super().__init__()
+        layers, width = [], dim
+        for _ in range(opts.attention_layers):
+            layers.append(SelfAttentionLayer(width, opts.attention_dim, opts.attention_heads,
+                                             opts.residual, opts.attention_scaled))
+            width = layers[-1].out_dim
+        self.attention = nn.Sequential(*layers)
+        self.fc = nn.Linear(num_fields * width, 1)
+        self.mlp = MLP(num_fields * dim, opts.mlp, opts.dropout, opts.batch_norm) if opts.use_mlp else None
+
+    def forward(self, emb: Tensor) -> Tensor:
+        logits = self.fc(self.attention(emb).flatten(1)).squeeze(1)
+        return logits if self.mlp is None else logits + self.mlp(emb.flatten(1)).squeeze(1)
+
+
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)  # the built-in models: register new ones above
+
+
+# ---- construction -----------------------------------------------------------------------------
+def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: DimensionPlan | None = None,
+                *, dim: int = 16, options: ModelOptions | dict[str, Any] | None = None,
+                embedding: nn.Module | None = None) -> RecModel:
+    """Build base model ``name`` for a dataset.
+
+    Args:
+        name: one of :data:`MODEL_NAMES` (or an alias such as ``wd``).
+        vocab_sizes_or_schema: the dataset :class:`Schema` (the plan is checked against it) or the
+            per-field vocabulary sizes.
+        plan: per-field widths (``0`` drops a field); ``None``: every field at ``dim``.
+        dim: the uniform width when there is no plan.
+        options: :class:`ModelOptions` or a ``model:`` config mapping (``name`` may be omitted).
+        embedding: a ready embedding module (a search supernet) used instead of building one from
+            the plan; it must have ``kept_fields``, ``num_output_fields``, ``out_dim`` and
+            ``embedding_params``, and the body is sized from it.
+    """
+    key = resolve_model_name(name)
+    if options is None:
+        options = ModelOptions(name=key)
+    elif isinstance(options, dict):
+        options = ModelOptions.from_dict({"name": key, **options})
+    if resolve_model_name(options.name) != key:
+        raise ConfigError(f"build_model({name!r}) was given options for model {options.name!r}")
+
+    if hasattr(vocab_sizes_or_schema, "vocab_sizes"):  # a Schema
+        vocab_sizes = vocab_sizes_or_schema.vocab_sizes
+        if plan is not None:
+            plan.check_schema(vocab_sizes_or_schema)
+    else:
+        vocab_sizes = [int(v) for v in vocab_sizes_or_schema]
+        if plan is not None and plan.vocab_sizes != vocab_sizes:
+            raise SchemaMismatchError(f"plan vocabulary sizes {plan.vocab_sizes} differ from the "
+                                      f"model's {vocab_sizes}")
+    dims = plan.dims if plan is not None else [int(dim)] * len(vocab_sizes)
+
+    body_cls = MODELS[key]
+    if not getattr(body_cls, "uses_embedding", True):
+        if embedding is not None:
+            raise ConfigError(f"model {key!r} has no embedding layer to replace")
+        return RecModel(None, None, FeaturesLinear(vocab_sizes, [i for i, d in enumerate(dims) if d]),
+                        name=key)
+    if embedding is None:
+        embedding = FieldEmbedding(vocab_sizes, dims, align=options.align, out_dim=options.aligned_dim,
+                                   bias=options.align_bias)
+    body = body_cls(int(embedding.num_output_fields), int(embedding.out_dim), options)
+    wide = getattr(body_cls, "wide", False)
+    linear = FeaturesLinear(vocab_sizes, list(embedding.kept_fields)) if wide else None
+    return RecModel(embedding, body, linear, name=key)
