@@ -105,9 +105,12 @@ def time_library(dataset: PreparedDataset, args) -> tuple[float, float]:
 
 
 def synthetic_criteo_shaped(out: Path, rows: int) -> PreparedDataset:
-    from embdim.data.synthetic import criteo_shaped_spec, write_synthetic_dataset
+    """39 fields, cardinalities log-spaced 10..1e6, Zipf(1.1) values, min_count 10 (as Criteo)."""
+    from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
 
-    write_synthetic_dataset(out, criteo_shaped_spec(), rows, seed=0, min_count=10)
+    cards = np.round(np.geomspace(10, 1e6, 39)).astype(int).tolist()
+    spec = SyntheticSpec(cardinalities=cards, true_dims=[4] * 39, zipf_exponent=1.1, seed=0)
+    write_synthetic_dataset(out, spec, rows, seed=0, min_count=10)
     return PreparedDataset(out)
 
 

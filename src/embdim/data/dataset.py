@@ -112,7 +112,8 @@ class PreparedDatasetWriter:
         self._x: dict[str, np.memmap] = {}
         self._y: dict[str, np.memmap] = {}
         self._cursor = dict.fromkeys(SPLITS, 0)
-        self._hash = {s: hashlib.blake2b(digest_size=16) for s in SPLITS}
+        # x and y hashed separately, so the hash does not depend on how rows were chunked.
+        self._hash = {(s, a): hashlib.blake2b(digest_size=16) for s in SPLITS for a in "xy"}
         for s in SPLITS:
             n = self.split_rows[s]
             self._x[s] = np.lib.format.open_memmap(self.tmp_dir / f"{s}.x.npy", mode="w+",
@@ -140,8 +141,8 @@ class PreparedDatasetWriter:
         ys = np.ascontiguousarray(y, dtype=Y_DTYPE)
         self._x[split][start:start + n] = xs
         self._y[split][start:start + n] = ys
-        self._hash[split].update(xs.tobytes())
-        self._hash[split].update(ys.tobytes())
+        self._hash[split, "x"].update(xs.tobytes())
+        self._hash[split, "y"].update(ys.tobytes())
         self._cursor[split] = start + n
 
     def finish(self, *, label: str, fields: list[FieldSpec], options: dict[str, Any],
@@ -162,7 +163,8 @@ class PreparedDatasetWriter:
         h = hashlib.blake2b(digest_size=16)
         h.update(repr(schema.to_dict()).encode())
         for s in SPLITS:
-            h.update(self._hash[s].digest())
+            h.update(self._hash[s, "x"].digest())
+            h.update(self._hash[s, "y"].digest())
         h.update(frequencies.tobytes())
         schema.content_hash = h.hexdigest()
         self._x.clear()

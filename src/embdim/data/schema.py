@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from embdim.errors import DataError
 from embdim.io import atomic_write_json
 
@@ -28,6 +30,21 @@ RESERVED_IDS = 2
 
 FieldKind = Literal["categorical", "numeric_bucketed"]
 SPLITS = ("train", "valid", "test")
+
+
+def frequency_summary(frequencies: np.ndarray, rare_values: int, train_rows: int) -> dict[str, Any]:
+    """The ``frequency`` entry of a FieldSpec from one field's training id counts [vocab_size]:
+    counts of the OOV and missing ids, number of kept and of rare (folded into OOV) values, the
+    most frequent value's share of the training rows, and quantiles of the kept values' counts."""
+    kept = np.asarray(frequencies[FIRST_VALUE_ID:])
+    quantiles = {}
+    if kept.size:
+        for name, q in (("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)):
+            quantiles[name] = int(np.quantile(kept, q, method="lower"))
+    return {"oov": int(frequencies[OOV_ID]), "missing": int(frequencies[MISSING_ID]),
+            "kept_values": int(kept.size), "rare_values": int(rare_values),
+            "top_share": round(float(kept[0]) / train_rows, 6) if kept.size and train_rows else 0.0,
+            "count_quantiles": quantiles}
 
 
 @dataclass

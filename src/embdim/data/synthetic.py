@@ -67,7 +67,15 @@ from typing import Any, Literal
 import numpy as np
 
 from embdim.data.dataset import PreparedDatasetWriter
-from embdim.data.schema import FIRST_VALUE_ID, MISSING_ID, OOV_ID, SPLITS, FieldSpec, Schema
+from embdim.data.schema import (
+    FIRST_VALUE_ID,
+    MISSING_ID,
+    OOV_ID,
+    SPLITS,
+    FieldSpec,
+    Schema,
+    frequency_summary,
+)
 from embdim.io import atomic_write_json
 
 __all__ = [
@@ -559,7 +567,7 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, spec: SyntheticSpec, n_r
         freqs.append(freq)
         rare = int(np.count_nonzero((counts[i] > 0) & (counts[i] < min_count)))
         fields.append(FieldSpec(name=name, kind="categorical", vocab_size=len(freq),
-                                frequency=_frequency_summary(freq, rare, sizes["train"])))
+                                frequency=frequency_summary(freq, rare, sizes["train"])))
 
     # Pass 2: encode and write, split by split in row order; keep the test logits for the truth.
     test_y, test_logits = [], []
@@ -606,20 +614,6 @@ def _split_assignment(sizes: dict[str, int], seed: int) -> np.ndarray:
     split_of_row = np.repeat(np.arange(len(SPLITS), dtype=np.int8), [sizes[s] for s in SPLITS])
     np.random.default_rng([seed, 7]).shuffle(split_of_row)
     return split_of_row
-
-
-def _frequency_summary(freq: np.ndarray, rare_values: int, train_rows: int) -> dict[str, Any]:
-    """Schema ``frequency`` summary of one field's id counts [vocab_size], in the format of
-    :mod:`embdim.data.prepare` (same keys, same rounding)."""
-    kept = freq[FIRST_VALUE_ID:]
-    quantiles = {}
-    if kept.size:
-        for name, q in (("min", 0.0), ("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0)):
-            quantiles[name] = int(np.quantile(kept, q, method="lower"))
-    return {"oov": int(freq[OOV_ID]), "missing": int(freq[MISSING_ID]),
-            "kept_values": int(kept.size), "rare_values": int(rare_values),
-            "top_share": round(float(kept[0]) / train_rows, 6) if kept.size and train_rows else 0.0,
-            "count_quantiles": quantiles}
 
 
 # ---------------------------------------------------------------------------------------------
