@@ -13,7 +13,8 @@ fields, cardinalities log-spaced 10..1e6, Zipf values, min_count 10) written to 
     python benchmarks/bench_train.py                       # synthetic, 1M rows
     python benchmarks/bench_train.py --prepared prepared/criteo2m --amp
 
-Prints the figures and writes them to benchmarks/results/train.json.
+Each figure is the median of ``--repeats`` timed windows of ``--steps`` steps. Prints the figures
+and writes them to benchmarks/results/train.json.
 """
 
 from __future__ import annotations
@@ -63,10 +64,11 @@ class MinimalDeepFM(nn.Module):
         return self.linear(ids).sum((1, 2)) + self.bias + fm + self.mlp(e.flatten(1)).squeeze(1)
 
 
-def time_minimal_loop(dataset: PreparedDataset, args) -> float:
+def time_minimal_loop(dataset: PreparedDataset, args) -> list[float]:
+    """Samples/s of ``args.repeats`` timed windows of ``args.steps`` steps (after a warm-up)."""
     train = dataset.split("train")
-    x = torch.from_numpy(np.ascontiguousarray(train.x))
-    y = torch.from_numpy(np.ascontiguousarray(train.y))
+    x = torch.from_numpy(np.array(train.x))
+    y = torch.from_numpy(np.array(train.y))
     seed_everything(0)
     model = MinimalDeepFM(dataset.schema.vocab_sizes, args.dim, args.mlp, args.dropout)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -82,26 +84,32 @@ def time_minimal_loop(dataset: PreparedDataset, args) -> float:
 
     for i in range(args.warmup):
         step(i)
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        step(args.warmup + i)
-    return args.steps * b / (time.perf_counter() - t0)
+    rates, i = [], args.warmup
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step(i)
+            i += 1
+        rates.append(args.steps * b / (time.perf_counter() - t0))
+    return rates
 
 
-def time_library(dataset: PreparedDataset, args) -> tuple[float, float]:
+def time_library(dataset: PreparedDataset, args, amp: bool) -> tuple[list[float], float]:
+    """Training samples/s of ``args.repeats`` windows, and inference samples/s on valid."""
     seed_everything(0)
     options = ModelOptions(name="deepfm", mlp=list(args.mlp), dropout=args.dropout)
     model = build_model("deepfm", dataset.schema, dim=args.dim, options=options)
     cfg = TrainConfig(batch_size=args.batch, epochs=1, max_steps_per_epoch=args.warmup,
-                      log_every=50, amp=args.amp, eval_batch_size=16384)
+                      log_every=50, amp=amp, eval_batch_size=16384)
     trainer = Trainer(model, dataset, cfg, quiet=True)
     trainer.train_epoch(0)  # warm-up (allocator, threads)
     trainer.cfg.max_steps_per_epoch = args.steps
-    _, samples, seconds = trainer.train_epoch(1)
-    train_sps = samples / seconds
+    rates = []
+    for r in range(args.repeats):
+        _, samples, seconds = trainer.train_epoch(1 + r)
+        rates.append(samples / seconds)
     _, _, infer_seconds = trainer.predict("valid")
-    infer_sps = len(dataset.split("valid")) / infer_seconds
-    return train_sps, infer_sps
+    return rates, len(dataset.split("valid")) / infer_seconds
 
 
 def synthetic_criteo_shaped(out: Path, rows: int) -> PreparedDataset:
@@ -122,10 +130,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--mlp", type=int, nargs="+", default=[128, 128])
     p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=40, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=5, help="timed windows; the median is reported")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--amp", action="store_true", help="library with bf16 autocast")
+    p.add_argument("--amp", action="store_true",
+                   help="also time the library with train.amp (bfloat16 matrix products)")
     p.add_argument("--out", default=str(RESULTS / "train.json"))
     args = p.parse_args()
     if args.threads:
@@ -142,16 +152,24 @@ def main() -> None:
               f"{schema.splits['train']:,} training rows; batch {args.batch}, dim {args.dim}, "
               f"MLP {args.mlp}, {torch.get_num_threads()} threads")
         minimal = time_minimal_loop(dataset, args)
-        train_sps, infer_sps = time_library(dataset, args)
+        fp32, infer_fp32 = time_library(dataset, args, amp=False)
+        bf16, infer_bf16 = time_library(dataset, args, amp=True) if args.amp else ([], 0.0)
+    med = lambda r: round(float(np.median(r))) if r else None
     result = {
         "data": args.prepared or f"synthetic criteo-shaped {args.rows} rows",
         "fields": schema.num_fields, "ids": int(sum(schema.vocab_sizes)),
-        "batch": args.batch, "dim": args.dim, "mlp": args.mlp, "amp": args.amp,
+        "batch": args.batch, "dim": args.dim, "mlp": args.mlp,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "minimal_loop_train_samples_per_second": round(minimal),
-        "library_train_samples_per_second": round(train_sps),
-        "library_infer_samples_per_second": round(infer_sps),
-        "library_vs_minimal": round(train_sps / minimal, 3),
+        "steps_per_window": args.steps, "windows": args.repeats,
+        "minimal_loop_train_samples_per_second": med(minimal),
+        "library_train_samples_per_second": med(fp32),
+        "library_infer_samples_per_second": round(infer_fp32),
+        "library_vs_minimal": round(med(fp32) / med(minimal), 3),
+        "library_amp_train_samples_per_second": med(bf16),
+        "library_amp_infer_samples_per_second": round(infer_bf16) if bf16 else None,
+        "windows_samples_per_second": {"minimal": [round(r) for r in minimal],
+                                       "library": [round(r) for r in fp32],
+                                       "library_amp": [round(r) for r in bf16]},
     }
     for k, v in result.items():
         print(f"{k:40s} {v}")

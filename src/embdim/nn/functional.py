@@ -30,5 +30,5 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     r = draws.view(torch.int16)[:n].view(x.shape)
     # r is uniform on [-32768, 32767]; keep an element when r >= threshold.
     threshold = int(round(p * _INT16_SPAN)) - (1 << 15)
-    keep = r >= threshold
-    return x * keep * (1.0 / (1.0 - p))
+    mask = (r >= threshold).to(x.dtype).mul_(1.0 / (1.0 - p))  # 0 or 1/(1-p)
+    return x * mask

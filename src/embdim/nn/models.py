@@ -36,6 +36,7 @@ from embdim.nn.layers import (
     Dropout,
     FactorizationMachine,
     InnerProduct,
+    Linear,
     SelfAttentionLayer,
 )
 from embdim.plan import DimensionPlan
@@ -258,7 +259,7 @@ class AutoInt(nn.Module):
                                              opts.residual, opts.attention_scaled))
             width = layers[-1].out_dim
         self.attention = nn.Sequential(*layers)
-        self.fc = nn.Linear(num_fields * width, 1)
+        self.fc = Linear(num_fields * width, 1)
         self.mlp = MLP(num_fields * dim, opts.mlp, opts.dropout, opts.batch_norm) if opts.use_mlp else None
 
     def forward(self, emb: Tensor) -> Tensor:
