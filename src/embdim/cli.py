@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embdim: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("embdim: interrupted", file=sys.stderr)
+        print("embdim: interrupted (an interrupted run continues from its last checkpoint with "
+              "--resume)", file=sys.stderr)
         return 130
 
 
