@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from embdim import __version__
+from embdim.demo import DEMO_EPOCHS, DEMO_ROWS
 from embdim.errors import EmbdimError
 
 
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="synthetic data with planted truth, a few methods, a table")
     demo.add_argument("--out", default="runs/demo", help="demo folder (a fresh one if it exists)")
-    demo.add_argument("--rows", type=int, default=200_000, help="synthetic rows (default 200000)")
-    demo.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    demo.add_argument("--rows", type=int, default=DEMO_ROWS, help=f"synthetic rows (default {DEMO_ROWS})")
+    demo.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
+                      help=f"epochs per run (default {DEMO_EPOCHS})")
     demo.add_argument("--model", default="deepfm", help="base model (default deepfm)")
     demo.add_argument("--seed", type=int, default=2022)
     demo.set_defaults(handler=_cmd_demo)
@@ -61,7 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from embdim.experiment import run_experiment
 
     if args.config is None and not args.overrides:
-        return _cmd_demo(argparse.Namespace(out="runs/demo", rows=200_000, epochs=3,
+        return _cmd_demo(argparse.Namespace(out="runs/demo", rows=DEMO_ROWS, epochs=DEMO_EPOCHS,
                                             model="deepfm", seed=2022, quiet=args.quiet))
     cfg = load_config(args.config, args.overrides)
     out = args.out

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from embdim.config import config_from_dict
-from embdim.experiment import run_experiment
 from embdim.io import atomic_write_text
 
 DEMO_WIDTHS = (2, 8, 32)
+DEMO_ROWS = 400_000
+DEMO_EPOCHS = 4
 
 
 def fresh_dir(base: Path) -> Path:
@@ -46,9 +47,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: str | Path = "runs/demo", *, rows: int = 200_000, epochs: int = 3,
+def run_demo(out: str | Path = "runs/demo", *, rows: int = DEMO_ROWS, epochs: int = DEMO_EPOCHS,
              model: str = "deepfm", seed: int = 2022, quiet: bool = False) -> list[dict[str, Any]]:
     from embdim.data.synthetic import default_demo_spec, write_synthetic_dataset
+    from embdim.experiment import run_experiment
 
     out = fresh_dir(Path(out))
     out.mkdir(parents=True, exist_ok=True)

@@ -81,21 +81,18 @@ def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def run_search(cfg: ExperimentConfig | dict[str, Any], out_dir: str | Path, *,
-               quiet: bool = False) -> DimensionPlan:
-    """Only the search stage: write ``config.yaml`` and ``plan.json`` into ``out_dir``."""
+def _open(cfg: ExperimentConfig | dict[str, Any]):
+    """Validate the config, open its dataset, build its method."""
     if isinstance(cfg, dict):
         cfg = config_from_dict(cfg)
     if not cfg.data.path:
         raise ConfigError("data.path is not set: point it at a folder written by `embdim prepare`")
-    out_dir = Path(out_dir)
-    dataset = PreparedDataset(cfg.data.path)
-    method = make_method(cfg.method)
-    if (out_dir / "plan.json").exists():
-        raise ConfigError(f"{out_dir} already holds a plan.json; choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(out_dir / "config.yaml", cfg.to_dict())
-    log = RunLog(out_dir / "log.txt")
+    return cfg, PreparedDataset(cfg.data.path), make_method(cfg.method)
+
+
+def _search(cfg: ExperimentConfig, dataset: PreparedDataset, method, out_dir: Path, quiet: bool,
+            log: RunLog) -> DimensionPlan:
+    """Run the method's search (seeded), time it, save ``plan.json``."""
     seed_everything(cfg.train.seed)
     ctx = SearchContext(model_options=cfg.model, train=cfg.train, work_dir=out_dir / "search",
                         quiet=quiet, log=log)
@@ -103,20 +100,34 @@ def run_search(cfg: ExperimentConfig | dict[str, Any], out_dir: str | Path, *,
     plan = method.search(dataset, ctx)
     plan.extra["search_seconds"] = time.perf_counter() - t0
     plan.save(out_dir / "plan.json")
-    log(f"plan: dims {plan.dims_by_field()}; embedding params {plan.embedding_params}")
+    return plan
+
+
+def _describe(plan: DimensionPlan) -> str:
+    return (f"plan: dims {plan.dims_by_field()}; embedding params {plan.embedding_params} "
+            f"({plan.embedding_params / max(1, plan.fde_embedding_params):.1%} of full dimension)")
+
+
+def run_search(cfg: ExperimentConfig | dict[str, Any], out_dir: str | Path, *,
+               quiet: bool = False) -> DimensionPlan:
+    """Only the search stage: write ``config.yaml``, ``plan.json`` and ``log.txt`` into ``out_dir``."""
+    cfg, dataset, method = _open(cfg)
+    out_dir = Path(out_dir)
+    if (out_dir / "plan.json").exists():
+        raise ConfigError(f"{out_dir} already holds a plan.json; choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(out_dir / "config.yaml", cfg.to_dict())
+    log = RunLog(out_dir / "log.txt")
+    plan = _search(cfg, dataset, method, out_dir, quiet, log)
+    log(_describe(plan))
     return plan
 
 
 def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, *,
                    resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` and return its metrics (also in metrics.json)."""
-    if isinstance(cfg, dict):
-        cfg = config_from_dict(cfg)
-    if not cfg.data.path:
-        raise ConfigError("data.path is not set: point it at a folder written by `embdim prepare`")
+    cfg, dataset, method = _open(cfg)
     run_dir = Path(run_dir)
-    dataset = PreparedDataset(cfg.data.path)
-    method = make_method(cfg.method)
     _prepare_run_dir(run_dir, cfg, resume)
     log = RunLog(run_dir / "log.txt")
     log(f"embdim {embdim.__version__}: {cfg.method['name']} on {cfg.model.name}, data "
@@ -124,22 +135,14 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
 
     # ---- search (or reuse the plan of an interrupted run) -------------------------------------
     plan_path = run_dir / "plan.json"
-    seed_everything(cfg.train.seed)
     if resume and plan_path.exists():
         plan = DimensionPlan.load(plan_path)
         plan.check_schema(dataset.schema)
-        search_seconds = float(plan.extra.get("search_seconds", 0.0))
         log(f"reusing {plan_path}")
     else:
-        ctx = SearchContext(model_options=cfg.model, train=cfg.train, work_dir=run_dir / "search",
-                            quiet=quiet, log=log)
-        t0 = time.perf_counter()
-        plan = method.search(dataset, ctx)
-        search_seconds = time.perf_counter() - t0
-        plan.extra["search_seconds"] = search_seconds
-        plan.save(plan_path)
-    log(f"plan: dims {plan.dims_by_field()}; embedding params {plan.embedding_params} "
-        f"({plan.embedding_params / max(1, plan.fde_embedding_params):.1%} of full dimension)")
+        plan = _search(cfg, dataset, method, run_dir, quiet, log)
+    search_seconds = float(plan.extra.get("search_seconds", 0.0))
+    log(_describe(plan))
 
     # ---- retrain the base model with the plan -------------------------------------------------
     seed_everything(cfg.train.seed)
