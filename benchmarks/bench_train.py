@@ -112,13 +112,13 @@ def time_library(dataset: PreparedDataset, args, amp: bool) -> tuple[list[float]
     return rates, len(dataset.split("valid")) / infer_seconds
 
 
-def synthetic_criteo_shaped(out: Path, rows: int) -> PreparedDataset:
+def synthetic_criteo_shaped(out: Path, rows: int, min_count: int = 10) -> PreparedDataset:
     """39 fields, cardinalities log-spaced 10..1e6, Zipf(1.1) values, min_count 10 (as Criteo)."""
     from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
 
     cards = np.round(np.geomspace(10, 1e6, 39)).astype(int).tolist()
     spec = SyntheticSpec(cardinalities=cards, true_dims=[4] * 39, zipf_exponent=1.1, seed=0)
-    write_synthetic_dataset(out, spec, rows, seed=0, min_count=10)
+    write_synthetic_dataset(out, spec, rows, seed=0, min_count=min_count)
     return PreparedDataset(out)
 
 
@@ -126,6 +126,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--prepared", help="prepared dataset folder (default: synthetic Criteo-shaped)")
     p.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows (default 1M)")
+    p.add_argument("--min-count", type=int, default=10,
+                   help="synthetic data: values seen fewer times share the OOV id (default 10)")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--dim", type=int, default=16)
     p.add_argument("--mlp", type=int, nargs="+", default=[128, 128])
@@ -145,7 +147,8 @@ def main() -> None:
             dataset = PreparedDataset(args.prepared)
         else:
             t0 = time.perf_counter()
-            dataset = synthetic_criteo_shaped(Path(tmp) / "criteo-shaped", args.rows)
+            dataset = synthetic_criteo_shaped(Path(tmp) / "criteo-shaped", args.rows,
+                                              args.min_count)
             print(f"synthetic Criteo-shaped data: {args.rows:,} rows in {time.perf_counter() - t0:.0f}s")
         schema = dataset.schema
         print(f"data: {schema.num_fields} fields, {sum(schema.vocab_sizes):,} ids, "
@@ -156,7 +159,8 @@ def main() -> None:
         bf16, infer_bf16 = time_library(dataset, args, amp=True) if args.amp else ([], 0.0)
     med = lambda r: round(float(np.median(r))) if r else None
     result = {
-        "data": args.prepared or f"synthetic criteo-shaped {args.rows} rows",
+        "data": args.prepared or f"synthetic criteo-shaped {args.rows} rows, min_count "
+                                 f"{args.min_count}",
         "fields": schema.num_fields, "ids": int(sum(schema.vocab_sizes)),
         "batch": args.batch, "dim": args.dim, "mlp": args.mlp,
         "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -90,14 +90,17 @@ def _open(cfg: ExperimentConfig | dict[str, Any]):
     return cfg, PreparedDataset(cfg.data.path), make_method(cfg.method)
 
 
+def _context(cfg: ExperimentConfig, out_dir: Path, quiet: bool, log: RunLog) -> SearchContext:
+    return SearchContext(model_options=cfg.model, train=cfg.train, work_dir=out_dir / "search",
+                         quiet=quiet, log=log)
+
+
 def _search(cfg: ExperimentConfig, dataset: PreparedDataset, method, out_dir: Path, quiet: bool,
             log: RunLog) -> DimensionPlan:
     """Run the method's search (seeded), time it, save ``plan.json``."""
     seed_everything(cfg.train.seed)
-    ctx = SearchContext(model_options=cfg.model, train=cfg.train, work_dir=out_dir / "search",
-                        quiet=quiet, log=log)
     t0 = time.perf_counter()
-    plan = method.search(dataset, ctx)
+    plan = method.search(dataset, _context(cfg, out_dir, quiet, log))
     plan.extra["search_seconds"] = time.perf_counter() - t0
     plan.save(out_dir / "plan.json")
     return plan
@@ -147,6 +150,8 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
     # ---- retrain the base model with the plan -------------------------------------------------
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model.name, dataset.schema, plan, options=cfg.model)
+    if not (resume and (run_dir / "checkpoints" / "last.pt").exists()):
+        method.init_retrain_model(model, plan, _context(cfg, run_dir, quiet, log))
     fingerprint = {"model": cfg.model.name, "dims": list(plan.dims), "seed": cfg.train.seed}
     trainer = Trainer(model, dataset, cfg.train, checkpoint_dir=run_dir / "checkpoints",
                       quiet=quiet, log=log, fingerprint=fingerprint)

@@ -53,6 +53,13 @@ class SearchMethod(ABC):
     def search(self, dataset, ctx: SearchContext):
         """Return the DimensionPlan for ``dataset`` (an ``embdim.data.PreparedDataset``)."""
 
+    def init_retrain_model(self, model, plan, ctx: SearchContext) -> None:
+        """Called on the freshly built retraining model before it trains; the default keeps its
+        fresh initialisation. A method that hands weights over (SSEDS' winning ticket, AutoDim's
+        optional inheritance of searched weights) copies them in here, under ``torch.no_grad()``.
+        On ``--resume`` it is not called: the checkpoint holds the weights."""
+        return None
+
 
 METHODS: dict[str, type[SearchMethod]] = {}
 
