@@ -107,7 +107,7 @@ def prepare(format: str, inputs: Sequence[str | Path], out: str | Path, *, min_c
         vocabs = [_build_vocabulary(f, t, min_count, splitter.sizes[0])
                   for f, t in zip(recipe.fields, tallies, strict=True)]
         options = _options(recipe, paths, min_count, split, ratios, seed, bad, vocabs, splitter)
-        _report_bad_rows(bad, quiet)
+        _report_bad_rows(bad)
         split_rows = dict(zip(SPLITS, splitter.sizes, strict=True))
         with PreparedDatasetWriter(out, len(vocabs), split_rows, overwrite=overwrite) as writer:
             _write_rows(writer, store, splitter, vocabs, quiet)
@@ -655,8 +655,10 @@ def _vocabulary_hash(vocabs: list[_Vocabulary]) -> str:
     return h.hexdigest()
 
 
-def _report_bad_rows(bad: BadRowLog, quiet: bool) -> None:
-    if bad.count == 0 or quiet:
+def _report_bad_rows(bad: BadRowLog) -> None:
+    """Say how many rows ``--on-bad-row skip`` dropped, and where: a warning, so even ``--quiet``
+    (which only silences progress) prints it."""
+    if bad.count == 0:
         return
     first = "; ".join(f"{b['file']}:{b['line']}" + (f" ({b['column']})" if b["column"] else "")
                       + f" {b['message']}" for b in bad.first[:5])
