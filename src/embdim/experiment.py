@@ -33,7 +33,7 @@ from embdim.io import atomic_write_json, atomic_write_yaml
 from embdim.nn.models import build_model
 from embdim.plan import DimensionPlan
 from embdim.search import SearchContext, make_method
-from embdim.train.trainer import Trainer, seed_everything
+from embdim.train.trainer import FitResult, Trainer, seed_everything
 
 
 def versions() -> dict[str, str]:
@@ -149,14 +149,20 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
 
     # ---- retrain the base model with the plan -------------------------------------------------
     seed_everything(cfg.train.seed)
-    model = build_model(cfg.model.name, dataset.schema, plan, options=cfg.model)
+    # A method may adjust the retrained model's options (AutoDim: align to the largest candidate).
+    model_options = method.retrain_model_options(cfg.model, plan)
+    model = build_model(cfg.model.name, dataset.schema, plan, options=model_options)
     if not (resume and (run_dir / "checkpoints" / "last.pt").exists()):
         method.init_retrain_model(model, plan, _context(cfg, run_dir, quiet, log))
     fingerprint = {"model": cfg.model.name, "dims": list(plan.dims), "seed": cfg.train.seed}
     trainer = Trainer(model, dataset, cfg.train, checkpoint_dir=run_dir / "checkpoints",
                       quiet=quiet, log=log, fingerprint=fingerprint)
     t0 = time.perf_counter()
-    fit = trainer.fit(resume=resume)
+    if method.retrains:
+        fit = trainer.fit(resume=resume)
+    else:  # an ablation that evaluates the handed-over model as it is (SSEDS "w/o retraining")
+        log("no retraining: evaluating the model as init_retrain_model left it")
+        fit = FitResult(best_epoch=0, best_valid_auc=trainer.evaluate("valid")["auc"])
     retrain_seconds = time.perf_counter() - t0
     test = trainer.evaluate("test")
     metrics = {

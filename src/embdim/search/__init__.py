@@ -1,6 +1,7 @@
 """Dimension-search methods: one module per method, all producing a DimensionPlan."""
 
-from embdim.search import fde, fixed  # noqa: F401  (importing registers the methods)
+# importing the modules registers the methods
+from embdim.search import autodim, fde, fixed, mde, random, sseds  # noqa: F401
 from embdim.search.base import METHODS, SearchContext, SearchMethod, make_method
 
 __all__ = ["METHODS", "SearchContext", "SearchMethod", "make_method"]

@@ -53,6 +53,17 @@ class SearchMethod(ABC):
     def search(self, dataset, ctx: SearchContext):
         """Return the DimensionPlan for ``dataset`` (an ``embdim.data.PreparedDataset``)."""
 
+    @property
+    def retrains(self) -> bool:
+        """Whether the pipeline trains the model built from the plan (False only for ablations
+        that evaluate a handed-over model as it is, such as SSEDS "w/o retraining")."""
+        return True
+
+    def retrain_model_options(self, model_options, plan):
+        """The base-model options of the retrained model; a method may adjust them (AutoDim
+        aligns to its largest candidate). The default keeps the experiment's options."""
+        return model_options
+
     def init_retrain_model(self, model, plan, ctx: SearchContext) -> None:
         """Called on the freshly built retraining model before it trains; the default keeps its
         fresh initialisation. A method that hands weights over (SSEDS' winning ticket, AutoDim's

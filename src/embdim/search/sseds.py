@@ -1,0 +1,460 @@
+"""SSEDS: single-shot embedding dimension search to a parameter budget.
+
+Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR 2022), sec. 3-4:
+
+1. **Pretraining** (sec. 3.2.1): the base model with every field at one width ``d`` (default 128) is
+   trained in the ordinary way (the experiment's model and train options) — or a state the user
+   already has is loaded (``pretrain_checkpoint``).
+2. **Saliency** (eq. 8-11): an indicator ``alpha [F, d]``, shared by all values of a field, multiplies
+   the field embeddings (:class:`IndicatorEmbedding`). One forward-backward pass on a training
+   mini-batch gives ``g = dL/d alpha`` at ``alpha = 1``, the first-order estimate of the loss change
+   ``Delta L_ij`` from masking cell ``(i, j)`` (eq. 9-10); ``s = |g| / sum |g|`` (eq. 11). Optionally
+   ``|g|`` is averaged over several mini-batches.
+3. **Pruning to the budget** (eq. 12): cells are ranked by saliency and kept, most salient first,
+   while the kept embedding entries (a cell of field ``i`` costs ``vocab_i``) stay within
+   ``kappa x sum_i vocab_i x d``; the first ranked cell that does not fit ends the selection (the
+   quantile ``s~`` of eq. 12). Fields with no kept cell are dropped (feature selection, footnote 2).
+4. **Retraining** (sec. 3.2.3, eq. 13-14): the pipeline builds the slim model from the plan — field
+   ``i`` at width ``d_i``, aligned by ``M_i`` (no bias) to ``d_max`` — and
+   :meth:`SSEDS.init_retrain_model` copies the kept columns of the pretrained tables in (the
+   "winning ticket"; ``ticket: false`` = ablation "w/o ticket") and, following Algorithm 1
+   (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow.
+   ``retrain: false`` is the ablation "w/o retraining" (sec. 4.5): the pruned pretrained model is
+   evaluated as it is.
+
+See docs/sseds.md for every option and for the choices the paper leaves open.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from embdim.data.loader import BatchLoader
+from embdim.errors import ConfigError, SchemaMismatchError
+from embdim.nn.models import RecModel, build_model
+from embdim.plan import DimensionPlan
+from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.train.trainer import Trainer, resolve_device
+
+
+@dataclass
+class SSEDSOptions:
+    """The ``method:`` section of an SSEDS experiment (every key optional)."""
+
+    budget: float = 0.1  # kappa: kept embedding entries <= budget x the full table (paper: 0.1)
+    pretrain_width: int = 128  # d, the uniform width of the pretrained model (paper: 128)
+    pretrain_epochs: int | None = None  # None: train.epochs (with train.early_stop as usual)
+    pretrain_checkpoint: str | None = None  # a state of the uniform model to start from instead
+    saliency_batch_size: int | None = None  # None: train.batch_size (paper: one batch of 2048)
+    saliency_batches: int = 1  # |g| is averaged over this many training mini-batches
+    fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
+    ticket: bool = True  # copy the kept pretrained columns into the slim tables ("w/o ticket": false)
+    inherit_network: bool | None = None  # start the rest of the network from the pretrained one
+    #                                      (Algorithm 1); None: the same as ``ticket``
+    retrain: bool = True  # false: ablation "w/o retraining", evaluate the pruned pretrained model
+
+    def validate(self) -> None:
+        problems = []
+        if not (isinstance(self.budget, (int, float)) and 0 < float(self.budget) <= 1):
+            problems.append(f"method.budget (kappa) must be in (0, 1], got {self.budget!r}")
+        if not (isinstance(self.pretrain_width, int) and self.pretrain_width > 0):
+            problems.append(f"method.pretrain_width must be a positive integer, got "
+                            f"{self.pretrain_width!r}")
+        for key in ("pretrain_epochs", "saliency_batch_size"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, int) and v > 0):
+                problems.append(f"method.{key} must be a positive integer or null, got {v!r}")
+        if not (isinstance(self.saliency_batches, int) and self.saliency_batches > 0):
+            problems.append(f"method.saliency_batches must be a positive integer, got "
+                            f"{self.saliency_batches!r}")
+        if not self.retrain and not (self.ticket and self.inherits_network):
+            problems.append("method.retrain=false evaluates the pruned *pretrained* model: it needs "
+                            "ticket=true and inherit_network=true (or null)")
+        if problems:
+            raise ConfigError("sseds: " + "; ".join(problems))
+
+    @property
+    def inherits_network(self) -> bool:
+        return self.ticket if self.inherit_network is None else bool(self.inherit_network)
+
+
+# ---- saliency (eq. 8-11) ------------------------------------------------------------------------
+class IndicatorEmbedding(nn.Module):
+    """``alpha [F, d]`` multiplied into a uniform field embedding (eq. 8): ``e_i -> alpha_i * e_i``.
+
+    ``alpha_ij`` is shared by every value of field ``i``, so multiplying the looked-up embedding
+    ``e_i = V_i x_i`` equals multiplying the table column (also for multi-hot ``x_i``). It exposes
+    the attributes :func:`~embdim.nn.models.build_model` needs of an embedding module.
+    """
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.base = base
+        like = next(base.parameters())
+        self.alpha = nn.Parameter(torch.ones(int(base.num_output_fields), int(base.out_dim),
+                                             dtype=like.dtype, device=like.device))
+
+    kept_fields = property(lambda self: self.base.kept_fields)
+    num_output_fields = property(lambda self: self.base.num_output_fields)
+    out_dim = property(lambda self: self.base.out_dim)
+    embedding_params = property(lambda self: self.base.embedding_params)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """ids [B, F] -> [B, F, d]."""
+        return self.base(ids) * self.alpha
+
+
+def loss_gradient_wrt_alpha(model: RecModel, ids: Tensor, labels: Tensor,
+                            alpha: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(L, dL/d alpha)`` of the mean binary cross-entropy on one batch, at ``alpha`` (default 1).
+
+    ``model`` is a uniform-width model; it is evaluated as given (call ``.eval()`` first for the
+    deterministic inference function). Returns the loss (scalar) and the gradient ``[F, d]``.
+    """
+    original = model.embedding
+    wrapper = IndicatorEmbedding(original)
+    if alpha is not None:
+        with torch.no_grad():
+            wrapper.alpha.copy_(alpha)
+    model.embedding = wrapper
+    try:
+        logits = model(ids)
+        loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        (grad,) = torch.autograd.grad(loss, wrapper.alpha)
+    finally:
+        model.embedding = original
+    return loss.detach(), grad.detach()
+
+
+def compute_saliency(model: RecModel, loader: BatchLoader, batches: int = 1) -> np.ndarray:
+    """Eq. 10-11: ``s = mean_b |g_b| / sum(mean_b |g_b|)`` over the first ``batches`` batches of
+    ``loader`` (the model in eval mode: no dropout, BatchNorm running statistics). -> [F, d]."""
+    was_training = model.training
+    model.eval()
+    total: Tensor | None = None
+    n = 0
+    try:
+        for ids, labels in loader.epoch(0):
+            _, g = loss_gradient_wrt_alpha(model, ids, labels)
+            total = g.abs() if total is None else total + g.abs()
+            n += 1
+            if n == batches:
+                break
+    finally:
+        model.train(was_training)
+    mag = (total / n).double().cpu().numpy()
+    s = mag.sum()
+    return mag / s if s > 0 else np.full_like(mag, 1.0 / mag.size)
+
+
+# ---- pruning (eq. 12) ---------------------------------------------------------------------------
+@dataclass
+class PruneResult:
+    """Which cells survive: ``mask [F, d]`` bool, and the exact accounting of eq. 12."""
+
+    mask: np.ndarray
+    budget_params: int  # floor(kappa x total_params)
+    kept_params: int
+    total_params: int
+    next_cell_cost: int | None  # cost of the first ranked cell that was not kept (None: all kept)
+
+    @property
+    def dims(self) -> list[int]:
+        return [int(c) for c in self.mask.sum(1)]
+
+    @property
+    def kept_indices(self) -> list[list[int]]:
+        return [np.flatnonzero(row).tolist() for row in self.mask]
+
+
+def budget_entries(kappa: float, total: int) -> int:
+    """``floor(kappa x total)`` computed exactly (kappa read as the decimal it prints as, so
+    ``0.57 x 100`` is 57, not 56 by float rounding)."""
+    return int(Fraction(str(float(kappa))) * total)
+
+
+def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, *,
+                    fill: bool = False) -> PruneResult:
+    """Keep cells most-salient-first while the kept entries stay ``<= floor(kappa x total)``.
+
+    ``saliency [F, d]``; a cell of field ``i`` costs ``vocab_sizes[i]`` entries. Ties are broken by
+    field, then dimension index (a stable sort). The selection stops at the first ranked cell that
+    does not fit; with ``fill`` it skips that cell and goes on with the cheaper ones that still fit.
+    """
+    num_fields, d = saliency.shape
+    cost = np.asarray(vocab_sizes, dtype=np.int64)
+    total = int(cost.sum()) * d
+    budget = budget_entries(kappa, total)
+    order = np.argsort(-saliency.reshape(-1), kind="stable")
+    mask = np.zeros(num_fields * d, dtype=bool)
+    kept, next_cost = 0, None
+    for cell in order:
+        c = int(cost[cell // d])
+        if kept + c <= budget:
+            mask[cell] = True
+            kept += c
+        else:
+            if next_cost is None:
+                next_cost = c
+            if not fill:
+                break
+    return PruneResult(mask.reshape(num_fields, d), budget, kept, total, next_cost)
+
+
+# ---- handing the pretrained weights to the slim model (sec. 3.2.3) -------------------------------
+def copy_ticket_(slim: RecModel, pretrained: RecModel, kept_indices: list[list[int]]) -> None:
+    """The winning ticket: slim table of field ``i`` <- pretrained table ``[:, kept_indices[i]]``."""
+    with torch.no_grad():
+        for i in slim.embedding.kept_fields:
+            src = pretrained.embedding.field_weight(i)  # [vocab_i, d]
+            idx = torch.as_tensor(kept_indices[i], dtype=torch.long, device=src.device)
+            slim.embedding.field_weight(i).copy_(src.index_select(1, idx))
+
+
+def scatter_alignment_(slim: RecModel, kept_indices: list[list[int]], width: int) -> bool:
+    """Set each ``M_i`` so the kept column ``k`` lands at its pretrained position
+    ``kept_indices[i][k]`` (``W_i [d_i, d]`` with one 1 per row). Needs the slim model aligned to
+    the pretrain width; returns False (nothing changed) when it is not."""
+    emb = slim.embedding
+    if int(emb.out_dim) != width:
+        return False
+    with torch.no_grad():
+        for i in emb.kept_fields:
+            align = emb.field_alignment(i)
+            if align is None:  # no alignment: only possible when every field kept all d columns
+                if kept_indices[i] != list(range(width)):
+                    return False
+                continue
+            w, b = align
+            w.zero_()
+            w[torch.arange(len(kept_indices[i])), torch.as_tensor(kept_indices[i])] = 1.0
+            if b is not None:
+                b.zero_()
+    return True
+
+
+def _field_block_slice(src: Tensor, shape: torch.Size, num_fields: int, kept: list[int]) -> Tensor | None:
+    """``src`` with one axis of ``num_fields x k`` entries cut to the kept fields' blocks so it has
+    ``shape`` (e.g. the first MLP layer over flattened field embeddings), or None."""
+    if src.dim() != len(shape):
+        return None
+    diff = [a for a in range(src.dim()) if src.shape[a] != shape[a]]
+    if len(diff) != 1:
+        return None
+    a = diff[0]
+    if src.shape[a] % num_fields or shape[a] != len(kept) * (src.shape[a] // num_fields):
+        return None
+    blocks = src.unflatten(a, (num_fields, src.shape[a] // num_fields))
+    idx = torch.as_tensor(kept, dtype=torch.long, device=src.device)
+    return blocks.index_select(a, idx).flatten(a, a + 1)
+
+
+def inherit_network_(slim: RecModel, pretrained: RecModel, vocab_sizes: list[int]) -> list[str]:
+    """Copy the pretrained first-order weights (kept fields) and body into ``slim``.
+
+    The body is taken all-or-nothing: every tensor must have the same shape or differ only by
+    per-field blocks (the dropped fields' blocks are cut). Requires the slim model to read the
+    embeddings at the pretrain width. Returns what could not be inherited (empty: everything).
+    """
+    missing: list[str] = []
+    kept, num_fields = list(slim.kept_fields), len(vocab_sizes)
+    with torch.no_grad():
+        if slim.linear is not None and pretrained.linear is not None:
+            w = pretrained.linear.weight.weight  # [sum_i vocab_i over all fields, 1]
+            starts = [0, *np.cumsum(vocab_sizes)[:-1].tolist()]
+            src = torch.cat([w[starts[i]:starts[i] + vocab_sizes[i]] for i in kept])
+            slim.linear.weight.weight.copy_(src)
+            slim.linear.bias.copy_(pretrained.linear.bias)
+        if slim.body is not None:
+            if int(slim.embedding.out_dim) != int(pretrained.embedding.out_dim):
+                return ["body (the slim model's aligned width differs from the pretrain width)"]
+            src_state = pretrained.body.state_dict()
+            copies: dict[str, Tensor] = {}
+            for key, dst in slim.body.state_dict().items():
+                src = src_state.get(key)
+                if src is not None and src.shape != dst.shape:
+                    src = _field_block_slice(src, dst.shape, num_fields, kept)
+                if src is None:
+                    missing.append(f"body.{key}")
+                else:
+                    copies[key] = src
+            if missing:
+                return missing
+            dst_state = slim.body.state_dict()
+            for key, src in copies.items():
+                dst_state[key].copy_(src)
+    return missing
+
+
+# ---- the method ---------------------------------------------------------------------------------
+@register
+class SSEDS(SearchMethod):
+    """Pretrain at ``pretrain_width``, prune once to ``budget`` by saliency, retrain the slim model."""
+
+    name = "sseds"
+    Options = SSEDSOptions
+
+    def __init__(self, options: SSEDSOptions):
+        super().__init__(options)
+        self._pretrained_state: dict[str, Tensor] | None = None
+
+    @property
+    def retrains(self) -> bool:
+        """False for the "w/o retraining" ablation: the pipeline then skips ``Trainer.fit``."""
+        return bool(self.options.retrain)
+
+    # ---- pretraining --------------------------------------------------------------------------
+    def _pretrain_options(self, ctx: SearchContext):
+        return dataclasses.replace(ctx.model_options, aligned_dim=None)
+
+    def build_pretrain_model(self, vocab_sizes: list[int], ctx: SearchContext) -> RecModel:
+        """The uniform base model the search prunes (the experiment's model at ``pretrain_width``)."""
+        opts = self._pretrain_options(ctx)
+        return build_model(opts.name, vocab_sizes, dim=self.options.pretrain_width, options=opts)
+
+    def _load_checkpoint_state(self, path: str | Path, model: RecModel, schema_hash: str) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ConfigError(f"method.pretrain_checkpoint {path}: file not found") from None
+        except Exception as e:  # noqa: BLE001 - a corrupt or non-weights file
+            raise ConfigError(f"method.pretrain_checkpoint {path}: cannot read it as a weights-only "
+                              f"torch file: {e}") from e
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            theirs = (state.get("fingerprint") or {}).get("schema_hash")
+            if theirs and schema_hash and theirs != schema_hash:
+                raise SchemaMismatchError(f"{path} was trained on another dataset: schema hash "
+                                          f"{theirs} vs {schema_hash}")
+            state = state["model"]
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path}: expected a model state_dict or a trainer checkpoint")
+        own = model.state_dict()
+        problems = [f"missing {k}" for k in own if k not in state]
+        problems += [f"unexpected {k}" for k in state if k not in own]
+        problems += [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                     for k, v in own.items() if k in state and state[k].shape != v.shape]
+        if problems:
+            raise SchemaMismatchError(
+                f"{path} does not fit a {model.name} model at width {self.options.pretrain_width} "
+                f"on this dataset: " + "; ".join(problems[:8]) + (" ..." if len(problems) > 8 else ""))
+        model.load_state_dict(state)
+
+    def pretrain(self, dataset, ctx: SearchContext) -> tuple[RecModel, dict[str, Any]]:
+        """Return the trained uniform model (best validation weights) and what to record of it."""
+        schema = dataset.schema
+        model = self.build_pretrain_model(schema.vocab_sizes, ctx)
+        o = self.options
+        if o.pretrain_checkpoint:
+            self._load_checkpoint_state(o.pretrain_checkpoint, model, schema.content_hash)
+            ctx.log(f"sseds: pretrained weights from {o.pretrain_checkpoint}")
+            return model.to(resolve_device(ctx.train.device)), {
+                "pretrained_checkpoint": str(o.pretrain_checkpoint)}
+        cfg = dataclasses.replace(ctx.train, epochs=o.pretrain_epochs or ctx.train.epochs)
+        ckpt_dir = Path(ctx.work_dir) / "pretrain" if ctx.work_dir else None
+        fingerprint = {"stage": "sseds-pretrain", "model": model.name, "width": o.pretrain_width,
+                       "seed": cfg.seed, "epochs": cfg.epochs}
+        trainer = Trainer(model, dataset, cfg, checkpoint_dir=ckpt_dir, quiet=ctx.quiet,
+                          log=ctx.log, fingerprint=fingerprint)
+        ctx.log(f"sseds: pretraining {model.name} at width {o.pretrain_width} for up to "
+                f"{cfg.epochs} epoch(s)")
+        fit = trainer.fit(resume=True)  # continues an interrupted pretraining, if any
+        info: dict[str, Any] = {"pretrain_valid_auc": fit.best_valid_auc,
+                                "pretrain_best_epoch": fit.best_epoch}
+        if ckpt_dir is not None:
+            info["pretrained_checkpoint"] = str(ckpt_dir / "best.pt")
+        return model, info
+
+    # ---- search ------------------------------------------------------------------------------
+    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+        o = self.options
+        schema = dataset.schema
+        if not o.retrain and (ctx.model_options.align != "linear"
+                              or ctx.model_options.aligned_dim != o.pretrain_width):
+            raise ConfigError(
+                "sseds retrain=false evaluates the pretrained network on the pruned embeddings, "
+                f"so they must be read at the pretrain width: set model.align=linear and "
+                f"model.aligned_dim={o.pretrain_width}")
+        t0 = time.perf_counter()
+        model, info = self.pretrain(dataset, ctx)
+        pretrain_seconds = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        device = next(model.parameters()).device
+        loader = BatchLoader(dataset.split("train"), o.saliency_batch_size or ctx.train.batch_size,
+                             shuffle=True, seed=ctx.train.seed + 1, device=device)
+        saliency = compute_saliency(model, loader, o.saliency_batches)
+        pruned = prune_to_budget(saliency, schema.vocab_sizes, o.budget, fill=o.fill)
+        prune_seconds = time.perf_counter() - t0
+        if not any(pruned.dims):
+            raise ConfigError(f"sseds: budget {o.budget} allows {pruned.budget_params} embedding "
+                              f"entries, less than the most salient cell costs "
+                              f"({pruned.next_cell_cost}): raise method.budget")
+        self._pretrained_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        plan = DimensionPlan(
+            method=self.name, field_names=schema.field_names, vocab_sizes=schema.vocab_sizes,
+            dims=pruned.dims, full_dim=o.pretrain_width, schema_hash=schema.content_hash,
+            options=dataclasses.asdict(o), kept_indices=pruned.kept_indices,
+            extra={
+                "saliency": saliency.tolist(),
+                "dropped_fields": [n for n, d in zip(schema.field_names, pruned.dims, strict=True)
+                                   if d == 0],
+                "budget": {"kappa": float(o.budget), "budget_params": pruned.budget_params,
+                           "kept_params": pruned.kept_params, "total_params": pruned.total_params,
+                           "next_cell_cost": pruned.next_cell_cost, "fill": bool(o.fill)},
+                "pretrain_seconds": pretrain_seconds,
+                "prune_seconds": prune_seconds,
+                **info,
+            })
+        ctx.log(f"sseds: kept {pruned.kept_params} of {pruned.total_params} embedding entries "
+                f"(budget {pruned.budget_params}); dims {plan.dims_by_field()}")
+        if plan.extra["dropped_fields"]:
+            ctx.log(f"sseds: dropped fields (no dimension kept): {plan.extra['dropped_fields']}")
+        return plan
+
+    # ---- retraining --------------------------------------------------------------------------
+    def _pretrained_model(self, plan: DimensionPlan, ctx: SearchContext) -> RecModel:
+        model = self.build_pretrain_model(plan.vocab_sizes, ctx)
+        if self._pretrained_state is not None:
+            model.load_state_dict(self._pretrained_state)
+            return model
+        # A resumed run: the search ran in an earlier process. Prefer the run's own folder (it may
+        # have moved since), then the path the plan recorded.
+        own = Path(ctx.work_dir) / "pretrain" / "best.pt" if ctx.work_dir else None
+        path = own if own is not None and own.exists() else plan.extra.get("pretrained_checkpoint")
+        if not path:
+            raise ConfigError("sseds: the pretrained weights are not available (no checkpoint was "
+                              "written: run with a work folder, or set method.pretrain_checkpoint)")
+        self._load_checkpoint_state(path, model, plan.schema_hash)
+        return model
+
+    def init_retrain_model(self, model: RecModel, plan: DimensionPlan, ctx: SearchContext) -> None:
+        """Winning ticket (sec. 3.2.3): the kept pretrained columns, and per Algorithm 1 the rest of
+        the pretrained network where shapes allow; ``M_i`` fresh, or — when the pretrained network
+        is inherited and the slim model is aligned to the pretrain width — placing each kept column
+        at its pretrained coordinate, so the inherited network reads what it was trained on."""
+        o = self.options
+        if not o.ticket and not o.inherits_network:
+            ctx.log("sseds: w/o ticket: the slim model starts from a fresh initialisation")
+            return
+        pretrained = self._pretrained_model(plan, ctx).to(next(model.parameters()).device)
+        if o.ticket:
+            copy_ticket_(model, pretrained, plan.kept_indices)
+            ctx.log("sseds: slim tables initialised from the kept pretrained columns (ticket)")
+        if o.inherits_network:
+            missing = inherit_network_(model, pretrained, plan.vocab_sizes)
+            scattered = not missing and scatter_alignment_(model, plan.kept_indices, o.pretrain_width)
+            if missing:
+                ctx.log(f"sseds: kept a fresh initialisation for {', '.join(missing)}")
+            if not o.retrain and (missing or not scattered):
+                raise ConfigError("sseds retrain=false: the pretrained network could not be "
+                                  f"handed to the pruned model ({', '.join(missing) or 'alignment'})")

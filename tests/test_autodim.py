@@ -1,0 +1,264 @@
+"""AutoDim: the supernet, the bilevel search on planted data, the DARTS step, derive and retrain."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from embdim.config import config_from_dict
+from embdim.data.dataset import PreparedDataset
+from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
+from embdim.experiment import run_experiment
+from embdim.nn.models import build_model
+from embdim.nn.supernet import SupernetEmbedding
+from embdim.plan import DimensionPlan
+from embdim.search import SearchContext, make_method
+from embdim.search.autodim import AutoDimSearch
+from embdim.search.bilevel import batch_loss, second_order_alpha_grad
+from embdim.train.trainer import seed_everything
+
+# Two high-cardinality pure-noise fields (they can only overfit), two 2-dim and two 16-dim fields.
+PLANTED = dict(cardinalities=[2000, 5000, 50, 50, 100, 100], true_dims=[0, 0, 2, 2, 16, 16],
+               zipf_exponent=1.1, first_order_std=1.0, interaction_std=2.0)
+# Short search budget: alpha needs a larger step than the paper's 1e-3 to move in ~150 updates.
+FAST_SEARCH = {"alpha_lr": 0.03, "update_every": 2}
+
+
+def _cfg(path, method: dict, model: str = "deepfm", **train):
+    t = {"batch_size": 500, "lr": 2e-3, "epochs": 3, "seed": 1, "early_stop": 0, "threads": 1, **train}
+    return config_from_dict({"data": {"path": str(path)}, "model": {"name": model, "mlp": [32]},
+                             "method": method, "train": t})
+
+
+def _ctx(cfg):
+    return SearchContext(model_options=cfg.model, train=cfg.train, quiet=True, log=lambda m: None)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    paths = {}
+    for seed in (1, 2):
+        out = tmp_path_factory.mktemp("data") / f"planted{seed}"
+        write_synthetic_dataset(out, SyntheticSpec(**PLANTED, seed=seed), 100_000, seed=seed)
+        paths[seed] = out
+    return paths
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "small"
+    spec = SyntheticSpec(cardinalities=[30, 200, 20, 50], true_dims=[0, 2, 2, 4], seed=5)
+    write_synthetic_dataset(out, spec, 6_000, seed=5)
+    return out
+
+
+# ---- the supernet ------------------------------------------------------------------------------
+@pytest.mark.parametrize("lookup", ["shared", "separate"])
+@pytest.mark.parametrize("unify", ["linear", "pad"])
+def test_supernet_mixes_unified_candidates_under_every_body(lookup, unify):
+    torch.manual_seed(0)
+    net = SupernetEmbedding([5, 7, 3], [2, 8, 16], lookup=lookup, unify=unify)
+    ids = torch.randint(0, 3, (64, 3), dtype=torch.int32)
+    out = net(ids)
+    assert out.shape == (64, 3, 16) and torch.isfinite(out).all()
+    cands = net.candidate_embeddings(ids)
+    assert len(cands) == 3 and all(c.shape == (64, 3, 16) for c in cands)
+    if unify == "pad":  # the 2-wide candidate is zero beyond its width
+        assert torch.all(cands[0][..., 2:] == 0)
+    expected_tables = (5 + 7 + 3) * (16 if lookup == "shared" else 2 + 8 + 16)
+    assert net.embedding_params == expected_tables
+    for model in ("fm", "widedeep", "deepfm", "nfm", "ipnn", "autoint"):
+        m = build_model(model, [5, 7, 3], embedding=SupernetEmbedding([5, 7, 3], [2, 8, 16], lookup=lookup,
+                                                                      unify=unify))
+        assert m(ids).shape == (64,)
+
+
+def test_per_field_candidates_mask_the_other_widths():
+    net = SupernetEmbedding([5, 7], [[2, 8], [4, 8, 16]])
+    assert net.widths == [2, 4, 8, 16]
+    alpha = net.alpha()
+    assert torch.allclose(alpha[0], torch.tensor([0.5, 0.0, 0.5, 0.0]))
+    assert torch.allclose(alpha[1], torch.tensor([0.0, 1 / 3, 1 / 3, 1 / 3]))
+    with torch.no_grad():
+        net.alpha_logits[0, 1] = 100.0  # a masked width can never be selected
+    assert net.selected_widths()[0] in (2, 8)
+    net.train()
+    p = net.mixing_weights(10)
+    assert p.shape == (10, 2, 4) and torch.all(p[:, 0, 1] == 0) and torch.all(p[:, 1, 0] == 0)
+
+
+def test_temperature_follows_the_papers_schedule():
+    opts = make_method({"name": "autodim"}).options
+    assert opts.tau(0) == 1.0
+    assert opts.tau(10_000) == pytest.approx(0.5)
+    assert opts.tau(10**7) == 0.01
+
+
+# ---- the search on planted data ------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [1, 2])
+def test_noise_fields_get_the_smallest_candidate_and_rich_fields_larger(planted, seed):
+    cfg = _cfg(planted[seed], {"name": "autodim", **FAST_SEARCH}, seed=seed)
+    seed_everything(seed)
+    plan = make_method(cfg.method).search(PreparedDataset(planted[seed]), _ctx(cfg))
+    dims = plan.dims
+    assert dims[0] == dims[1] == 2, dims  # the pure-noise fields
+    assert min(dims[4], dims[5]) > max(dims[0], dims[1]), dims  # the 16-dim fields
+    assert plan.embedding_params < 0.5 * plan.fde_embedding_params
+
+
+# ---- where alpha's gradient comes from -------------------------------------------------------------
+def _gradient_sources(path, method: dict) -> tuple[list[str], int]:
+    """Run a short search and record which split fed every gradient that reached alpha."""
+    cfg = _cfg(path, method, epochs=1)
+    seed_everything(0)
+    searcher = AutoDimSearch(PreparedDataset(path), _ctx(cfg), make_method(cfg.method).options,
+                             joint=method["name"] == "autodim-s")
+    current = ["none"]
+
+    def tagged(loader, name):
+        real = loader.epoch
+
+        def epoch(e):
+            for batch in real(e):
+                current[0] = name
+                yield batch
+        loader.epoch = epoch
+
+    tagged(searcher.train_loader, "train")
+    tagged(searcher.valid_loader, "valid")
+    sources: list[str] = []
+    searcher.supernet.alpha_logits.register_hook(lambda g: sources.append(current[0]))
+    result = searcher.run()
+    return sources, result.alpha_updates
+
+
+def test_alpha_learns_only_from_validation_batches(small):
+    sources, updates = _gradient_sources(small, {"name": "autodim", "update_every": 3,
+                                                 "pretrain_steps": 2})
+    assert updates == len(sources) > 0 and set(sources) == {"valid"}
+
+
+def test_autodim_s_updates_alpha_from_training_batches(small):
+    sources, updates = _gradient_sources(small, {"name": "autodim-s", "pretrain_steps": 2})
+    assert updates == len(sources) > 0 and set(sources) == {"train"}
+
+
+# ---- the second-order DARTS step ------------------------------------------------------------------
+def test_second_order_step_matches_finite_differences():
+    """The unrolled gradient d/d alpha L_val(W - xi grad_W L_train(W, alpha), alpha), computed with
+    the finite-difference Hessian-vector product, against central differences of that function."""
+    torch.manual_seed(0)
+    vocab = [4, 5, 3]
+    net = SupernetEmbedding(vocab, [2, 4], gumbel="batch")
+    model = build_model("deepfm", vocab, options={"mlp": [6], "dropout": 0.0, "batch_norm": False},
+                        embedding=net).double()
+    with torch.no_grad():
+        net.alpha_logits.copy_(torch.randn_like(net.alpha_logits))
+        for p in model.parameters():
+            if p is not net.alpha_logits:
+                p.add_(0.3 * torch.randn_like(p))
+    model.train()
+    net.tau = 0.7
+
+    def batch(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.stack([torch.randint(0, v, (n,), generator=g) for v in vocab], 1)
+        return ids, torch.randint(0, 2, (n,), generator=g).double()
+
+    train, valid = batch(32, 1), batch(32, 2)
+    alpha = [net.alpha_logits]
+    w = [p for p in model.parameters() if p is not net.alpha_logits]
+    xi, seed = 0.5, 123
+    got, _ = second_order_alpha_grad(model, w, alpha, train, valid, xi=xi, eps_scale=1e-4, seed=seed)
+
+    def unrolled_val_loss() -> float:
+        def loss(b, s):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(s)
+                return batch_loss(model, b)
+        saved = [p.detach().clone() for p in w]
+        g = torch.autograd.grad(loss(train, seed), w)
+        with torch.no_grad():
+            for p, gi in zip(w, g, strict=True):
+                p.sub_(xi * gi)
+            value = float(loss(valid, seed + 1))
+            for p, s in zip(w, saved, strict=True):
+                p.copy_(s)
+        return value
+
+    numeric = torch.zeros_like(net.alpha_logits)
+    h = 1e-5
+    for idx in range(net.alpha_logits.numel()):
+        with torch.no_grad():
+            net.alpha_logits.view(-1)[idx] += h
+        up = unrolled_val_loss()
+        with torch.no_grad():
+            net.alpha_logits.view(-1)[idx] -= 2 * h
+        down = unrolled_val_loss()
+        with torch.no_grad():
+            net.alpha_logits.view(-1)[idx] += h
+        numeric.view(-1)[idx] = (up - down) / (2 * h)
+    assert torch.allclose(got[0], numeric, rtol=1e-4, atol=1e-7), (got[0], numeric)
+    first, _ = second_order_alpha_grad(model, w, alpha, train, valid, xi=0.0, seed=seed)
+    assert not torch.allclose(first[0], numeric, rtol=1e-2)  # the second-order term matters here
+
+
+def test_second_order_search_runs_and_leaves_weights_consistent(small):
+    cfg = _cfg(small, {"name": "autodim", "order": "second", "update_every": 2, "pretrain_steps": 1},
+               epochs=1, max_steps_per_epoch=6)
+    seed_everything(0)
+    plan = make_method(cfg.method).search(PreparedDataset(small), _ctx(cfg))
+    assert plan.extra["alpha_updates"] == 3 and plan.options["order"] == "second"
+
+
+# ---- derive, plan, retrain -------------------------------------------------------------------------
+def test_end_to_end_run_writes_a_plan_with_alpha_and_retrains_without_batchnorm(small, tmp_path):
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 2, "update_every": 1}, epochs=1)
+    run = tmp_path / "run"
+    metrics = run_experiment(cfg, run, quiet=True)
+    for name in ("config.yaml", "plan.json", "metrics.json", "log.txt"):
+        assert (run / name).exists(), name
+    plan = DimensionPlan.load(run / "plan.json")
+    assert DimensionPlan.from_dict(json.loads((run / "plan.json").read_text())).to_dict() == plan.to_dict()
+    assert set(plan.extra["alpha"]) == set(plan.field_names)
+    for name, a in plan.extra["alpha"].items():
+        assert len(a) == 5 and sum(a) == pytest.approx(1.0, abs=1e-4)
+        assert plan.dims_by_field()[name] == plan.extra["candidates"][name][max(range(5), key=a.__getitem__)]
+    assert plan.full_dim == 32 and plan.options["lookup"] == "shared"
+    assert metrics["embedding_params"] == plan.embedding_params
+
+    method = make_method(cfg.method)
+    model = build_model("deepfm", PreparedDataset(small).schema, plan,
+                        options=method.retrain_model_options(cfg.model, plan))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.embedding.modules())
+    assert model.embedding.embedding_params == plan.embedding_params
+    assert model.embedding.out_dim == 32  # aligned to the largest candidate
+
+
+def test_inherit_copies_the_searched_weights_into_the_retrained_model(small):
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 2, "inherit": True, "unify_bias": True},
+               epochs=1)
+    cfg.model.align_bias = True
+    seed_everything(0)
+    method = make_method(cfg.method)
+    ds = PreparedDataset(small)
+    plan = method.search(ds, _ctx(cfg))
+    model = build_model("deepfm", ds.schema, plan, options=method.retrain_model_options(cfg.model, plan))
+    method.init_retrain_model(model, plan, _ctx(cfg))
+    searched = method.result.model
+    net = searched.embedding
+    ids = torch.from_numpy(ds.split("valid").x[:256].astype("int64"))
+    searched.eval()
+    model.eval()
+    with torch.no_grad():
+        # pin alpha to the derived one-hot choice: the supernet then computes the retrained network
+        mask = torch.full_like(net.alpha_logits, -1e9)
+        for i, d in enumerate(plan.dims):
+            mask[i, net.widths.index(d)] = 0.0
+        net.alpha_logits.copy_(mask)
+        expected = searched.embedding(ids)
+        got = model.embedding(ids)
+    assert torch.allclose(got, expected, atol=1e-5)
