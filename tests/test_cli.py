@@ -55,3 +55,20 @@ def test_errors_are_messages(config, tmp_path, capsys):
     assert main(["run", str(config), "--set", "data.path=/nonexistent", "--out",
                  str(tmp_path / "y")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_python_api_search_by_class(data, tmp_path):
+    from embdim import build_model
+    from embdim.data import PreparedDataset
+    from embdim.errors import ConfigError
+    from embdim.search import FDE, SSEDS
+
+    ds = PreparedDataset(data)
+    plan = FDE(dim=4).search(ds, model="fm")
+    assert set(plan.dims) == {4}
+    plan = SSEDS(budget=0.5, pretrain_width=8).search(
+        ds, model={"name": "fm"}, train={"epochs": 1, "batch_size": 500}, work_dir=tmp_path)
+    assert plan.embedding_params <= 0.5 * plan.fde_embedding_params
+    assert build_model("fm", ds.schema, plan).embedding_params == plan.embedding_params
+    with pytest.raises(ConfigError, match="budgett"):
+        SSEDS(budgett=0.1)

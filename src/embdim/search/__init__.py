@@ -1,7 +1,18 @@
-"""Dimension-search methods: one module per method, all producing a DimensionPlan."""
+"""Dimension-search methods: one module per method, all producing a DimensionPlan.
+
+By name (``make_method({"name": "autodim", ...})``, as the YAML ``method:`` section does) or by
+class (``AutoDim(candidates=[2, 8, 16]).search(dataset, model="deepfm")``).
+"""
 
 # importing the modules registers the methods
 from embdim.search import autodim, fde, fixed, mde, random, sseds  # noqa: F401
-from embdim.search.base import METHODS, SearchContext, SearchMethod, make_method
+from embdim.search.autodim import AutoDim, AutoDimS
+from embdim.search.base import METHODS, SearchContext, SearchMethod, make_context, make_method
+from embdim.search.fde import FDE
+from embdim.search.fixed import FixedPlan
+from embdim.search.mde import MDE
+from embdim.search.random import RandomSearch
+from embdim.search.sseds import SSEDS
 
-__all__ = ["METHODS", "SearchContext", "SearchMethod", "make_method"]
+__all__ = ["FDE", "MDE", "METHODS", "SSEDS", "AutoDim", "AutoDimS", "FixedPlan", "RandomSearch",
+           "SearchContext", "SearchMethod", "make_context", "make_method"]

@@ -348,11 +348,11 @@ class AutoDim(SearchMethod):
     Options = AutoDimOptions
     joint = False  # AutoDim-s: W and alpha on the same training batch
 
-    def __init__(self, options: AutoDimOptions):
-        super().__init__(options)
+    def __init__(self, options: AutoDimOptions | None = None, **option_values):
+        super().__init__(options, **option_values)
         self.result: SearchResult | None = None
 
-    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+    def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         searcher = AutoDimSearch(dataset, ctx, self.options, joint=self.joint)
         self.result = searcher.run()
         opts = dataclasses.asdict(self.options)

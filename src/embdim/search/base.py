@@ -3,6 +3,11 @@
 A method reads a prepared dataset and the experiment's model/training options and returns a
 :class:`~embdim.plan.DimensionPlan`. The pipeline (``embdim.experiment``) then retrains a fresh
 base model with that plan and evaluates it, identically for every method.
+
+From Python::
+
+    from embdim.search import AutoDim
+    plan = AutoDim(candidates=[2, 8, 16]).search(dataset, model="deepfm", train={"epochs": 2})
 """
 
 from __future__ import annotations
@@ -33,25 +38,48 @@ class SearchMethod(ABC):
     name: ClassVar[str]
     Options: ClassVar[type]
 
-    def __init__(self, options: Any):
+    def __init__(self, options: Any = None, **option_values: Any):
+        """``Method(options)`` with an ``Options`` instance, or ``Method(key=value, ...)``."""
+        if options is None:
+            options = self.make_options(option_values)
+        elif option_values:
+            raise TypeError("pass either an Options instance or option keywords, not both")
         self.options = options
 
     @classmethod
-    def from_config(cls, method_cfg: dict[str, Any]) -> SearchMethod:
-        d = {k: v for k, v in method_cfg.items() if k != "name"}
+    def make_options(cls, values: dict[str, Any]) -> Any:
+        """Validated ``Options`` from a mapping; unknown keys are refused with the valid ones."""
         valid = {f.name for f in fields(cls.Options)}
-        unknown = sorted(set(d) - valid)
+        unknown = sorted(set(values) - valid)
         if unknown:
             raise ConfigError(f"method {cls.name!r}: unknown option(s) {unknown}; valid options: "
                               f"{sorted(valid)}")
-        options = cls.Options(**d)
+        options = cls.Options(**values)
         if hasattr(options, "validate"):
             options.validate()
-        return cls(options)
+        return options
+
+    @classmethod
+    def from_config(cls, method_cfg: dict[str, Any]) -> SearchMethod:
+        """From the YAML ``method:`` section (its ``name`` selects the class)."""
+        return cls(cls.make_options({k: v for k, v in method_cfg.items() if k != "name"}))
+
+    def search(self, dataset, ctx: SearchContext | None = None, *, model: Any = "deepfm",
+               train: Any = None, work_dir: str | Path | None = None, quiet: bool = True):
+        """Return the DimensionPlan for ``dataset`` (an ``embdim.data.PreparedDataset``).
+
+        The pipeline passes a :class:`SearchContext`; from Python, give the base model instead
+        (``model``: a name, a ``model:`` mapping or ``ModelOptions``) and optionally the training
+        options (``train``: a ``train:`` mapping or ``TrainConfig``) and a folder for the method's
+        own files (pretraining checkpoints).
+        """
+        if ctx is None:
+            ctx = make_context(model, train, work_dir=work_dir, quiet=quiet)
+        return self._search(dataset, ctx)
 
     @abstractmethod
-    def search(self, dataset, ctx: SearchContext):
-        """Return the DimensionPlan for ``dataset`` (an ``embdim.data.PreparedDataset``)."""
+    def _search(self, dataset, ctx: SearchContext):
+        """The method itself: ``dataset`` + ``ctx`` -> DimensionPlan."""
 
     @property
     def retrains(self) -> bool:
@@ -70,6 +98,25 @@ class SearchMethod(ABC):
         optional inheritance of searched weights) copies them in here, under ``torch.no_grad()``.
         On ``--resume`` it is not called: the checkpoint holds the weights."""
         return None
+
+
+def make_context(model: Any = "deepfm", train: Any = None, *, work_dir: str | Path | None = None,
+                 quiet: bool = True, log: Any = None) -> SearchContext:
+    """A SearchContext from a model name / mapping / ModelOptions and a train mapping / config."""
+    from embdim.config import TrainConfig
+    from embdim.nn.models import ModelOptions
+
+    if isinstance(model, str):
+        model = ModelOptions.from_dict({"name": model})
+    elif isinstance(model, dict):
+        model = ModelOptions.from_dict({"name": "deepfm", **model})
+    if train is None or isinstance(train, dict):
+        cfg = TrainConfig(**(train or {}))
+        cfg.validate()
+        train = cfg
+    return SearchContext(model_options=model, train=train,
+                         work_dir=Path(work_dir) if work_dir else None, quiet=quiet,
+                         log=log or (lambda msg: None))
 
 
 METHODS: dict[str, type[SearchMethod]] = {}

@@ -35,7 +35,7 @@ class FDE(SearchMethod):
     name = "fde"
     Options = FDEOptions
 
-    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+    def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         w = self.options.width
         # The full-dimension reference is the largest candidate (AutoDim Sec. 3.4), so an FDE run
         # at a smaller width reports its size relative to it.

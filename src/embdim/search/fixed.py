@@ -26,7 +26,7 @@ class FixedPlan(SearchMethod):
     name = "plan"
     Options = FixedPlanOptions
 
-    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+    def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         plan = DimensionPlan.load(self.options.path)
         plan.check_schema(dataset.schema)
         plan.extra.pop("search_seconds", None)  # the retrain run did no search of its own

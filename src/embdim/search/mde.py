@@ -61,7 +61,7 @@ class MDE(SearchMethod):
     name = "mde"
     Options = MDEOptions
 
-    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+    def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         opts, schema = self.options, dataset.schema
         full = max(*opts.candidates, *opts.base_dims)
         plans, seen = [], set()

@@ -76,7 +76,7 @@ class RandomSearch(SearchMethod):
     name = "ras"
     Options = RandomSearchOptions
 
-    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+    def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         opts, schema = self.options, dataset.schema
         rng = np.random.default_rng(ctx.train.seed if opts.seed is None else opts.seed)
         cands = sorted(set(opts.candidates))

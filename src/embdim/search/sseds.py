@@ -304,8 +304,8 @@ class SSEDS(SearchMethod):
     name = "sseds"
     Options = SSEDSOptions
 
-    def __init__(self, options: SSEDSOptions):
-        super().__init__(options)
+    def __init__(self, options: SSEDSOptions | None = None, **option_values):
+        super().__init__(options, **option_values)
         self._pretrained_state: dict[str, Tensor] | None = None
 
     @property
@@ -375,7 +375,7 @@ class SSEDS(SearchMethod):
         return model, info
 
     # ---- search ------------------------------------------------------------------------------
-    def search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+    def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         o = self.options
         schema = dataset.schema
         if not o.retrain and (ctx.model_options.align != "linear"
