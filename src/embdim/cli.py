@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--resume", action="store_true")
     retrain.set_defaults(handler=_cmd_retrain)
 
+    report = sub.add_parser("report", help="tables (Markdown + CSV) from finished run folders",
+                            description="Methods x models table (AUC, Logloss, embedding params; "
+                                        "mean ± std over seeds) from run folders.")
+    report.add_argument("runs", nargs="+", help="run folders, or folders that contain run folders")
+    report.add_argument("--out", default=".", help="where report.md and report.csv go (default .)")
+    report.set_defaults(handler=_cmd_report)
+
     demo = sub.add_parser("demo", help="synthetic data with planted truth, a few methods, a table")
     demo.add_argument("--out", default="runs/demo", help="demo folder (a fresh one if it exists)")
     demo.add_argument("--rows", type=int, default=DEMO_ROWS, help=f"synthetic rows (default {DEMO_ROWS})")
@@ -99,6 +106,14 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from embdim.report import write_report
+
+    print(write_report(args.runs, args.out))
+    print(f"\nwrote {args.out}/report.md and {args.out}/report.csv")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from embdim.demo import run_demo
 
@@ -118,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except EmbdimError as e:
         print(f"embdim: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = None
+        return 141
     except KeyboardInterrupt:
         print("embdim: interrupted (an interrupted run continues from its last checkpoint with "
               "--resume)", file=sys.stderr)
