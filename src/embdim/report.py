@@ -1,9 +1,10 @@
-"""``embdim report``: tables from finished run folders, in the layout of AutoDim's Table 2.
+"""``embdim report``: tables from finished run folders, in the layout of AutoDim's Table 2 and 4.
 
 Rows are methods (the method section of each run's ``config.yaml``: its name and options), column
 groups are base models, and each cell holds the mean ± sample standard deviation over the runs
-that differ only in ``train.seed``: test AUC, test Logloss and embedding parameters. A Markdown
-table and a long-format CSV (one row per method x model x dataset) are written.
+that differ only in ``train.seed``: test AUC, test Logloss and embedding parameters. A second
+table gives the selected width of every field (Table 4), one value per seed where they differ.
+A Markdown file and a long-format CSV (one row per method x model x dataset) are written.
 """
 
 from __future__ import annotations
@@ -101,9 +102,26 @@ def markdown_table(groups: list[Group]) -> str:
                           _cell(g, "embedding_params", ",.0f")]
             lines.append("| " + " | ".join(cells) + " |")
         seeds = sorted({len(g.runs) for g in gs})
-        lines += ["", f"mean ± sample std over {'/'.join(map(str, seeds))} seed(s) per cell."]
+        lines += ["", f"mean ± sample std over {'/'.join(map(str, seeds))} seed(s) per cell.", ""]
+        lines += dims_table(sorted(gs, key=lambda g: (g.method, g.model)))
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+def dims_table(groups: list[Group]) -> list[str]:
+    """Selected width per field: rows method x model, one value per seed joined by '/' if they
+    differ (0 = field dropped)."""
+    fields = list(groups[0].runs[0].get("dims", {})) if groups else []
+    if not fields:
+        return []
+    lines = ["| method | model | " + " | ".join(fields) + " |", "|---" * (len(fields) + 2) + "|"]
+    for g in groups:
+        cells = []
+        for f in fields:
+            values = [str(r.get("dims", {}).get(f, "?")) for r in g.runs]
+            cells.append(values[0] if len(set(values)) == 1 else "/".join(values))
+        lines.append(f"| {g.method} | {g.model} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def csv_table(groups: list[Group]) -> str:
