@@ -8,6 +8,10 @@ Optional parts, filled by the methods that need them:
 
 * ``kept_indices`` (SSEDS): per field, which columns of the pretrained full-width table were kept;
 * ``value_dim_rule`` (MDE, AutoEmb): the rule that maps a value's frequency/popularity to a width;
+  with ``"blocks"`` in it (MDE's per-frequency-block variant), per field the list of its blocks
+  ``{"start", "stop", "dim"[, "reserved_ids"]}`` (see :mod:`embdim.nn.block_embedding`): the model then
+  has one table per block, ``dims[i]`` is field ``i``'s largest block width and
+  ``embedding_params`` counts ``sum n_k * d_k`` over the blocks;
 * ``extra``: method-specific results (final architecture weights, saliency matrix, ...).
 """
 
@@ -81,7 +85,11 @@ class DimensionPlan:
 
     @property
     def embedding_params(self) -> int:
-        """Number of embedding-table entries: sum over fields of vocab_size x dim."""
+        """Number of embedding-table entries: sum over fields of vocab_size x dim (with frequency
+        blocks in ``value_dim_rule``: sum over blocks of n_k x d_k)."""
+        if self.value_dim_rule and "blocks" in self.value_dim_rule:
+            return sum((int(b["stop"]) - int(b["start"]) + len(b.get("reserved_ids", []))) * int(b["dim"])
+                       for field in self.value_dim_rule["blocks"] for b in field)
         return sum(v * d for v, d in zip(self.vocab_sizes, self.dims, strict=True))
 
     @property

@@ -1,5 +1,6 @@
 """Neural building blocks: field embeddings, interaction layers and the base CTR models."""
 
+from embdim.nn.block_embedding import BlockFieldEmbedding
 from embdim.nn.embedding import FeaturesLinear, FieldEmbedding
 from embdim.nn.layers import (
     MLP,
@@ -12,7 +13,7 @@ from embdim.nn.layers import (
 from embdim.nn.models import MODEL_NAMES, ModelOptions, RecModel, build_model, register_model
 
 __all__ = [
-    "MLP", "MODEL_NAMES", "BiInteraction", "Dropout", "FactorizationMachine", "FeaturesLinear",
-    "FieldEmbedding", "InnerProduct", "ModelOptions", "RecModel", "SelfAttentionLayer", "build_model",
-    "register_model",
+    "MLP", "MODEL_NAMES", "BiInteraction", "BlockFieldEmbedding", "Dropout", "FactorizationMachine",
+    "FeaturesLinear", "FieldEmbedding", "InnerProduct", "ModelOptions", "RecModel", "SelfAttentionLayer",
+    "build_model", "register_model",
 ]

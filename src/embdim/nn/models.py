@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from embdim.errors import ConfigError, SchemaMismatchError
+from embdim.nn.block_embedding import BlockFieldEmbedding
 from embdim.nn.embedding import ALIGN_MODES, FeaturesLinear, FieldEmbedding
 from embdim.nn.layers import (
     MLP,
@@ -280,7 +281,9 @@ def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: Dime
         name: one of :data:`MODEL_NAMES` (or an alias such as ``wd``).
         vocab_sizes_or_schema: the dataset :class:`Schema` (the plan is checked against it) or the
             per-field vocabulary sizes.
-        plan: per-field widths (``0`` drops a field); ``None``: every field at ``dim``.
+        plan: per-field widths (``0`` drops a field); ``None``: every field at ``dim``. A plan with
+            frequency blocks in ``value_dim_rule`` (MDE ``blocks: K``) gets a
+            :class:`~embdim.nn.block_embedding.BlockFieldEmbedding`.
         dim: the uniform width when there is no plan.
         options: :class:`ModelOptions` or a ``model:`` config mapping (``name`` may be omitted).
         embedding: a ready embedding module (a search supernet) used instead of building one from
@@ -312,6 +315,9 @@ def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: Dime
             raise ConfigError(f"model {key!r} has no embedding layer to replace")
         return RecModel(None, None, FeaturesLinear(vocab_sizes, [i for i, d in enumerate(dims) if d]),
                         name=key)
+    if embedding is None and plan is not None and "blocks" in (plan.value_dim_rule or {}):
+        embedding = BlockFieldEmbedding.from_plan(plan, align=options.align, out_dim=options.aligned_dim,
+                                                  bias=options.align_bias)  # MDE frequency blocks
     if embedding is None:
         embedding = FieldEmbedding(vocab_sizes, dims, align=options.align, out_dim=options.aligned_dim,
                                    bias=options.align_bias)
