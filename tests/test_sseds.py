@@ -14,7 +14,6 @@ import torch
 from embdim.config import TrainConfig, config_from_dict
 from embdim.data.dataset import PreparedDataset
 from embdim.data.loader import BatchLoader
-from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from embdim.errors import ConfigError, SchemaMismatchError
 from embdim.experiment import run_experiment
 from embdim.nn.models import ModelOptions, build_model
@@ -30,16 +29,6 @@ from embdim.train.trainer import seed_everything
 
 NOISE = ["f0", "f5"]
 WIDTH = 8
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """6 fields, f0 and f5 pure noise, 12k rows (the trainer tests' data)."""
-    spec = SyntheticSpec(cardinalities=[5, 50, 200, 30, 100, 400], true_dims=[0, 2, 4, 2, 4, 0],
-                         zipf_exponent=1.1, first_order_std=1.0, interaction_std=1.5, seed=3)
-    out = tmp_path_factory.mktemp("data") / "planted"
-    write_synthetic_dataset(out, spec, 12_000, seed=3)
-    return out
 
 
 def _ctx(work_dir=None, model="deepfm", **model_kw) -> SearchContext:

@@ -12,21 +12,10 @@ import yaml
 
 from embdim.config import TrainConfig, config_from_dict
 from embdim.data.dataset import PreparedDataset
-from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from embdim.errors import ConfigError, SchemaMismatchError, TrainingDivergedError
 from embdim.experiment import run_experiment
 from embdim.nn.models import build_model
 from embdim.train.trainer import Trainer, seed_everything
-
-
-@pytest.fixture(scope="module")
-def planted(tmp_path_factory):
-    """6 fields (one pure noise), 12k rows: trains in about a second per epoch."""
-    spec = SyntheticSpec(cardinalities=[5, 50, 200, 30, 100, 400], true_dims=[0, 2, 4, 2, 4, 0],
-                         zipf_exponent=1.1, first_order_std=1.0, interaction_std=1.5, seed=3)
-    out = tmp_path_factory.mktemp("data") / "planted"
-    write_synthetic_dataset(out, spec, 12_000, seed=3)
-    return out
 
 
 def _cfg(path, **train):
