@@ -53,3 +53,67 @@ def test_report_files_and_cli(runs, tmp_path, capsys):
     assert "fde dim=32" in capsys.readouterr().out
     with pytest.raises(EmbdimError, match="no finished run"):
         find_runs([runs / "unfinished"])
+
+
+def test_welch_ttest_known_values():
+    from scipy import stats
+
+    from embdim.report import welch_ttest
+
+    a, b = [0.80, 0.82, 0.84], [0.78, 0.79, 0.77]
+    # by hand: means .82/.78, variances 4e-4/1e-4, t = .04 / sqrt(5e-4/3) = 3.0984, Welch df = 2.941
+    assert stats.ttest_ind(a, b, equal_var=False).statistic == pytest.approx(3.0983867)
+    assert welch_ttest(a, b) == pytest.approx(0.0547868, rel=1e-5)
+    assert welch_ttest(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    # Student's pooled test would give p = 0.036 here (df 4): the report uses Welch, so no '*'
+    assert stats.ttest_ind(a, b).pvalue == pytest.approx(0.0363, abs=1e-3)
+    assert welch_ttest(a, [0.79, 0.80]) == pytest.approx(0.1536945, rel=1e-5)
+    assert welch_ttest(a, [0.60, 0.61, 0.62]) == pytest.approx(0.000565114, rel=1e-5)
+    assert welch_ttest(a, [0.79]) is None  # one seed: no test
+    assert welch_ttest([0.8, 0.8], [0.7, 0.7]) is None  # no variance anywhere: undefined
+
+
+def test_significance_against_best_baseline(tmp_path):
+    aucs = {("autodim", "fm"): [0.80, 0.82, 0.84], ("sseds", "fm"): [0.60, 0.61, 0.62],
+            ("fde", "fm"): [0.70, 0.71, 0.72], ("random", "fm"): [0.78, 0.79, 0.77],
+            ("autodim", "deepfm"): [0.80, 0.82, 0.84], ("fde", "deepfm"): [0.79, 0.80, 0.81]}
+    for (method, model), values in aucs.items():
+        for seed, auc in enumerate(values, 1):
+            _run(tmp_path, f"{method}-{model}-{seed}", {"name": method}, model, seed, auc, 0.4, 100)
+    groups = {(g.method, g.model): g for g in collect(find_runs([tmp_path]))}
+    best = groups[("random", "fm")]  # the baseline (fde/ras/random/mde) with the highest mean AUC
+    assert best.p_value is None and best.baseline is None
+    assert groups[("autodim", "fm")].baseline == "random"
+    assert groups[("autodim", "fm")].p_value == pytest.approx(0.0547868, rel=1e-5)  # not < .05
+    assert groups[("sseds", "fm")].p_value < 0.05  # significantly worse
+    assert groups[("fde", "fm")].baseline == "random"
+    assert groups[("autodim", "deepfm")].baseline == "fde"
+    table = write_report([tmp_path], tmp_path / "out", plots=False)
+    assert "| sseds | – | – | – | 0.6100 ± 0.0100† |" in table
+    assert "| autodim | 0.8200 ± 0.0200 |" in table  # deepfm column first, p = .37: no mark
+    assert "| autodim | 0.8200 ± 0.0200 | 0.4000 ± 0.0000 | 100 ± 0 | 0.8200 ± 0.0200 |" in table
+    rows = {(r["method"], r["model"]): r for r in csv.DictReader(open(tmp_path / "out" / "report.csv"))}
+    assert float(rows[("autodim", "fm")]["auc_p_value"]) == pytest.approx(0.0547868, rel=1e-4)
+    assert rows[("sseds", "fm")]["auc_significant"] == "worse"
+    assert rows[("random", "fm")]["auc_p_value"] == "" and rows[("random", "fm")]["best_baseline"] == ""
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_significantly_better_is_starred(tmp_path):
+    for seed, (a, b) in enumerate(((0.80, 0.70), (0.81, 0.71), (0.82, 0.70)), 1):
+        _run(tmp_path, f"ad-{seed}", {"name": "autodim"}, "fm", seed, a, 0.4, 100)
+        _run(tmp_path, f"mde-{seed}", {"name": "mde", "alpha": 0.3}, "fm", seed, b, 0.4, 100)
+    table = write_report([tmp_path], tmp_path / "out", plots=False)
+    assert "| autodim | 0.8100 ± 0.0100* |" in table
+    assert "| mde alpha=0.3 | 0.7033 ± 0.0058 |" in table
+
+
+def test_report_plots_are_written_and_embedded(runs, tmp_path):
+    out = tmp_path / "out"
+    write_report([runs], out)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["auc_params_x_deepfm.png", "auc_params_x_fm.png", "dims_x_deepfm.png", "dims_x_fm.png"]
+    report = (out / "report.md").read_text()
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({name})" in report

@@ -49,8 +49,24 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Methods x models table (AUC, Logloss, embedding params; "
                                         "mean ± std over seeds) from run folders.")
     report.add_argument("runs", nargs="+", help="run folders, or folders that contain run folders")
-    report.add_argument("--out", default=".", help="where report.md and report.csv go (default .)")
+    report.add_argument("--out", default=".", help="where report.md, report.csv and the PNG plots go "
+                        "(default .)")
+    report.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="tables only (no PNG plots)")
     report.set_defaults(handler=_cmd_report)
+
+    grid = sub.add_parser("grid", help="run every cell of a grid of experiments, then the report",
+                          description="Run the cartesian product of the `grid:` lists over the "
+                                      "`base:` config, one run folder per cell; finished cells are "
+                                      "skipped on restart, unfinished ones resumed.")
+    grid.add_argument("grid", help="grid YAML: `base:` (an experiment config) and `grid:` "
+                                   "(dotted key -> list of values)")
+    grid.add_argument("--out", help="grid folder (default runs/<grid file name>)")
+    grid.add_argument("--keep-going", action="store_true",
+                      help="when a cell fails, go on with the others (and report the failures at the "
+                           "end) instead of stopping")
+    grid.add_argument("--no-plots", dest="plots", action="store_false", help="report without plots")
+    grid.set_defaults(handler=_cmd_grid)
 
     demo = sub.add_parser("demo", help="synthetic data with planted truth, a few methods, a table")
     demo.add_argument("--out", default="runs/demo", help="demo folder (a fresh one if it exists)")
@@ -109,9 +125,24 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from embdim.report import write_report
 
-    print(write_report(args.runs, args.out))
-    print(f"\nwrote {args.out}/report.md and {args.out}/report.csv")
+    print(write_report(args.runs, args.out, plots=args.plots))
+    print(f"\nwrote {args.out}/report.md and {args.out}/report.csv" + (" and plots" if args.plots else ""))
     return 0
+
+
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from embdim.grid import run_grid
+
+    out = args.out or f"runs/{Path(args.grid).stem}"
+    result = run_grid(args.grid, out, quiet=args.quiet, keep_going=args.keep_going, plots=args.plots)
+    if result.table:
+        print(result.table)
+        print(f"\n{result.summary()} -> {out}/report.md")
+    else:
+        print(result.summary())
+    return 1 if result.failed else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -5,6 +5,16 @@ groups are base models, and each cell holds the mean ± sample standard deviatio
 that differ only in ``train.seed``: test AUC, test Logloss and embedding parameters. A second
 table gives the selected width of every field (Table 4), one value per seed where they differ.
 A Markdown file and a long-format CSV (one row per method x model x dataset) are written.
+
+Significance, as in the papers: for each dataset x model, every method's test AUC over its seeds is
+compared with the *best baseline* (the method among fde, ras, random and mde with the highest mean
+AUC) by a two-sided **Welch** t-test (unequal variances: methods differ in how much their AUC moves
+with the seed, so pooling variances as Student's test does would be wrong). A cell is marked ``*``
+when the method is better than the best baseline with p < 0.05 and ``†`` when it is worse with
+p < 0.05. The test needs two or more seeds on both sides and a nonzero variance on at least one; the
+p-value (and the baseline it was measured against) is in the CSV, empty where no test applies.
+
+Plots (PNG, next to report.md and embedded in it): see :mod:`embdim.plots`.
 """
 
 from __future__ import annotations
@@ -19,11 +29,14 @@ from typing import Any
 
 import numpy as np
 import yaml
+from scipy import stats
 
 from embdim.errors import EmbdimError
 from embdim.io import atomic_write_text
 
 METRICS = ("test_auc", "test_logloss", "embedding_params")
+BASELINES = ("fde", "ras", "random", "mde")  # method names the proposed methods are tested against
+ALPHA = 0.05
 
 
 @dataclass
@@ -34,6 +47,10 @@ class Group:
     method: str
     model: str
     runs: list[dict[str, Any]] = field(default_factory=list)
+    name: str = ""  # the method's name alone (``fde``), for telling baselines apart
+    baseline: str | None = None  # label of the best baseline this group was tested against
+    baseline_auc: float | None = None  # that baseline's mean test AUC
+    p_value: float | None = None  # two-sided Welch t-test of test AUC against that baseline
 
     def stat(self, key: str) -> tuple[float, float]:
         """Mean and sample standard deviation (0 for a single run) of a metric."""
@@ -44,6 +61,49 @@ class Group:
     @property
     def seeds(self) -> list[int]:
         return sorted(int(r["seed"]) for r in self.runs)
+
+    def values(self, key: str) -> np.ndarray:
+        return np.array([r[key] for r in self.runs], dtype=float)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.name in BASELINES
+
+
+def welch_ttest(a: Any, b: Any) -> float | None:
+    """Two-sided Welch t-test p-value of mean(a) != mean(b); None where it is undefined (fewer than
+    two values on a side, or no variance on either side)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b) == 0:
+        return None
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def add_significance(groups: list[Group]) -> None:
+    """Set ``baseline`` and ``p_value`` of every group: per dataset x model, its test AUC against the
+    baseline group with the highest mean AUC (the best baseline itself is not tested)."""
+    by_cell: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups:
+        by_cell[(g.data, g.model)].append(g)
+    for gs in by_cell.values():
+        baselines = [g for g in gs if g.is_baseline]
+        if not baselines:
+            continue
+        best = max(baselines, key=lambda g: g.stat("test_auc")[0])
+        for g in gs:
+            if g is best:
+                continue
+            g.baseline, g.baseline_auc = best.method, best.stat("test_auc")[0]
+            g.p_value = welch_ttest(g.values("test_auc"), best.values("test_auc"))
+
+
+def significance_mark(g: Group) -> str:
+    """``*`` significantly better than the best baseline, ``†`` significantly worse, else ''."""
+    if g.p_value is None or g.p_value >= ALPHA or g.baseline_auc is None:
+        return ""
+    return "*" if g.stat("test_auc")[0] > g.baseline_auc else "†"
 
 
 def method_label(method: dict[str, Any]) -> str:
@@ -71,15 +131,19 @@ def collect(run_dirs: list[Path]) -> list[Group]:
         metrics = json.loads((run / "metrics.json").read_text())
         config = yaml.safe_load((run / "config.yaml").read_text())
         key = (str(config["data"]["path"]), method_label(config["method"]), metrics["model"])
-        groups.setdefault(key, Group(*key)).runs.append({**metrics, "run": str(run)})
-    return list(groups.values())
+        group = groups.setdefault(key, Group(*key, name=str(config["method"].get("name", "?"))))
+        group.runs.append({**metrics, "run": str(run)})
+    result = list(groups.values())
+    add_significance(result)
+    return result
 
 
-def _cell(g: Group | None, key: str, fmt: str) -> str:
+def _cell(g: Group | None, key: str, fmt: str, mark: bool = False) -> str:
     if g is None:
         return "–"
     mean, std = g.stat(key)
-    return f"{mean:{fmt}} ± {std:{fmt}}" if len(g.runs) > 1 else f"{mean:{fmt}}"
+    text = f"{mean:{fmt}} ± {std:{fmt}}" if len(g.runs) > 1 else f"{mean:{fmt}}"
+    return text + (significance_mark(g) if mark else "")
 
 
 def markdown_table(groups: list[Group]) -> str:
@@ -98,11 +162,13 @@ def markdown_table(groups: list[Group]) -> str:
             cells = [method]
             for m in models:
                 g = index.get((method, m))
-                cells += [_cell(g, "test_auc", ".4f"), _cell(g, "test_logloss", ".4f"),
+                cells += [_cell(g, "test_auc", ".4f", mark=True), _cell(g, "test_logloss", ".4f"),
                           _cell(g, "embedding_params", ",.0f")]
             lines.append("| " + " | ".join(cells) + " |")
         seeds = sorted({len(g.runs) for g in gs})
-        lines += ["", f"mean ± sample std over {'/'.join(map(str, seeds))} seed(s) per cell.", ""]
+        lines += ["", f"mean ± sample std over {'/'.join(map(str, seeds))} seed(s) per cell. "
+                  f"AUC `*` / `†`: better / worse than the best baseline ({', '.join(BASELINES)}) of "
+                  f"the same model, two-sided Welch t-test p < {ALPHA}.", ""]
         lines += dims_table(sorted(gs, key=lambda g: (g.method, g.model)))
         out.append("\n".join(lines))
     return "\n\n".join(out)
@@ -128,20 +194,35 @@ def csv_table(groups: list[Group]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["data", "method", "model", "runs", "seeds"]
-               + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")])
+               + [f"{k}_{s}" for k in METRICS for s in ("mean", "std")]
+               + ["best_baseline", "auc_p_value", "auc_significant"])
     for g in groups:
         row = [g.data, g.method, g.model, len(g.runs), " ".join(map(str, g.seeds))]
         for k in METRICS:
             row += list(g.stat(k))
+        row += [g.baseline or "", "" if g.p_value is None else f"{g.p_value:.6g}",
+                {"*": "better", "†": "worse"}.get(significance_mark(g), "")]
         w.writerow(row)
     return buf.getvalue()
 
 
-def write_report(paths: list[str | Path], out: str | Path) -> str:
-    """Collect the runs under ``paths`` and write ``out/report.md`` and ``out/report.csv``."""
+def write_report(paths: list[str | Path], out: str | Path, *, plots: bool = True) -> str:
+    """Collect the runs under ``paths`` and write ``out/report.md``, ``out/report.csv`` and (with
+    ``plots``) one PNG pair per dataset x model, embedded in report.md. Returns the tables."""
     groups = collect(find_runs(paths))
     table = markdown_table(groups)
     out = Path(out)
-    atomic_write_text(out / "report.md", f"# embdim report\n\n{table}\n")
+    body = table
+    if plots:
+        from embdim.plots import write_plots
+
+        figures = write_plots(groups, out)
+        lines = ["## Plots", ""]
+        for (data, model), files in figures.items():
+            lines += [f"### {data}, {model}", ""]
+            for caption, name in files:
+                lines += [f"![{caption}, {data}, {model}]({name})", ""]
+        body = f"{table}\n\n" + "\n".join(lines)
+    atomic_write_text(out / "report.md", f"# embdim report\n\n{body}\n")
     atomic_write_text(out / "report.csv", csv_table(groups))
     return table
