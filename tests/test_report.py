@@ -19,7 +19,9 @@ def _run(root, name, method, model, seed, auc, logloss, params, dims=None):
     (d / "metrics.json").write_text(json.dumps({"model": model, "seed": seed, "test_auc": auc,
                                                 "test_logloss": logloss,
                                                 "embedding_params": params,
-                                                "dims": dims or {"a": 2, "b": 8}}))
+                                                "dims": dims or {"a": 2, "b": 8},
+                                                "search_seconds": 10.0 * seed,
+                                                "retrain_seconds": 5.0}))
 
 
 @pytest.fixture
@@ -117,3 +119,12 @@ def test_report_plots_are_written_and_embedded(runs, tmp_path):
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({name})" in report
+
+
+def test_efficiency_table(runs):
+    from embdim.report import efficiency_table
+
+    groups = sorted(collect(find_runs([runs])), key=lambda g: (g.method, g.model))
+    lines = efficiency_table(groups)
+    assert lines[0] == "| method | model | search s | retrain s | emb params |"
+    assert "| autodim | fm | 20.0 ± 10.0 | 5.0 ± 0.0 | 100 ± 0 |" in lines

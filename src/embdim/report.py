@@ -169,9 +169,31 @@ def markdown_table(groups: list[Group]) -> str:
         lines += ["", f"mean ± sample std over {'/'.join(map(str, seeds))} seed(s) per cell. "
                   f"AUC `*` / `†`: better / worse than the best baseline ({', '.join(BASELINES)}) of "
                   f"the same model, two-sided Welch t-test p < {ALPHA}.", ""]
-        lines += dims_table(sorted(gs, key=lambda g: (g.method, g.model)))
+        ordered = sorted(gs, key=lambda g: (g.method, g.model))
+        lines += dims_table(ordered)
+        lines += [""] + efficiency_table(ordered)
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+EFFICIENCY = (("search_seconds", "search s", ".1f"), ("retrain_seconds", "retrain s", ".1f"),
+              ("train_samples_per_second", "train samples/s", ",.0f"),
+              ("infer_samples_per_second", "infer samples/s", ",.0f"),
+              ("embedding_params", "emb params", ",.0f"))
+
+
+def efficiency_table(groups: list[Group]) -> list[str]:
+    """Cost per method x model (AutoDim Fig. 6 / SSEDS search cost): search and retrain seconds,
+    training and inference throughput, embedding parameters; mean ± std over seeds."""
+    keys = [k for k in EFFICIENCY if all(k[0] in r for g in groups for r in g.runs)]
+    if not keys:
+        return []
+    lines = ["| method | model | " + " | ".join(label for _, label, _ in keys) + " |",
+             "|---" * (len(keys) + 2) + "|"]
+    for g in groups:
+        lines.append(f"| {g.method} | {g.model} | "
+                     + " | ".join(_cell(g, key, fmt) for key, _, fmt in keys) + " |")
+    return lines
 
 
 def dims_table(groups: list[Group]) -> list[str]:
