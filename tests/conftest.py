@@ -13,3 +13,12 @@ def planted(tmp_path_factory):
     out = tmp_path_factory.mktemp("data") / "planted"
     write_synthetic_dataset(out, spec, 12_000, seed=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory):
+    """4 fields (f0 pure noise), 6k rows: for quick end-to-end method runs."""
+    out = tmp_path_factory.mktemp("data") / "small"
+    spec = SyntheticSpec(cardinalities=[30, 200, 20, 50], true_dims=[0, 2, 2, 4], seed=5)
+    write_synthetic_dataset(out, spec, 6_000, seed=5)
+    return out

@@ -47,14 +47,6 @@ def planted(tmp_path_factory):
     return paths
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "small"
-    spec = SyntheticSpec(cardinalities=[30, 200, 20, 50], true_dims=[0, 2, 2, 4], seed=5)
-    write_synthetic_dataset(out, spec, 6_000, seed=5)
-    return out
-
-
 # ---- the supernet ------------------------------------------------------------------------------
 @pytest.mark.parametrize("lookup", ["shared", "separate"])
 @pytest.mark.parametrize("unify", ["linear", "pad"])

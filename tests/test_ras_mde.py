@@ -7,18 +7,9 @@ import json
 import pytest
 
 from embdim.config import config_from_dict
-from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
 from embdim.experiment import run_experiment
 from embdim.plan import DimensionPlan
 from embdim.search.mde import mde_dims
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "small"
-    spec = SyntheticSpec(cardinalities=[30, 200, 20, 50], true_dims=[0, 2, 2, 4], seed=5)
-    write_synthetic_dataset(out, spec, 6_000, seed=5)
-    return out
 
 
 def _cfg(path, method):

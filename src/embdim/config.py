@@ -114,15 +114,22 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {item!r}: value is not valid YAML: {e}") from e
-        node = d
-        for p in parts[:-1]:
-            if node.get(p) is None:
-                node[p] = {}
-            if not isinstance(node[p], dict):
-                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-            node = node[p]
-        node[parts[-1]] = value
+        set_dotted(d, key.strip(), value, where=f"--set {item!r}")
     return d
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any, *, where: str) -> None:
+    """``d["a"]["b"] = value`` for ``key = "a.b"``, creating missing sections; ``where`` names the
+    source of the key in the error when a part of the path is not a section."""
+    node = d
+    parts = key.split(".")
+    for p in parts[:-1]:
+        if node.get(p) is None:
+            node[p] = {}
+        if not isinstance(node[p], dict):
+            raise ConfigError(f"{where}: {p!r} is not a section")
+        node = node[p]
+    node[parts[-1]] = value
 
 
 def load_config_dict(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:

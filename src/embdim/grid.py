@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from embdim.config import SECTIONS, config_from_dict
+from embdim.config import SECTIONS, config_from_dict, set_dotted
 from embdim.errors import ConfigError, EmbdimError
 from embdim.experiment import run_experiment
 from embdim.io import atomic_write_yaml
@@ -97,18 +97,6 @@ def load_grid(spec: str | Path | dict[str, Any]) -> tuple[dict[str, Any], dict[s
     return base, {str(k): list(v) for k, v in grid.items()}
 
 
-def _set(d: dict[str, Any], key: str, value: Any) -> None:
-    node = d
-    parts = key.split(".")
-    for p in parts[:-1]:
-        if node.get(p) is None:
-            node[p] = {}
-        if not isinstance(node[p], dict):
-            raise ConfigError(f"grid key {key!r}: {p!r} is not a section")
-        node = node[p]
-    node[parts[-1]] = copy.deepcopy(value)
-
-
 def _short_keys(keys: list[str]) -> dict[str, str]:
     """``train.seed`` -> ``seed``, ``method.name`` -> ``method``; full keys where those collide."""
     short = {k: (k.split(".")[-2] if k.endswith(".name") else k.split(".")[-1]) for k in keys}
@@ -150,7 +138,7 @@ def expand(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[Cell]:
     for name, combo in zip(cell_names(combos), combos, strict=True):
         config = copy.deepcopy(base)
         for k, v in combo.items():
-            _set(config, k, v)
+            set_dotted(config, k, copy.deepcopy(v), where=f"grid key {k!r}")
         cells.append(Cell(name, combo, config))
     return cells
 
