@@ -89,21 +89,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _cmd_demo(argparse.Namespace(out="runs/demo", rows=DEMO_ROWS, epochs=DEMO_EPOCHS,
                                             model="deepfm", seed=2022, quiet=args.quiet))
     cfg = load_config(args.config, args.overrides)
+    if args.config:  # re-running a run folder's config.yaml: say what differs from its record
+        from embdim.experiment import check_against_record
+
+        for note in check_against_record(args.config, cfg):
+            print(f"embdim: warning: {note}", file=sys.stderr)
     out = args.out
     if out is None:
         stem = Path(args.config).stem if args.config else "run"
         out = f"runs/{stem}-{cfg.method['name']}-{cfg.model.name}"
+    if not _join_process_group(cfg.train.device, args):
+        run_experiment(cfg, out, resume=args.resume, quiet=True)
+        return 0
     metrics = run_experiment(cfg, out, resume=args.resume, quiet=args.quiet)
     print(f"test_auc={metrics['test_auc']:.5f} test_logloss={metrics['test_logloss']:.5f} "
           f"embedding_params={metrics['embedding_params']:,} -> {out}")
     return 0
 
 
+def _join_process_group(device: str, args: argparse.Namespace) -> bool:
+    """Under torchrun, join the process group (see embdim.distributed); True on the process that
+    reports (rank 0, or the only one)."""
+    from embdim import distributed
+
+    distributed.init_from_environment(device)
+    return distributed.is_main()
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from embdim.config import load_config
     from embdim.experiment import run_search
 
-    plan = run_search(load_config(args.config, args.overrides), args.out, quiet=args.quiet)
+    cfg = load_config(args.config, args.overrides)
+    if not _join_process_group(cfg.train.device, args):
+        run_search(cfg, args.out, quiet=True)
+        return 0
+    plan = run_search(cfg, args.out, quiet=args.quiet)
     print(f"plan: {plan.dims_by_field()}; embedding params {plan.embedding_params:,} "
           f"({plan.embedding_params / max(1, plan.fde_embedding_params):.1%} of full) -> "
           f"{args.out}/plan.json")
@@ -116,7 +137,11 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
     d = load_config_dict(args.config, args.overrides)
     d["method"] = {"name": "plan", "path": args.plan}
-    metrics = run_experiment(config_from_dict(d), args.out, resume=args.resume, quiet=args.quiet)
+    cfg = config_from_dict(d)
+    if not _join_process_group(cfg.train.device, args):
+        run_experiment(cfg, args.out, resume=args.resume, quiet=True)
+        return 0
+    metrics = run_experiment(cfg, args.out, resume=args.resume, quiet=args.quiet)
     print(f"test_auc={metrics['test_auc']:.5f} test_logloss={metrics['test_logloss']:.5f} "
           f"embedding_params={metrics['embedding_params']:,} -> {args.out}")
     return 0
@@ -160,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        from embdim import distributed
+
+        distributed.shutdown()
+        return code
     except EmbdimError as e:
         print(f"embdim: error: {e}", file=sys.stderr)
         return 2

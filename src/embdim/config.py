@@ -42,6 +42,8 @@ class TrainConfig:
     log_every: int = 50  # steps between progress/loss-finiteness checks
     max_steps_per_epoch: int = 0  # 0 = the whole training split each epoch
     amp: bool = False  # bfloat16 autocast for the dense layers (CPUs with AVX512-BF16/AMX, GPUs)
+    cuda_graphs: bool = True  # on CUDA: replay the whole training step as one captured CUDA graph
+    compile: bool = False  # torch.compile the model's training forward (fuses elementwise ops)
 
     def validate(self) -> None:
         if self.batch_size <= 0 or self.eval_batch_size <= 0:

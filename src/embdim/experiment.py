@@ -4,16 +4,25 @@ Run folder contents::
 
     config.yaml      the fully resolved configuration (every default written out)
     plan.json        the DimensionPlan the method produced
-    metrics.json     test AUC / Logloss, parameter counts, timings, seed, versions
+    metrics.json     test AUC / Logloss, parameter counts, timings, and what reproduces them: the
+                     seed, the dataset's content hash (``schema_hash``), the package versions
+                     (``versions``) and the machine (``environment``: CPU, cores, torch threads)
     log.txt          what was printed, one line per event
     checkpoints/     last.pt (every epoch, for --resume) and best.pt (best validation AUC)
 
 Every file is written atomically; ``metrics.json`` is written last, so its presence marks a
 finished run.
+
+Re-running a finished run: ``embdim run RUNDIR/config.yaml --out NEW`` (from the folder the run was
+started in, if ``data.path`` is relative) gives the same metrics on the same machine with the same
+versions and thread count. :func:`check_against_record` lists what differs from the record
+(dataset content hash, versions, machine), and the command prints it as warnings before it runs.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import sys
 import time
@@ -26,6 +35,7 @@ import torch
 import yaml
 
 import embdim
+from embdim import distributed
 from embdim.config import ExperimentConfig, config_from_dict
 from embdim.data.dataset import PreparedDataset
 from embdim.errors import ConfigError
@@ -41,6 +51,64 @@ def versions() -> dict[str, str]:
             "python": sys.version.split()[0], "platform": platform.platform()}
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The machine a run ran on: what, besides the versions, its metrics depend on (floating-point
+    sums are split across torch's intra-op threads, so the thread count matters too)."""
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": cfg.train.device, "data_path": str(Path(cfg.data.path).resolve())}
+
+
+def check_against_record(config_path: str | Path, cfg: ExperimentConfig) -> list[str]:
+    """Differences between a finished run folder's record (the ``metrics.json`` next to
+    ``config_path``) and what re-running ``cfg`` here would use: dataset content hash, package
+    versions, CPU and thread count. Empty when there is no record or nothing differs; each entry
+    is a sentence for a warning (the metrics may then differ from the recorded ones)."""
+    record_path = Path(config_path).parent / "metrics.json"
+    if not record_path.is_file():
+        return []
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return []
+    notes = []
+    recorded_hash = record.get("schema_hash")
+    data = Path(cfg.data.path or "")
+    if recorded_hash and (data / "schema.json").is_file():
+        current = PreparedDataset(data).schema.content_hash
+        if current != recorded_hash:
+            notes.append(f"dataset {data} has content hash {current}, but {record_path} was measured "
+                         f"on {recorded_hash}: the data changed, so the metrics will differ")
+    elif recorded_hash and not data.exists():
+        where = record.get("environment", {}).get("data_path")
+        notes.append(f"dataset {data} not found from {Path.cwd()}" + (f"; the recorded run read "
+                     f"{where}" if where else ""))
+    old, new = record.get("versions", {}), versions()
+    changed = [f"{k} {old[k]} -> {new.get(k)}" for k in ("embdim", "torch", "numpy", "python")
+               if k in old and old[k] != new.get(k)]
+    if changed:
+        notes.append(f"versions differ from {record_path} ({', '.join(changed)}): the metrics may differ")
+    env = record.get("environment", {})
+    threads = cfg.train.threads or torch.get_num_threads()
+    if env.get("torch_threads") and env["torch_threads"] != threads:
+        notes.append(f"{record_path} was measured with {env['torch_threads']} torch thread(s), this run "
+                     f"uses {threads} (set train.threads={env['torch_threads']} to match): the metrics "
+                     f"may differ in the last digits")
+    if env.get("cpu") and env["cpu"] != cpu_model():
+        notes.append(f"{record_path} was measured on another CPU ({env['cpu']}): the metrics may "
+                     f"differ in the last digits")
+    return notes
+
+
 class RunLog:
     """Appends timestamped lines to ``log.txt`` (and nothing else: the trainer prints)."""
 
@@ -48,12 +116,27 @@ class RunLog:
         self.path = path
 
     def __call__(self, msg: str) -> None:
+        if not distributed.is_main():  # under torchrun only rank 0 writes the run folder
+            return
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         with open(self.path, "a") as f:
             f.write(f"{stamp} {msg}\n")
 
 
 def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
+    """Check and create the run folder (rank 0 under torchrun; the others get its verdict)."""
+    error = None
+    if distributed.is_main():
+        try:
+            _check_and_create_run_dir(run_dir, cfg, resume)
+        except ConfigError as e:
+            error = str(e)
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise ConfigError(error)
+
+
+def _check_and_create_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
     cfg_path = run_dir / "config.yaml"
     if run_dir.exists() and any(run_dir.iterdir()):
         if not resume:
@@ -102,7 +185,9 @@ def _search(cfg: ExperimentConfig, dataset: PreparedDataset, method, out_dir: Pa
     t0 = time.perf_counter()
     plan = method.search(dataset, _context(cfg, out_dir, quiet, log))
     plan.extra["search_seconds"] = time.perf_counter() - t0
-    plan.save(out_dir / "plan.json")
+    plan = distributed.broadcast_object(plan)  # under torchrun: every process retrains rank 0's
+    if distributed.is_main():
+        plan.save(out_dir / "plan.json")
     return plan
 
 
@@ -118,8 +203,9 @@ def run_search(cfg: ExperimentConfig | dict[str, Any], out_dir: str | Path, *,
     out_dir = Path(out_dir)
     if (out_dir / "plan.json").exists():
         raise ConfigError(f"{out_dir} already holds a plan.json; choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(out_dir / "config.yaml", cfg.to_dict())
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_yaml(out_dir / "config.yaml", cfg.to_dict())
     log = RunLog(out_dir / "log.txt")
     plan = _search(cfg, dataset, method, out_dir, quiet, log)
     log(_describe(plan))
@@ -187,8 +273,10 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         "schema_hash": dataset.schema.content_hash,
         "history": fit.history,
         "versions": versions(),
+        "environment": environment(cfg),
     }
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    if distributed.is_main():
+        atomic_write_json(run_dir / "metrics.json", metrics)
     log(f"test_auc={test['auc']:.5f} test_logloss={test['logloss']:.5f} "
         f"embedding_params={metrics['embedding_params']}")
     return metrics

@@ -12,6 +12,9 @@ Two modes, chosen by the split's size:
 
 Both modes are deterministic functions of ``(seed, epoch)``: resuming at epoch ``e`` replays the
 same batches an uninterrupted run would have seen.
+
+``row_range=(start, stop)`` restricts the loader to those rows of the split (a data-parallel
+process's shard, see :mod:`embdim.distributed`): only they are read from the memory map.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ class BatchLoader:
     def __init__(self, split: SplitArrays, batch_size: int, *, shuffle: bool, seed: int = 0,
                  device: str | torch.device = "cpu", drop_last: bool = False,
                  max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
-                 block_rows: int = DEFAULT_BLOCK_ROWS):
+                 block_rows: int = DEFAULT_BLOCK_ROWS,
+                 row_range: tuple[int, int] | None = None):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self.batch_size = int(batch_size)
@@ -51,15 +55,19 @@ class BatchLoader:
         self.seed = seed
         self.device = torch.device(device)
         self.drop_last = drop_last
-        self.rows = len(split)
+        self.first_row, last_row = row_range if row_range is not None else (0, len(split))
+        if not 0 <= self.first_row <= last_row <= len(split):
+            raise ValueError(f"row_range {row_range} outside the split's {len(split)} rows")
+        self.rows = last_row - self.first_row
         self.block_rows = max(int(block_rows), self.batch_size)
-        nbytes = split.x.nbytes + split.y.nbytes
-        self.in_memory = nbytes <= max_memory_bytes
+        row_bytes = (split.x.nbytes + split.y.nbytes) // max(1, len(split))
+        self.in_memory = self.rows * row_bytes <= max_memory_bytes
         self._split = split
         if self.in_memory:
-            # np.array copies the (read-only) memory map into RAM once.
-            self._x = torch.from_numpy(np.array(split.x, order="C")).to(self.device)
-            self._y = torch.from_numpy(np.array(split.y, order="C")).to(self.device)
+            # np.array copies the (read-only) memory map's rows into RAM once.
+            rows = slice(self.first_row, last_row)
+            self._x = torch.from_numpy(np.array(split.x[rows], order="C")).to(self.device)
+            self._y = torch.from_numpy(np.array(split.y[rows], order="C")).to(self.device)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -90,16 +98,18 @@ class BatchLoader:
 
     # ---- out of core ----------------------------------------------------------------------------
     def _epoch_out_of_core(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, b = self.rows, self.batch_size
-        starts = np.arange(0, n, self.block_rows)
+        b, first = self.batch_size, self.first_row
+        stop = first + self.rows
+        starts = np.arange(first, stop, self.block_rows)
         g = _generator(self.seed, epoch)
         if self.shuffle:
             starts = starts[torch.randperm(len(starts), generator=g).numpy()]
         carry_x: torch.Tensor | None = None
         carry_y: torch.Tensor | None = None
         for s in starts:
-            x = torch.from_numpy(np.array(self._split.x[s:s + self.block_rows]))
-            y = torch.from_numpy(np.array(self._split.y[s:s + self.block_rows]))
+            end = min(s + self.block_rows, stop)
+            x = torch.from_numpy(np.array(self._split.x[s:end]))
+            y = torch.from_numpy(np.array(self._split.y[s:end]))
             if self.shuffle:
                 p = torch.randperm(len(y), generator=g)
                 x, y = x.index_select(0, p), y.index_select(0, p)

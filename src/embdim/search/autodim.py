@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from embdim import distributed
 from embdim.data.loader import BatchLoader
 from embdim.errors import ConfigError, TrainingDivergedError
 from embdim.nn.models import ModelOptions, RecModel, build_model
@@ -184,10 +185,14 @@ class AutoDimSearch:
         self.w_optimizer = make_adam(self.w_params, lr=train.lr, weight_decay=train.weight_decay)
         self.alpha_optimizer = torch.optim.Adam(self.alpha_params, lr=options.alpha_lr,
                                                 weight_decay=options.alpha_weight_decay)
-        self.train_loader = BatchLoader(dataset.split("train"), train.batch_size, shuffle=True,
-                                        seed=train.seed, device=self.device)
-        self.valid_loader = BatchLoader(dataset.split("valid"), train.batch_size, shuffle=True,
-                                        seed=train.seed + 1, device=self.device)
+        # Under torchrun: this process's shards, gradients averaged in the steps (bilevel.py).
+        train_split, valid_split = dataset.split("train"), dataset.split("valid")
+        self.train_loader = BatchLoader(
+            train_split, shuffle=True, seed=train.seed, device=self.device,
+            **distributed.training_loader_options(len(train_split), train.batch_size))
+        self.valid_loader = BatchLoader(
+            valid_split, shuffle=True, seed=train.seed + 1, device=self.device,
+            **distributed.training_loader_options(len(valid_split), train.batch_size))
         self.eval_loader = BatchLoader(dataset.split("valid"), train.eval_batch_size, shuffle=False,
                                        device=self.device)
         self.epochs = options.epochs or train.epochs

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embdim import distributed
+
 Batch = tuple[Tensor, Tensor]  # ids [B, F], labels [B]
 
 
@@ -47,6 +49,7 @@ def w_step(model: nn.Module, w_params: Sequence[Tensor], optimizer: torch.optim.
     loss = batch_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=list(w_params))
+    distributed.average_gradients(w_params)  # data-parallel (torchrun): the global-batch gradient
     optimizer.step()
     return loss.detach()
 
@@ -59,6 +62,7 @@ def joint_step(model: nn.Module, w_params: Sequence[Tensor], alpha_params: Seque
     w_optimizer.zero_grad(set_to_none=True)
     alpha_optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=[*w_params, *alpha_params])
+    distributed.average_gradients([*w_params, *alpha_params])
     w_optimizer.step()
     alpha_optimizer.step()
     return loss.detach()
@@ -156,6 +160,7 @@ def apply_alpha_grad(alpha_params: Sequence[Tensor], grads: Sequence[Tensor],
                      optimizer: torch.optim.Optimizer) -> None:
     """Set ``alpha``'s gradients and take one step of its own optimiser (Alg. 1 line 3)."""
     optimizer.zero_grad(set_to_none=True)
-    for a, g in zip(alpha_params, grads, strict=True):
+    # Data-parallel: the mean of the processes' hypergradients (each from its own batches).
+    for a, g in zip(alpha_params, distributed.average_tensors([g.detach() for g in grads]), strict=True):
         a.grad = g.detach().clone()
     optimizer.step()

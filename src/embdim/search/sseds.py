@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from embdim import distributed
 from embdim.data.loader import BatchLoader
 from embdim.errors import ConfigError, SchemaMismatchError
 from embdim.nn.models import RecModel, build_model
@@ -390,9 +391,12 @@ class SSEDS(SearchMethod):
 
         t0 = time.perf_counter()
         device = next(model.parameters()).device
-        loader = BatchLoader(dataset.split("train"), o.saliency_batch_size or ctx.train.batch_size,
-                             shuffle=True, seed=ctx.train.seed + 1, device=device)
-        saliency = compute_saliency(model, loader, o.saliency_batches)
+        train_split = dataset.split("train")
+        loader = BatchLoader(train_split, shuffle=True, seed=ctx.train.seed + 1, device=device,
+                             **distributed.training_loader_options(
+                                 len(train_split), o.saliency_batch_size or ctx.train.batch_size))
+        # Data-parallel (torchrun): the mean over the processes' batches, the same on every rank.
+        saliency = distributed.all_reduce_mean(compute_saliency(model, loader, o.saliency_batches))
         pruned = prune_to_budget(saliency, schema.vocab_sizes, o.budget, fill=o.fill)
         prune_seconds = time.perf_counter() - t0
         if not any(pruned.dims):

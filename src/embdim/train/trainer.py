@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from embdim import distributed
 from embdim.config import TrainConfig
 from embdim.data.dataset import PreparedDataset
 from embdim.data.loader import BatchLoader
@@ -65,15 +66,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_adam(params, *, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+def make_adam(params, *, lr: float, weight_decay: float = 0.0,
+              capturable: bool = False) -> torch.optim.Adam:
     """Adam (the papers' optimiser), in its fused single-kernel form where this torch has one for
     the parameters' device (same update rule, ~10% faster training steps on CPU), else the default
-    form."""
+    form. ``capturable=True`` (CUDA only) keeps the step count on the device so that the update can
+    be captured in a CUDA graph."""
     params = list(params)
+    extra = {"capturable": True} if capturable else {}
     try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True, **extra)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
 class Trainer:
@@ -84,7 +88,8 @@ class Trainer:
                  log: Callable[[str], None] | None = None,
                  fingerprint: dict[str, Any] | None = None):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.local_device(resolve_device(cfg.device))
+        self.distributed = distributed.is_distributed()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.model = model.to(self.device)
@@ -94,20 +99,67 @@ class Trainer:
         self._log = log or (lambda msg: None)
         # Identifies what a checkpoint belongs to; a resume with anything different is refused.
         self.fingerprint = {"schema_hash": dataset.schema.content_hash, **(fingerprint or {})}
+        # On CUDA the whole training step is captured once as a CUDA graph and replayed
+        # (train.cuda_graphs): one launch per step instead of hundreds of small kernels.
+        # (Not under torch.distributed: DDP's gradient all-reduce stays outside the graph.)
+        self._use_graphs = self.device.type == "cuda" and cfg.cuda_graphs and not self.distributed
         self.optimizer = make_adam(self.model.parameters(), lr=cfg.lr,
-                                   weight_decay=cfg.weight_decay)
-        self.train_loader = BatchLoader(dataset.split("train"), cfg.batch_size, shuffle=True,
-                                        seed=cfg.seed, device=self.device)
+                                   weight_decay=cfg.weight_decay, capturable=self._use_graphs)
+        # Data-parallel (torchrun): this process's shard of the rows, its share of the batch.
+        train_split = dataset.split("train")
+        self.train_loader = BatchLoader(
+            train_split, shuffle=True, seed=cfg.seed, device=self.device,
+            **distributed.training_loader_options(len(train_split), cfg.batch_size))
+        # The training forward: DistributedDataParallel under torchrun (gradients averaged over
+        # the processes in backward), torch.compile'd with train.compile (evaluation stays eager,
+        # so that evaluation batch sizes cause no recompilation).
+        forward: torch.nn.Module = self.model
+        if self.distributed:
+            forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            # Dropout masks differ between processes (as they would between the rows of one batch).
+            torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
+        self._train_forward = torch.compile(forward, dynamic=False) if cfg.compile else forward
+        self._loss_window = torch.zeros((), device=self.device)  # sum of losses since last log
+        self._graph: CapturedTrainStep | None = None
 
     # ---- logging ------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
+        if not distributed.is_main():
+            return
         self._log(msg)
         if not self.quiet:
             tqdm.write(msg)
 
     def _autocast(self):
-        """bfloat16 autocast when ``train.amp`` is on, else a no-op context."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
+        """bfloat16 autocast when ``train.amp`` is on, else a no-op context. (Autocast's weight
+        cache is off with CUDA graphs: cached casts must not outlive the capture.)"""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp,
+                              cache_enabled=not self._use_graphs)
+
+    # ---- one step -----------------------------------------------------------------------------
+    def _eager_step(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+        """Forward, loss, backward, Adam; the loss is added to the on-device loss window."""
+        with self._autocast():
+            logits = self._train_forward(ids)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        # After a capture the gradients live in the graph's memory: zero them in place.
+        self.optimizer.zero_grad(set_to_none=self._graph is None)
+        loss.backward()
+        self.optimizer.step()
+        self._loss_window += loss.detach()
+
+    def _step(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+        """One training step: a CUDA-graph replay for full batches on CUDA, else eager."""
+        if self._use_graphs and ids.shape[0] == self.cfg.batch_size:
+            if self._graph is None:
+                self._graph = CapturedTrainStep.capture(self, ids, labels)
+                if self._graph is None:  # capture failed: stay eager from now on
+                    self._use_graphs = False
+            if self._graph is not None:
+                self._graph.replay(ids, labels)
+                return
+        self._eager_step(ids, labels)
 
     # ---- one epoch ----------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> tuple[float, int, float]:
@@ -119,25 +171,22 @@ class Trainer:
             steps = min(steps, self.cfg.max_steps_per_epoch)
         every = max(1, self.cfg.log_every)
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
-                   disable=self.quiet, leave=False, dynamic_ncols=True)
-        loss_window = torch.zeros((), device=self.device)
+                   disable=self.quiet or not distributed.is_main(), leave=False, dynamic_ncols=True)
+        loss_window = self._loss_window
+        loss_window.zero_()
         loss_total, samples, window_steps = 0.0, 0, 0
         t0 = time.perf_counter()
         for step, (ids, labels) in enumerate(loader.epoch(epoch)):
             if step >= steps:
                 break
-            with self._autocast():
-                logits = self.model(ids)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            loss_window += loss.detach()
-            samples += labels.shape[0]
+            self._step(ids, labels)
+            samples += labels.shape[0] * distributed.world_size()
             window_steps += 1
             if window_steps == every or step == steps - 1:
-                # One host sync per `log_every` steps: check finiteness, update the bar.
-                window = float(loss_window) / window_steps
+                # One host sync per `log_every` steps: check finiteness, update the bar. (Under
+                # torchrun the mean over the processes, so that all of them stop together.)
+                window = float(distributed.all_reduce_sum_(loss_window)) / (
+                    window_steps * distributed.world_size())
                 if not math.isfinite(window):
                     bar.close()
                     raise TrainingDivergedError(
@@ -158,26 +207,34 @@ class Trainer:
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray, float]:
         """Click probabilities [N] and labels [N] of a split, and the seconds the forward took."""
         arrays = self.dataset.split(split)
-        loader = BatchLoader(arrays, self.cfg.eval_batch_size, shuffle=False, device=self.device)
+        # Under torchrun each process predicts a contiguous slice; the slices are gathered below.
+        shard = distributed.evaluation_shard(len(arrays)) if self.distributed else None
+        loader = BatchLoader(arrays, self.cfg.eval_batch_size, shuffle=False, device=self.device,
+                             row_range=shard)
         self.model.eval()
-        probs = np.empty(len(arrays), dtype=np.float32)
+        # Probabilities stay on the device until the end: no host sync per batch on a GPU.
+        probs = torch.empty(loader.rows, dtype=torch.float32, device=self.device)
         start, seconds = 0, 0.0
         for ids, _ in loader.epoch(0):
             t0 = time.perf_counter()
             with self._autocast():
                 logits = self.model(ids)
-            p = torch.sigmoid(logits.float()).cpu().numpy()
+            probs[start:start + len(logits)] = torch.sigmoid(logits.float())
             seconds += time.perf_counter() - t0
-            probs[start:start + len(p)] = p
-            start += len(p)
-        return probs, np.asarray(arrays.y), seconds
+            start += len(logits)
+        t0 = time.perf_counter()
+        out = distributed.gather_rows(probs).cpu().numpy()
+        seconds += time.perf_counter() - t0
+        return out, np.asarray(arrays.y), seconds
 
     def evaluate(self, split: str) -> dict[str, float]:
         """AUC, Logloss and inference samples/s on a split."""
         probs, labels, seconds = self.predict(split)
-        metrics = binary_metrics(labels, probs)
-        metrics["samples_per_second"] = len(labels) / seconds if seconds > 0 else float("nan")
-        return metrics
+        metrics = None
+        if distributed.is_main():  # once, over every row of the split
+            metrics = binary_metrics(labels, probs)
+            metrics["samples_per_second"] = len(labels) / seconds if seconds > 0 else float("nan")
+        return distributed.broadcast_object(metrics)
 
     # ---- fit ----------------------------------------------------------------------------------
     def fit(self, *, resume: bool = False) -> FitResult:
@@ -237,6 +294,9 @@ class Trainer:
                          best_state: dict[str, torch.Tensor] | None) -> None:
         if not self.checkpoint_dir:
             return
+        rng_per_rank = distributed.gather_objects(torch.get_rng_state())  # a collective: all ranks
+        if not distributed.is_main():
+            return
         if best_state is not None:
             atomic_torch_save(self._best_path, {"format": CHECKPOINT_FORMAT,
                                                 "fingerprint": self.fingerprint,
@@ -250,6 +310,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "torch_rng_per_rank": rng_per_rank,
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "result": {"history": result.history, "best_epoch": result.best_epoch,
                        "best_valid_auc": result.best_valid_auc, "epochs_run": result.epochs_run,
@@ -276,7 +337,11 @@ class Trainer:
         state = self._read(self._last_path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        per_rank = state.get("torch_rng_per_rank") or [state["torch_rng"]]
+        if len(per_rank) != distributed.world_size():
+            raise EmbdimError(f"{self._last_path} was written by {len(per_rank)} process(es), this "
+                              f"run has {distributed.world_size()}: resume with as many")
+        torch.set_rng_state(per_rank[distributed.rank()].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         r = state["result"]
@@ -290,3 +355,71 @@ class Trainer:
     def _restore_best(self) -> None:
         if self._best_path and self._best_path.exists():
             self.model.load_state_dict(self._read(self._best_path)["model"])
+
+
+class CapturedTrainStep:
+    """The whole training step — forward, loss, backward, Adam update, loss accumulation —
+    captured once as a CUDA graph and replayed for every full batch.
+
+    A step of a CTR model is hundreds of small kernels; launched one by one from Python they keep
+    a GPU mostly idle. Replaying the captured graph is one launch. Capture follows PyTorch's
+    "whole network capture" recipe: a few warm-up steps on a side stream (they allocate the
+    gradients and Adam's moments), then the capture. Warm-up and capture run real updates, so
+    the weights, buffers, optimiser state and RNG are put back afterwards (in place: the graph
+    refers to those tensors' memory); training then proceeds exactly as if no step had run.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, ids: torch.Tensor, labels: torch.Tensor):
+        self.graph = graph
+        self.ids = ids  # the static input buffers the graph reads
+        self.labels = labels
+
+    def replay(self, ids: torch.Tensor, labels: torch.Tensor) -> None:
+        self.ids.copy_(ids)
+        self.labels.copy_(labels)
+        self.graph.replay()
+
+    @classmethod
+    def capture(cls, trainer: Trainer, ids: torch.Tensor,
+                labels: torch.Tensor) -> CapturedTrainStep | None:
+        """Capture ``trainer``'s step for batches shaped like ``ids``; None (with a log line)
+        when the model cannot be captured, and the trainer stays eager."""
+        model, optimizer = trainer.model, trainer.optimizer
+        saved_model = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        saved_opt = {p: {k: v.clone() for k, v in optimizer.state[p].items()}
+                     for p in params if p in optimizer.state}
+        saved_rng = torch.cuda.get_rng_state(trainer.device)
+        saved_window = trainer._loss_window.clone()
+        static_ids, static_labels = ids.clone(), labels.clone()
+        graph = torch.cuda.CUDAGraph()
+        try:
+            side = torch.cuda.Stream(trainer.device)
+            side.wait_stream(torch.cuda.current_stream(trainer.device))
+            with torch.cuda.stream(side):
+                for _ in range(cls.WARMUP_STEPS):
+                    trainer._eager_step(static_ids, static_labels)
+            torch.cuda.current_stream(trainer.device).wait_stream(side)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                trainer._eager_step(static_ids, static_labels)
+            captured: CapturedTrainStep | None = cls(graph, static_ids, static_labels)
+        except Exception as e:  # an op that cannot be captured: train eagerly
+            trainer.log(f"CUDA graph capture failed ({type(e).__name__}: {e}); training eagerly")
+            captured = None
+            optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(trainer.device)
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(saved_model[k])
+            for p in params:  # a fresh Adam state is all zeros (step 0, no moments)
+                for k, v in optimizer.state.get(p, {}).items():
+                    if p in saved_opt:
+                        v.copy_(saved_opt[p][k])
+                    else:
+                        v.zero_()
+            trainer._loss_window.copy_(saved_window)
+        torch.cuda.set_rng_state(saved_rng, trainer.device)
+        return captured
