@@ -61,6 +61,7 @@ VARIANTS = {
     "graphs-amp": (True, True, False),
     "compile-amp": (False, True, True),
     "graphs-compile-amp": (True, True, True),
+    "graphs-compile": (True, False, True),
 }
 
 
@@ -177,7 +178,9 @@ def bandwidth_bound(dataset: PreparedDataset, args, bandwidth: float) -> dict[st
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--prepared", help="prepared dataset folder (default: synthetic Criteo-shaped)")
+    p.add_argument("--prepared", help="prepared dataset folder (default: synthetic Criteo-shaped, "
+                   "written to a temporary folder, or to --data-dir if given and kept there)")
+    p.add_argument("--data-dir", help="where to write (and on a later call reuse) the synthetic data")
     p.add_argument("--rows", type=int, default=4_000_000)
     p.add_argument("--batch", type=int, default=8192)
     p.add_argument("--dim", type=int, default=16)
@@ -202,8 +205,13 @@ def main() -> None:
                     "repeats": args.repeats, "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        dataset = (PreparedDataset(args.prepared) if args.prepared else
-                   synthetic_criteo_shaped(Path(tmp) / "criteo-shaped", args.rows, min_count=1))
+        data_dir = Path(args.data_dir or tmp) / f"criteo-shaped-{args.rows}"
+        if args.prepared:
+            dataset = PreparedDataset(args.prepared)
+        elif (data_dir / "schema.json").exists():
+            dataset = PreparedDataset(data_dir)
+        else:
+            dataset = synthetic_criteo_shaped(data_dir, args.rows, min_count=1)
         schema = dataset.schema
         result.update(fields=schema.num_fields, ids=int(sum(schema.vocab_sizes)),
                       train_rows=schema.splits["train"])

@@ -1,9 +1,16 @@
 """The CUDA training path: CUDA-graph replay equals eager training; exact resume on the GPU.
 
 Skipped where no CUDA device is present (CI); run them on a GPU machine with plain ``pytest``.
+Deterministic CUDA algorithms are switched on for these tests: the embedding backward
+(``index_add_``) otherwise sums with atomics in a varying order, and Adam turns those last-bit
+differences into visible ones within a few steps.
 """
 
 from __future__ import annotations
+
+import os
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
 
 import pytest
 import torch
@@ -15,6 +22,13 @@ from embdim.nn.models import ModelOptions, build_model
 from embdim.train.trainer import Trainer, seed_everything
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(autouse=True)
+def deterministic():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
 
 
 def _train(path, *, graphs: bool, model: str, amp: bool = False, plan_dims=None):
