@@ -1,4 +1,4 @@
-"""The ``embdim`` command line: prepare, run, demo (and the later stages as they land)."""
+"""The ``embdim`` command line: prepare, run, search, retrain, report, grid, export, demo."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from embdim.data import prepare_cli
+    from embdim.export import torchrec as torchrec_export
 
     prepare_cli.register(sub)
+    torchrec_export.register(sub)
 
     run = sub.add_parser("run", help="run one experiment described by a YAML config",
                          description="Run one experiment: search a dimension plan, retrain, evaluate.")

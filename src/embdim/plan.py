@@ -100,6 +100,16 @@ class DimensionPlan:
     def dims_by_field(self) -> dict[str, int]:
         return dict(zip(self.field_names, self.dims, strict=True))
 
+    def to_torchrec(self, schema=None, *, round_to: int = 4) -> list:
+        """TorchRec ``EmbeddingBagConfig``s: one table per kept field (``dim 0`` fields, listed in
+        :attr:`dropped_fields`, get none), ``num_embeddings`` = the field's vocabulary size, width
+        rounded up to a multiple of ``round_to`` (FBGEMM's sharded kernels need multiples of 4;
+        ``1`` keeps exact widths), SUM pooling. Checked against ``schema`` when given. Needs the
+        ``torchrec`` extra; see :mod:`embdim.export.torchrec`."""
+        from embdim.export.torchrec import embedding_bag_configs
+
+        return embedding_bag_configs(self, schema, round_to=round_to)
+
     # ---- validation against a dataset ---------------------------------------------------------
     def check_schema(self, schema) -> None:
         """Refuse a plan made for another dataset, saying what differs."""
