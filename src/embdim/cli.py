@@ -15,11 +15,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embdim {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from embdim.autoemb import cli as autoemb_cli
     from embdim.data import prepare_cli
     from embdim.export import torchrec as torchrec_export
 
     prepare_cli.register(sub)
     torchrec_export.register(sub)
+    autoemb_cli.register(sub)
 
     run = sub.add_parser("run", help="run one experiment described by a YAML config",
                          description="Run one experiment: search a dimension plan, retrain, evaluate.")

@@ -44,6 +44,13 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast for the dense layers (CPUs with AVX512-BF16/AMX, GPUs)
     cuda_graphs: bool = True  # on CUDA: replay the whole training step as one captured CUDA graph
     compile: bool = False  # torch.compile the model's training forward (fuses elementwise ops)
+    # Splits up to this size are loaded into RAM (or GPU memory) once; larger ones are streamed
+    # from the memory-mapped arrays block by block (out of core). 0 = always stream.
+    in_memory_limit_gb: float = 8.0
+
+    @property
+    def in_memory_limit_bytes(self) -> int:
+        return int(self.in_memory_limit_gb * 2**30)
 
     def validate(self) -> None:
         if self.batch_size <= 0 or self.eval_batch_size <= 0:

@@ -30,6 +30,23 @@ DEFAULT_MAX_MEMORY_BYTES = 8 << 30
 DEFAULT_BLOCK_ROWS = 1 << 18
 
 
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows ``[start, stop)`` of a (memory-mapped) array as a new in-RAM array.
+
+    A memory-mapped ``.npy`` file is read with plain file I/O rather than through the map: the
+    pages then pass through the OS page cache without being mapped into this process, so its
+    resident memory holds only the rows read (reading through the map would keep every page it
+    touched resident, and a pass over a 40M-row split would grow the process by the whole file).
+    """
+    if isinstance(array, np.memmap) and array.filename and array.flags.c_contiguous:
+        row_items = int(np.prod(array.shape[1:], dtype=np.int64))
+        row_bytes = row_items * array.dtype.itemsize
+        out = np.fromfile(array.filename, dtype=array.dtype, count=(stop - start) * row_items,
+                          offset=array.offset + start * row_bytes)
+        return out.reshape((stop - start, *array.shape[1:]))
+    return np.array(array[start:stop], order="C")
+
+
 def _generator(seed: int, epoch: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed((int(seed) * 1_000_003 + int(epoch) * 7919 + 17) % (2**63 - 1))
@@ -64,10 +81,9 @@ class BatchLoader:
         self.in_memory = self.rows * row_bytes <= max_memory_bytes
         self._split = split
         if self.in_memory:
-            # np.array copies the (read-only) memory map's rows into RAM once.
-            rows = slice(self.first_row, last_row)
-            self._x = torch.from_numpy(np.array(split.x[rows], order="C")).to(self.device)
-            self._y = torch.from_numpy(np.array(split.y[rows], order="C")).to(self.device)
+            # The rows are read into RAM once (on the training device).
+            self._x = torch.from_numpy(read_rows(split.x, self.first_row, last_row)).to(self.device)
+            self._y = torch.from_numpy(read_rows(split.y, self.first_row, last_row)).to(self.device)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -108,8 +124,8 @@ class BatchLoader:
         carry_y: torch.Tensor | None = None
         for s in starts:
             end = min(s + self.block_rows, stop)
-            x = torch.from_numpy(np.array(self._split.x[s:end]))
-            y = torch.from_numpy(np.array(self._split.y[s:end]))
+            x = torch.from_numpy(read_rows(self._split.x, s, end))
+            y = torch.from_numpy(read_rows(self._split.y, s, end))
             if self.shuffle:
                 p = torch.randperm(len(y), generator=g)
                 x, y = x.index_select(0, p), y.index_select(0, p)

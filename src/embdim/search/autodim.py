@@ -189,12 +189,14 @@ class AutoDimSearch:
         train_split, valid_split = dataset.split("train"), dataset.split("valid")
         self.train_loader = BatchLoader(
             train_split, shuffle=True, seed=train.seed, device=self.device,
+            max_memory_bytes=train.in_memory_limit_bytes,
             **distributed.training_loader_options(len(train_split), train.batch_size))
         self.valid_loader = BatchLoader(
             valid_split, shuffle=True, seed=train.seed + 1, device=self.device,
+            max_memory_bytes=train.in_memory_limit_bytes,
             **distributed.training_loader_options(len(valid_split), train.batch_size))
         self.eval_loader = BatchLoader(dataset.split("valid"), train.eval_batch_size, shuffle=False,
-                                       device=self.device)
+                                       device=self.device, max_memory_bytes=train.in_memory_limit_bytes)
         self.epochs = options.epochs or train.epochs
         cap = options.max_steps or train.max_steps_per_epoch
         self.steps_per_epoch = min(len(self.train_loader), cap) if cap else len(self.train_loader)

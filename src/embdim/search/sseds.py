@@ -393,6 +393,7 @@ class SSEDS(SearchMethod):
         device = next(model.parameters()).device
         train_split = dataset.split("train")
         loader = BatchLoader(train_split, shuffle=True, seed=ctx.train.seed + 1, device=device,
+                             max_memory_bytes=ctx.train.in_memory_limit_bytes,
                              **distributed.training_loader_options(
                                  len(train_split), o.saliency_batch_size or ctx.train.batch_size))
         # Data-parallel (torchrun): the mean over the processes' batches, the same on every rank.

@@ -109,6 +109,7 @@ class Trainer:
         train_split = dataset.split("train")
         self.train_loader = BatchLoader(
             train_split, shuffle=True, seed=cfg.seed, device=self.device,
+            max_memory_bytes=cfg.in_memory_limit_bytes,
             **distributed.training_loader_options(len(train_split), cfg.batch_size))
         # The training forward: DistributedDataParallel under torchrun (gradients averaged over
         # the processes in backward), torch.compile'd with train.compile (evaluation stays eager,
@@ -210,7 +211,7 @@ class Trainer:
         # Under torchrun each process predicts a contiguous slice; the slices are gathered below.
         shard = distributed.evaluation_shard(len(arrays)) if self.distributed else None
         loader = BatchLoader(arrays, self.cfg.eval_batch_size, shuffle=False, device=self.device,
-                             row_range=shard)
+                             row_range=shard, max_memory_bytes=self.cfg.in_memory_limit_bytes)
         self.model.eval()
         # Probabilities stay on the device until the end: no host sync per batch on a GPU.
         probs = torch.empty(loader.rows, dtype=torch.float32, device=self.device)

@@ -1,0 +1,87 @@
+"""The controller update of AutoEmb's Algorithm 1 (line 3; eq. 8-9): descend
+
+    grad_Theta L_val(W - xi * grad_W L_train(W, Theta), Theta)
+
+* ``xi = 0`` (``order: first``): ``grad_Theta L_val(W, Theta)``;
+* ``xi > 0`` (``order: second``, the default): the DARTS approximation (Liu et al. 2019, eq. 7-8):
+  with ``W' = W - xi grad_W L_train(W, Theta)`` and ``v = grad_W' L_val(W', Theta)``::
+
+      grad_Theta L_val(W', Theta) - xi * [grad_Theta L_train(W+, Theta)
+                                          - grad_Theta L_train(W-, Theta)] / (2 eps)
+
+  where ``W+- = W +- eps v`` and ``eps = eps_scale / ||v||`` (a finite-difference Hessian-vector
+  product: two extra forward/backward passes instead of second derivatives).
+
+The losses are closures that run a forward pass with the current values of ``W`` and ``Theta``.
+``W`` and every buffer of the given modules (BatchNorm running statistics) are restored exactly
+afterwards, so the update changes nothing but the returned gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+LossFn = Callable[[], Tensor]
+
+
+def _zeros_for_none(params: Sequence[Tensor], grads: Sequence[Tensor | None]) -> list[Tensor]:
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+
+
+def controller_gradient(w_params: Sequence[Tensor], theta_params: Sequence[Tensor],
+                        train_loss: LossFn | None, val_loss: LossFn, *, xi: float,
+                        eps_scale: float = 0.01,
+                        modules: Sequence[nn.Module] = ()) -> tuple[list[Tensor], Tensor]:
+    """The gradient of the validation loss w.r.t. ``theta_params`` (module docstring) and the
+    validation loss (at ``W'``). ``train_loss`` may be None only with ``xi = 0``."""
+    w_params, theta_params = list(w_params), list(theta_params)
+    second = xi > 0 and train_loss is not None
+    saved_w = [p.detach().clone() for p in w_params] if second else []
+    saved_buffers = [{k: b.detach().clone() for k, b in m.named_buffers()} for m in modules]
+    try:
+        if second:
+            g_train = torch.autograd.grad(train_loss(), w_params, allow_unused=True)
+            with torch.no_grad():
+                for p, g in zip(w_params, g_train, strict=True):
+                    if g is not None:
+                        p.sub_(xi * g)
+        loss = val_loss()
+        if not second:
+            grads = torch.autograd.grad(loss, theta_params, allow_unused=True)
+            return _zeros_for_none(theta_params, grads), loss.detach()
+        grads = torch.autograd.grad(loss, theta_params + w_params, allow_unused=True)
+        d_theta = _zeros_for_none(theta_params, grads[:len(theta_params)])
+        d_w = _zeros_for_none(w_params, grads[len(theta_params):])
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in d_w)).item()
+        if norm == 0.0:
+            return d_theta, loss.detach()
+        eps = eps_scale / norm
+        terms = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                for p, w0, v in zip(w_params, saved_w, d_w, strict=True):
+                    p.copy_(w0).add_(v, alpha=sign * eps)
+            terms.append(_zeros_for_none(theta_params, torch.autograd.grad(
+                train_loss(), theta_params, allow_unused=True)))
+        result = [g - xi * (gp - gm) / (2.0 * eps)
+                  for g, gp, gm in zip(d_theta, terms[0], terms[1], strict=True)]
+        return result, loss.detach()
+    finally:
+        with torch.no_grad():
+            for p, w0 in zip(w_params, saved_w, strict=False):
+                p.copy_(w0)
+            for m, saved in zip(modules, saved_buffers, strict=True):
+                for k, b in m.named_buffers():
+                    b.copy_(saved[k])
+
+
+def apply_gradient(params: Sequence[Tensor], grads: Sequence[Tensor],
+                   optimizer: torch.optim.Optimizer) -> None:
+    """Set ``params``' gradients to ``grads`` and take one step of their optimiser."""
+    optimizer.zero_grad(set_to_none=True)
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.detach().clone()
+    optimizer.step()

@@ -1,0 +1,107 @@
+"""``embdim stream ...``: prepare interaction streams, run AutoEmb and its baselines, report, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """\
+examples:
+  embdim stream prepare movielens ../shared/data/ml-latest-small --out prepared/mls-stream
+  embdim stream prepare netflix combined_data_1.txt combined_data_2.txt --out prepared/netflix
+  embdim stream run examples/autoemb.yaml --set method.name=darts --set train.seed=1 --out runs/s/darts
+  embdim stream report runs/s --out runs/s
+  embdim stream demo
+See docs/autoemb.md."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``stream`` sub-command (and its own sub-commands) to the ``embdim`` parser."""
+    from embdim.autoemb.stream import DEFAULT_CHUNK_ROWS, DEFAULT_RANGE_ROWS, STREAM_FORMATS
+
+    p = subparsers.add_parser("stream", help="AutoEmb: streaming user/item embedding sizes",
+                              description="Streaming recommendation with popularity-driven embedding "
+                                          "widths (AutoEmb) and its baselines FSE, SAM, DARTS.",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="stream_command", metavar="STREAM_COMMAND")
+
+    prep = sub.add_parser("prepare", help="rating files -> a time-ordered stream folder")
+    prep.add_argument("format", choices=STREAM_FORMATS, metavar="FORMAT", help=", ".join(STREAM_FORMATS))
+    prep.add_argument("inputs", nargs="+", metavar="INPUT",
+                      help="movielens: the dataset folder or its ratings file; netflix: "
+                           "combined_data_*.txt / mv_*.txt files or their folder")
+    prep.add_argument("--out", required=True, metavar="DIR")
+    prep.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DIR")
+    prep.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
+    prep.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, metavar="N",
+                      help=f"rows parsed at a time (default {DEFAULT_CHUNK_ROWS})")
+    prep.add_argument("--range-rows", type=int, default=DEFAULT_RANGE_ROWS, metavar="N",
+                      help=f"rows per time range sorted in memory (default {DEFAULT_RANGE_ROWS})")
+    prep.set_defaults(handler=_cmd_prepare)
+
+    run = sub.add_parser("run", help="one method over a stream (evaluate, then train, per batch)")
+    run.add_argument("config", nargs="?", help="stream YAML (see examples/autoemb.yaml); optional "
+                                              "when --set data.path=... is given")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a key, e.g. --set method.name=sam --set model.task=classification")
+    run.add_argument("--out", help="run folder (default runs/stream-<method>-<task>-<seed>)")
+    run.add_argument("--no-plots", dest="plots", action="store_false")
+    run.set_defaults(handler=_cmd_run)
+
+    rep = sub.add_parser("report", help="Table 2 (methods x task x metric, mean ± std over seeds)")
+    rep.add_argument("runs", nargs="+", help="run folders or folders that contain them")
+    rep.add_argument("--out", default=".", help="where stream_report.md/.csv and plots go (default .)")
+    rep.add_argument("--no-plots", dest="plots", action="store_false")
+    rep.set_defaults(handler=_cmd_report)
+
+    demo = sub.add_parser("demo", help="the four methods on a planted synthetic stream")
+    demo.add_argument("--out", default="runs/stream-demo")
+    demo.add_argument("--interactions", type=int, default=40_000)
+    demo.add_argument("--seed", type=int, default=2022)
+    demo.add_argument("--both-tasks", action="store_true", help="regression and classification")
+    demo.set_defaults(handler=_cmd_demo)
+    p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from embdim.autoemb.stream import prepare_stream
+
+    prepare_stream(args.format, args.inputs, args.out, chunk_rows=args.chunk_rows,
+                   range_rows=args.range_rows, on_bad_row=args.on_bad_row, overwrite=args.overwrite,
+                   quiet=bool(getattr(args, "quiet", False)))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from embdim.autoemb.config import load_stream_config
+    from embdim.autoemb.run import run_stream
+
+    cfg = load_stream_config(args.config, args.overrides)
+    out = args.out or f"runs/stream-{cfg.method.name}-{cfg.model.task}-{cfg.train.seed}"
+    m = run_stream(cfg, out, quiet=bool(getattr(args, "quiet", False)), plots=args.plots)
+    key = "online_mse" if cfg.model.task == "regression" else "online_cross_entropy"
+    print(f"{key}={m[key]:.5f} online_accuracy={m['online_accuracy']:.5f} "
+          f"({m['interactions_per_second']:,.0f} interactions/s) -> {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from embdim.autoemb.run import stream_report
+
+    print(stream_report(args.runs, args.out, plots=args.plots))
+    print(f"wrote {args.out}/stream_report.md and {args.out}/stream_report.csv", file=sys.stderr)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from embdim.autoemb.run import run_demo
+    from embdim.demo import fresh_dir
+
+    out = fresh_dir(Path(args.out))
+    tasks = ("regression", "classification") if args.both_tasks else ("regression",)
+    print(run_demo(out, interactions=args.interactions, seed=args.seed,
+                   quiet=bool(getattr(args, "quiet", False)), tasks=tasks))
+    print(f"wrote {out}/stream_report.md", file=sys.stderr)
+    return 0

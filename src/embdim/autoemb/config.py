@@ -1,0 +1,143 @@
+"""Configuration of a streaming run (AutoEmb sec. 3.1-3.2 defaults), in the YAML shape of the
+library's experiments:
+
+.. code-block:: yaml
+
+    data:   {path: prepared/ml-latest-stream, offline_fraction: 0.7, rating_threshold: 4.0}
+    model:  {task: regression, widths: [2, 16, 128], hidden: [512, 512], fixed_width: 0}
+    method: {name: autoemb, order: second, xi: 0.01, controller_hidden: [512, 512],
+             controller_lr: 0.001}
+    train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu}
+
+``--set section.key=value`` overrides any key (values parsed as YAML); unknown keys are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from embdim.config import apply_overrides
+from embdim.errors import ConfigError
+
+METHODS = ("autoemb", "sam", "darts", "fse")
+ORDERS = ("first", "second")
+
+
+@dataclass
+class StreamDataConfig:
+    path: str | None = None  # a folder written by `embdim stream prepare` (None: the synthetic demo)
+    offline_fraction: float = 0.7  # share of the stream used for offline parameter estimation
+    rating_threshold: float = 4.0  # regression label: rating >= threshold
+    limit: int = 0  # use only the first `limit` interactions (0 = all)
+
+
+@dataclass
+class StreamModelConfig:
+    task: str = "regression"  # regression (binarised rating, MSE) | classification (5 classes, CE)
+    widths: list[int] = field(default_factory=lambda: [2, 16, 128])  # candidate widths d_1 < ... < d_N
+    hidden: list[int] = field(default_factory=lambda: [512, 512])  # DLRS hidden layers (tanh)
+    fixed_width: int = 0  # FSE width; 0 = sum(widths) (146 for the defaults: same table size)
+
+
+@dataclass
+class StreamMethodConfig:
+    name: str = "autoemb"  # autoemb | sam | darts | fse
+    order: str = "second"  # second (DARTS unrolled step, xi > 0) | first (xi = 0)
+    xi: float = 0.0  # virtual step size of the second-order update; 0 = train.lr
+    eps_scale: float = 0.01  # finite-difference step: eps = eps_scale / ||grad_W' L_val||
+    controller_hidden: list[int] = field(default_factory=lambda: [512, 512])
+    controller_lr: float = 1e-3  # Adam lr of the controllers (SAM, AutoEmb) / weight tables (DARTS)
+    val_batch_size: int = 0  # validation mini-batch; 0 = train.batch_size
+
+
+@dataclass
+class StreamTrainConfig:
+    batch_size: int = 500
+    lr: float = 0.01  # Adam lr of the DLRS
+    seed: int = 2022
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    curve_points: int = 100  # points of the metric curve over the stream (Fig. 8)
+    log_every: int = 20  # batches between progress-bar updates
+
+
+@dataclass
+class StreamConfig:
+    data: StreamDataConfig = field(default_factory=StreamDataConfig)
+    model: StreamModelConfig = field(default_factory=StreamModelConfig)
+    method: StreamMethodConfig = field(default_factory=StreamMethodConfig)
+    train: StreamTrainConfig = field(default_factory=StreamTrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def xi(self) -> float:
+        """The second-order step size actually used (0 for first order)."""
+        if self.method.order == "first":
+            return 0.0
+        return self.method.xi or self.train.lr
+
+    @property
+    def fixed_width(self) -> int:
+        return self.model.fixed_width or sum(self.model.widths)
+
+    def validate(self) -> StreamConfig:
+        m, d, t = self.method, self.data, self.train
+        if m.name not in METHODS:
+            raise ConfigError(f"method.name {m.name!r}: expected one of {', '.join(METHODS)}")
+        if m.order not in ORDERS:
+            raise ConfigError(f"method.order {m.order!r}: expected first or second")
+        if self.model.task not in ("regression", "classification"):
+            raise ConfigError(f"model.task {self.model.task!r}: expected regression or classification")
+        w = [int(x) for x in self.model.widths]
+        if not w or any(x <= 0 for x in w) or sorted(set(w)) != w:
+            raise ConfigError(f"model.widths {self.model.widths}: expected increasing positive widths")
+        if not 0.0 <= d.offline_fraction < 1.0:
+            raise ConfigError("data.offline_fraction must be in [0, 1)")
+        if t.batch_size <= 0 or t.lr <= 0 or m.controller_lr <= 0 or m.xi < 0 or m.val_batch_size < 0:
+            raise ConfigError("train.batch_size, train.lr and method.controller_lr must be positive; "
+                              "method.xi and method.val_batch_size >= 0")
+        if d.limit < 0 or t.curve_points <= 0 or t.log_every <= 0:
+            raise ConfigError("data.limit must be >= 0; train.curve_points and train.log_every > 0")
+        return self
+
+
+SECTIONS = {"data": StreamDataConfig, "model": StreamModelConfig, "method": StreamMethodConfig,
+            "train": StreamTrainConfig}
+
+
+def stream_config_from_dict(d: dict[str, Any]) -> StreamConfig:
+    if not isinstance(d, dict):
+        raise ConfigError("the config must be a mapping with sections " + ", ".join(SECTIONS))
+    unknown = sorted(set(d) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {list(SECTIONS)}")
+    parts = {}
+    for name, cls in SECTIONS.items():
+        section = d.get(name) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"section '{name}' must be a mapping, got {section!r}")
+        valid = {f.name for f in fields(cls)}
+        bad = sorted(set(section) - valid)
+        if bad:
+            raise ConfigError(f"unknown key(s) {bad} in section '{name}'; valid keys: {sorted(valid)}")
+        parts[name] = cls(**section)
+    return StreamConfig(**parts).validate()
+
+
+def load_stream_config(path: str | Path | None, overrides: list[str] | None = None) -> StreamConfig:
+    """Read a YAML config (or start from the defaults), apply ``--set`` overrides, validate."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        try:
+            d = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    return stream_config_from_dict(apply_overrides(d, list(overrides or [])))

@@ -1,0 +1,231 @@
+"""The streaming loop of AutoEmb (Algorithm 1, sec. 2.5) and of its baselines FSE, SAM and DARTS
+(sec. 3.4), "evaluate, train, evaluate, train ..." over a time-ordered interaction stream.
+
+The stream is cut into an *offline* part (the first ``offline_fraction``, parameter estimation) and
+an *online* part (the rest, where the reported metrics come from); the same loop runs over both,
+in mini-batches of ``batch_size`` consecutive interactions (a batch never straddles the two parts).
+For each batch, in this order:
+
+1. (AutoEmb, DARTS) a **validation** mini-batch is sampled uniformly, with replacement, from the
+   interactions *before* the batch, and the controllers (DARTS: the per-user/item weight tables)
+   take one Adam step on ``grad_Theta L_val(W - xi grad_W L_train(W, Theta), Theta)``
+   (:mod:`embdim.autoemb.bilevel`). The training batch of the virtual step is the *previous* batch,
+   the last one the model has trained on (the current one may not be used before it is scored).
+   Validation interactions are fed with the popularity and context their user/item has *now*
+   (the controller is asked what to do now, for an embedding trained on that many interactions);
+2. the controllers give ``alpha, beta`` for the new batch (its interactions' own popularity:
+   earlier interactions only), the DLRS predicts, and the predictions are **scored** and recorded;
+3. the context (weights given, loss obtained) of the batch's users and items is stored;
+4. the DLRS takes one Adam step on the batch's training loss (SAM: the controllers too, on the
+   same loss; AutoEmb/DARTS: the weights are constants in this step). FSE has no weights.
+
+Steps 2 and 4 share one forward pass: the parameters that score a batch are those from before any
+update on it. BatchNorm uses the statistics of the batch's inputs (never its labels).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from embdim.autoemb.bilevel import apply_gradient, controller_gradient
+from embdim.autoemb.config import StreamConfig
+from embdim.autoemb.controller import ControllerWeights, TableWeights
+from embdim.autoemb.metrics import StreamMetrics
+from embdim.autoemb.model import AutoEmbModel, FixedWidthModel, labels_for, per_example_loss
+from embdim.autoemb.stream import InteractionStream
+from embdim.errors import EmbdimError, TrainingDivergedError
+from embdim.train.trainer import make_adam, resolve_device
+
+
+@dataclass
+class Batch:
+    users: Tensor  # long [B]
+    items: Tensor  # long [B]
+    labels: Tensor  # float [B] (regression) or long [B] (classification)
+    user_pop: Tensor  # long [B]
+    item_pop: Tensor  # long [B]
+
+
+class StreamLearner:
+    """One method (``cfg.method.name``) on one stream: the model, its weight source, optimisers,
+    running popularity counts, and the loop."""
+
+    def __init__(self, stream: InteractionStream, cfg: StreamConfig, *, quiet: bool = False,
+                 log: Callable[[str], None] | None = None,
+                 on_scored: Callable[[int, Tensor], None] | None = None):
+        cfg.validate()
+        self.stream, self.cfg, self.quiet = stream, cfg, quiet
+        self._log = log or (lambda msg: None)
+        self.on_scored = on_scored  # called with (batch start, predictions) after each scoring
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        self.method = cfg.method.name
+        nu, ni = stream.num_users, stream.num_items
+        m = cfg.model
+        if self.method == "fse":
+            self.model: nn.Module = FixedWidthModel(nu, ni, cfg.fixed_width, m.hidden, m.task)
+            self.weights: nn.Module | None = None
+        else:
+            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task)
+            if self.method == "darts":
+                self.weights = TableWeights(nu, ni, len(m.widths))
+            else:
+                self.weights = ControllerWeights(nu, ni, len(m.widths), cfg.method.controller_hidden)
+        self.model.to(self.device)
+        self.w_params = [p for p in self.model.parameters()]
+        self.w_opt = make_adam(self.w_params, lr=cfg.train.lr)
+        if self.weights is not None:
+            self.weights.to(self.device)
+            self.theta_params = [p for p in self.weights.parameters()]
+            self.theta_opt = make_adam(self.theta_params, lr=cfg.method.controller_lr)
+        self.user_counts = torch.zeros(nu, dtype=torch.long, device=self.device)
+        self.item_counts = torch.zeros(ni, dtype=torch.long, device=self.device)
+        self.sampler = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.metrics = StreamMetrics(len(m.widths), self.device)
+        self.prev: Batch | None = None
+        n = len(stream) if not cfg.data.limit else min(len(stream), cfg.data.limit)
+        self.length = n
+        self.offline_end = int(n * cfg.data.offline_fraction)
+
+    # ---- data -------------------------------------------------------------------------------------
+    def _tensor(self, a: np.ndarray, dtype=torch.long) -> Tensor:
+        return torch.from_numpy(np.array(a)).to(self.device, dtype)  # a copy: memmaps are read-only
+
+    def _labels(self, ratings: np.ndarray) -> Tensor:
+        return labels_for(self.cfg.model.task, self._tensor(ratings, torch.float32),
+                          self.cfg.data.rating_threshold)
+
+    def batch(self, start: int, stop: int) -> Batch:
+        """Interactions ``[start, stop)`` with their recorded popularity."""
+        a = self.stream.arrays
+        return Batch(self._tensor(a["users"][start:stop]), self._tensor(a["items"][start:stop]),
+                     self._labels(a["ratings"][start:stop]),
+                     self._tensor(a["user_popularity"][start:stop]),
+                     self._tensor(a["item_popularity"][start:stop]))
+
+    def validation_batch(self, before: int) -> Batch:
+        """A uniform sample (with replacement) of interactions ``[0, before)``, with the popularity
+        their user/item has now."""
+        size = self.cfg.method.val_batch_size or self.cfg.train.batch_size
+        idx = torch.randint(0, before, (size,), generator=self.sampler).numpy()
+        idx.sort()  # sequential reads from a memory-mapped stream
+        a = self.stream.arrays
+        users, items = self._tensor(a["users"][idx]), self._tensor(a["items"][idx])
+        return Batch(users, items, self._labels(a["ratings"][idx]), self.user_counts[users],
+                     self.item_counts[items])
+
+    # ---- model ------------------------------------------------------------------------------------
+    def forward(self, b: Batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Predictions and the weights used (None for FSE)."""
+        if self.weights is None:
+            return self.model(b.users, b.items), None, None
+        alpha, beta = self.weights(b.users, b.items, b.user_pop, b.item_pop)
+        return self.model(b.users, b.items, alpha, beta), alpha, beta
+
+    def loss(self, b: Batch) -> Tensor:
+        return per_example_loss(self.cfg.model.task, self.forward(b)[0], b.labels)[0].mean()
+
+    def update_controllers(self, val: Batch) -> None:
+        """Alg. 1 line 3 (AutoEmb, DARTS)."""
+        prev = self.prev
+        train_loss = (lambda: self.loss(prev)) if prev is not None else None
+        grads, _ = controller_gradient(
+            self.w_params, self.theta_params, train_loss, lambda: self.loss(val), xi=self.cfg.xi,
+            eps_scale=self.cfg.method.eps_scale, modules=[self.model])
+        apply_gradient(self.theta_params, grads, self.theta_opt)
+
+    def step(self, start: int, stop: int, stage: int) -> Tensor:
+        """One batch of Algorithm 1; returns its training loss (detached)."""
+        if self.method in ("autoemb", "darts") and start > 0:
+            self.update_controllers(self.validation_batch(start))
+        b = self.batch(start, stop)
+        joint = self.method == "sam"
+        with torch.set_grad_enabled(True):
+            if self.weights is not None and not joint:
+                with torch.no_grad():
+                    alpha, beta = self.weights(b.users, b.items, b.user_pop, b.item_pop)
+                out = self.model(b.users, b.items, alpha, beta)
+            else:
+                out, alpha, beta = self.forward(b)
+            per_example, correct = per_example_loss(self.cfg.model.task, out, b.labels)
+        # score and record before any update on this batch
+        if self.on_scored is not None:
+            self.on_scored(start, out.detach().clone())
+        self.metrics.add(stage, per_example.detach(), correct, b.user_pop, b.item_pop,
+                         None if alpha is None else alpha.detach(),
+                         None if beta is None else beta.detach())
+        if self.weights is not None:
+            self.weights.record(b.users, b.items, alpha.detach(), beta.detach(), per_example.detach())
+        # train
+        loss = per_example.mean()
+        self.w_opt.zero_grad(set_to_none=True)
+        if joint:
+            self.theta_opt.zero_grad(set_to_none=True)
+            loss.backward(inputs=self.w_params + self.theta_params)
+            self.theta_opt.step()
+        else:
+            loss.backward(inputs=self.w_params)
+        self.w_opt.step()
+        self.user_counts.index_add_(0, b.users, torch.ones_like(b.users))
+        self.item_counts.index_add_(0, b.items, torch.ones_like(b.items))
+        self.prev = b
+        return loss.detach()
+
+    # ---- the loop ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Run the whole stream; returns the metrics summary (see :mod:`embdim.autoemb.metrics`)."""
+        n, bs = self.length, self.cfg.train.batch_size
+        if n < 2:
+            raise EmbdimError(f"the stream has {n} interaction(s): nothing to learn from")
+        bounds = [(s, min(s + bs, self.offline_end), 0) for s in range(0, self.offline_end, bs)]
+        bounds += [(s, min(s + bs, n), 1) for s in range(self.offline_end, n, bs)]
+        curve_every = max(1, len(bounds) // self.cfg.train.curve_points)
+        every = self.cfg.train.log_every
+        bar = tqdm(total=n, desc=f"{self.method} {self.cfg.model.task}", unit="int",
+                   disable=self.quiet, leave=False, dynamic_ncols=True)
+        self.model.train()
+        window = torch.zeros((), device=self.device)
+        seconds = [0.0, 0.0]
+        t0 = time.perf_counter()
+        for i, (start, stop, stage) in enumerate(bounds):
+            window += self.step(start, stop, stage)
+            last = i + 1 == len(bounds) or bounds[i + 1][2] != stage
+            if (i + 1) % curve_every == 0 or last:
+                self.metrics.close_window(stop, stage)
+            if (i + 1) % every == 0 or last:
+                value = float(window) / ((i % every) + 1)
+                if not np.isfinite(value):
+                    bar.close()
+                    raise TrainingDivergedError(f"training diverged at interaction {stop:,}: loss "
+                                                f"{value}; try a lower train.lr (now {self.cfg.train.lr})")
+                bar.set_postfix(loss=f"{value:.4f}", stage=("offline", "online")[stage])
+                window.zero_()
+            bar.update(stop - start)
+            if last:
+                now = time.perf_counter()
+                seconds[stage] += now - t0
+                t0 = now
+        bar.close()
+        loss_name = "mse" if self.cfg.model.task == "regression" else "cross_entropy"
+        summary = self.metrics.summary(loss_name)
+        total = sum(seconds)
+        summary["seconds"] = {"offline": seconds[0], "online": seconds[1], "total": total}
+        summary["interactions_per_second"] = n / total if total > 0 else float("nan")
+        summary["online_start"] = self.offline_end
+        return summary
+
+    def embedding_params(self) -> int:
+        return int(self.model.embedding_params())
+
+    def controller_params(self) -> int:
+        return 0 if self.weights is None else sum(p.numel() for p in self.weights.parameters())

@@ -1,0 +1,252 @@
+"""AutoEmb: streams and popularity, the evaluate-then-train loop, controllers, the second-order
+controller update, and the planted stream (fixtures built in code)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from embdim.autoemb.bilevel import controller_gradient
+from embdim.autoemb.config import load_stream_config, stream_config_from_dict
+from embdim.autoemb.controller import Context, Controller, ControllerWeights, controller_features
+from embdim.autoemb.loop import StreamLearner
+from embdim.autoemb.model import AutoEmbModel, per_example_loss
+from embdim.autoemb.stream import InteractionStream, earlier_counts, popularity, prepare_stream
+from embdim.autoemb.synthetic import PlantedStreamSpec, planted_stream
+from embdim.cli import main
+from embdim.errors import ConfigError, DataError
+
+
+def tiny_config(method: str, **overrides) -> object:
+    d = {"model": {"widths": [1, 2, 4], "hidden": [16], "task": overrides.pop("task", "regression")},
+         "method": {"name": method, "controller_hidden": [8]},
+         "train": {"batch_size": 20, "threads": 1, "curve_points": 5}}
+    for key, value in overrides.items():
+        section, name = key.split("__")
+        d.setdefault(section, {})[name] = value
+    return stream_config_from_dict(d)
+
+
+def random_stream(n: int = 400, users: int = 30, items: int = 20, seed: int = 0) -> InteractionStream:
+    rng = np.random.default_rng(seed)
+    return InteractionStream.from_arrays(rng.integers(0, users, n), rng.integers(0, items, n),
+                                         rng.integers(1, 6, n).astype(np.float32),
+                                         num_users=users, num_items=items)
+
+
+# ---- popularity and prepared streams --------------------------------------------------------------
+
+def test_popularity_counts_only_earlier_interactions():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 7, size=500)
+    brute = np.array([(ids[:i] == ids[i]).sum() for i in range(len(ids))])
+    assert np.array_equal(popularity(ids, 7), brute)
+    counts = np.zeros(7, np.int64)  # chunk by chunk gives the same as all at once
+    chunked = np.concatenate([earlier_counts(ids[s:s + 64], counts) for s in range(0, 500, 64)])
+    assert np.array_equal(chunked, brute)
+    assert np.array_equal(counts, np.bincount(ids, minlength=7))
+    later_changed = ids.copy()
+    later_changed[300:] = 0  # what happens later never changes an earlier popularity
+    assert np.array_equal(popularity(later_changed, 7)[:300], brute[:300])
+
+
+def test_prepare_movielens_sorts_by_time_in_ranges_and_counts_popularity(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 3000
+    users, items = rng.integers(100, 140, n), rng.integers(5000, 5100, n)
+    ts = rng.integers(0, 500, n)  # many ties: they keep the file order
+    ratings = rng.integers(1, 11, n) / 2
+    lines = ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r},{t}" for u, i, r, t in
+                                                   zip(users, items, ratings, ts, strict=True)]
+    (tmp_path / "ratings.csv").write_text("\n".join(lines) + "\n")
+    s = prepare_stream("movielens", [tmp_path], tmp_path / "out", chunk_rows=700, range_rows=500,
+                       quiet=True)
+    order = np.argsort(ts, kind="stable")
+    a = {k: np.asarray(v) for k, v in s.arrays.items()}
+    user_ids = np.load(tmp_path / "out" / "user_ids.npy")
+    item_ids = np.load(tmp_path / "out" / "item_ids.npy")
+    assert np.array_equal(a["timestamps"], ts[order])
+    assert np.array_equal(user_ids[a["users"]], users[order])
+    assert np.array_equal(item_ids[a["items"]], items[order])
+    assert np.allclose(a["ratings"], ratings[order])
+    assert np.array_equal(a["user_popularity"], popularity(a["users"], s.num_users))
+    assert np.array_equal(a["item_popularity"], popularity(a["items"], s.num_items))
+    assert json.loads((tmp_path / "out" / "stream.json").read_text())["interactions"] == n
+
+
+def test_prepare_netflix_format_and_bad_line(tmp_path):
+    (tmp_path / "combined_data_1.txt").write_text(
+        "1:\n7,3,2005-09-06\n8,5,2005-05-13\n2:\n7,4,2004-01-01\n9,1,2005-09-06\n")
+    s = prepare_stream("netflix", [tmp_path / "combined_data_1.txt"], tmp_path / "nf", quiet=True)
+    assert len(s) == 4 and s.num_users == 3 and s.num_items == 2
+    assert np.asarray(s.arrays["ratings"]).tolist() == [4.0, 5.0, 3.0, 1.0]
+    assert np.asarray(s.arrays["user_popularity"]).tolist() == [0, 0, 1, 0]
+    (tmp_path / "bad.txt").write_text("1:\n7,3,2005-09-06\n8,x,2005-05-13\n")
+    with pytest.raises(DataError, match=r"bad.txt, line 3, column 'rating'"):
+        prepare_stream("netflix", [tmp_path / "bad.txt"], tmp_path / "bad", quiet=True)
+    assert not (tmp_path / "bad").exists()
+
+
+# ---- no leakage -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["autoemb", "sam", "darts", "fse"])
+def test_batch_is_scored_before_anything_trains_on_it(method):
+    """Changing the labels of batch k changes no prediction of batches <= k (the controllers'
+    validation batch and virtual step only see earlier interactions), but does change later ones."""
+    base = random_stream()
+    flipped = {k: np.array(v) for k, v in base.arrays.items()}
+    k = 7  # batch index (batch size 20)
+    flipped["ratings"][k * 20:(k + 1) * 20] = 6.0 - flipped["ratings"][k * 20:(k + 1) * 20]
+    other = InteractionStream(flipped, dict(base.meta))
+
+    def predictions(stream):
+        seen: dict[int, torch.Tensor] = {}
+        cfg = tiny_config(method, data__offline_fraction=0.5)
+        StreamLearner(stream, cfg, quiet=True, on_scored=lambda s, p: seen.__setitem__(s, p)).run()
+        return seen
+
+    a, b = predictions(base), predictions(other)
+    for start in range(0, (k + 1) * 20, 20):
+        assert torch.equal(a[start], b[start]), f"batch at {start} saw labels of batch {k}"
+    assert not torch.equal(a[(k + 1) * 20], b[(k + 1) * 20])
+
+
+def test_validation_batch_comes_from_earlier_interactions():
+    learner = StreamLearner(random_stream(), tiny_config("autoemb"), quiet=True)
+    for before in (1, 5, 133):
+        v = learner.validation_batch(before)
+        users = np.asarray(learner.stream.arrays["users"][:before])
+        assert set(v.users.tolist()) <= set(users.tolist())
+
+
+# ---- controllers --------------------------------------------------------------------------------------
+
+def test_controller_outputs_are_distributions():
+    torch.manual_seed(0)
+    ctx = Context(50, 3)
+    ctl = Controller(3, hidden=[16, 16])
+    for layer in ctl.net:  # random output layer: not just the uniform start
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.normal_(layer.weight, std=3.0)
+    ids = torch.randint(0, 50, (200,))
+    ctx.update(ids[:100], torch.softmax(torch.randn(100, 3), 1), torch.rand(100) * 5)
+    pop = torch.cat([torch.zeros(50, dtype=torch.long), torch.randint(0, 10**7, (150,))])
+    features = controller_features(pop, ids, ctx)
+    assert features.shape == (200, 38)  # the paper's input size for N = 3
+    w = ctl(features)
+    assert w.shape == (200, 3)
+    assert torch.all(w >= 0) and torch.allclose(w.sum(1), torch.ones(200))
+    assert torch.allclose(Controller(3, [8])(features), torch.full((200, 3), 1 / 3))  # starts uniform
+
+
+def test_controller_weight_on_largest_width_rises_with_popularity():
+    """Planted stream: only heavy users become popular, and only they need the large width."""
+    stream, _ = planted_stream(PlantedStreamSpec(num_users=300, num_items=200, interactions=30_000,
+                                                 latent_dim=4, seed=1))
+    cfg = stream_config_from_dict({
+        "model": {"widths": [1, 2, 16], "hidden": [64, 64]},
+        "method": {"name": "autoemb", "order": "first", "controller_hidden": [32, 32],
+                   "controller_lr": 0.01},
+        "train": {"batch_size": 100, "threads": 1, "seed": 0}})
+    summary = StreamLearner(stream, cfg, quiet=True).run()
+    rows = summary["by_popularity"]["user"]["offline"]
+    largest = {r["min_popularity"]: r["weights"][-1] for r in rows}
+    low = np.mean([w for p, w in largest.items() if p <= 6])
+    high = np.mean([w for p, w in largest.items() if p >= 63])
+    assert high > low + 0.2, largest
+    ordered = [largest[p] for p in sorted(largest)]
+    assert np.corrcoef(np.arange(len(ordered)), ordered)[0, 1] > 0.5, largest
+
+
+# ---- the second-order update -------------------------------------------------------------------------
+
+def test_second_order_update_matches_autograd_through_the_unrolled_step():
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        model = AutoEmbModel(6, 5, widths=[1, 2, 3], hidden=[8], task="classification")
+        weights = ControllerWeights(6, 5, 3, hidden=[6])
+        for m in weights.modules():
+            if isinstance(m, torch.nn.Linear):
+                torch.nn.init.normal_(m.weight, std=0.5)
+        w_params, theta = list(model.parameters()), list(weights.parameters())
+
+        def batch(seed):
+            g = torch.Generator().manual_seed(seed)
+            return (torch.randint(0, 6, (16,), generator=g), torch.randint(0, 5, (16,), generator=g),
+                    torch.randint(0, 5, (16,), generator=g), torch.randint(0, 40, (16,), generator=g),
+                    torch.randint(0, 40, (16,), generator=g))
+
+        train, val = batch(1), batch(2)
+
+        def loss_with(params, b):
+            users, items, labels, up, ip = b
+            alpha, beta = weights(users, items, up, ip)
+            out = functional_call(model, params, (users, items, alpha, beta))
+            return per_example_loss("classification", out, labels)[0].mean()
+
+        names = [n for n, _ in model.named_parameters()]
+        current = lambda: dict(zip(names, w_params, strict=True))  # noqa: E731
+        xi = 0.5
+        # exact: differentiate through W' = W - xi grad_W L_train(W, Theta)
+        g = torch.autograd.grad(loss_with(current(), train), w_params, create_graph=True)
+        unrolled = {n: p - xi * gi for n, p, gi in zip(names, w_params, g, strict=True)}
+        exact = torch.autograd.grad(loss_with(unrolled, val), theta)
+        approx, _ = controller_gradient(w_params, theta, lambda: loss_with(current(), train),
+                                        lambda: loss_with(current(), val), xi=xi, eps_scale=1e-5,
+                                        modules=[model])
+        first, _ = controller_gradient(w_params, theta, None, lambda: loss_with(current(), val), xi=0.0)
+        flat = lambda ts: torch.cat([t.flatten() for t in ts])  # noqa: E731
+        err = (flat(approx) - flat(exact)).norm() / flat(exact).norm()
+        first_err = (flat(first) - flat(exact)).norm() / flat(exact).norm()
+        assert err < 1e-5, err
+        assert first_err > 100 * err  # the second-order term is not negligible here
+        # W and the BatchNorm statistics are left as they were
+        g2 = torch.autograd.grad(loss_with(current(), train), w_params)
+        assert all(torch.equal(a, b) for a, b in zip(g, g2, strict=True))
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+# ---- config, CLI, report ---------------------------------------------------------------------------------
+
+def test_config_refuses_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_stream_config(None, ["method.lr=0.1"])
+    with pytest.raises(ConfigError, match="method.name"):
+        load_stream_config(None, ["method.name=nope"])
+    cfg = load_stream_config(None, ["method.order=first"])
+    assert cfg.xi == 0.0 and load_stream_config(None, []).xi == cfg.train.lr
+
+
+def test_cli_prepare_run_report(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    n = 600
+    lines = [f"{u}::{i}::{r}::{1000 + k}" for k, (u, i, r) in enumerate(zip(
+        rng.integers(1, 20, n), rng.integers(1, 15, n), rng.integers(1, 6, n), strict=True))]
+    (tmp_path / "ratings.dat").write_text("\n".join(lines) + "\n")
+    assert main(["--quiet", "stream", "prepare", "movielens", str(tmp_path / "ratings.dat"),
+                 "--out", str(tmp_path / "s")]) == 0
+    common = ["--set", f"data.path={tmp_path / 's'}", "--set", "model.widths=[1,2,4]",
+              "--set", "model.hidden=[8]", "--set", "method.controller_hidden=[8]",
+              "--set", "train.batch_size=50", "--set", "model.task=classification"]
+    for method in ("fse", "autoemb"):
+        for seed in (1, 2):
+            assert main(["--quiet", "stream", "run", *common, "--set", f"method.name={method}",
+                         "--set", f"train.seed={seed}",
+                         "--out", str(tmp_path / "runs" / f"{method}{seed}")]) == 0
+    m = json.loads((tmp_path / "runs" / "autoemb1" / "metrics.json").read_text())
+    assert {"online_cross_entropy", "online_accuracy", "by_popularity", "curve",
+            "interactions_per_second"} <= set(m)
+    assert m["online"]["interactions"] == 600 - int(600 * 0.7)
+    assert (tmp_path / "runs" / "autoemb1" / "weights.png").exists()
+    capsys.readouterr()
+    assert main(["stream", "report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
+    table = capsys.readouterr().out
+    assert "| classification | CE loss |" in table and "AutoEmb" in table and "FSE" in table
+    assert (tmp_path / "rep" / "curve_s_classification.png").exists()
+    assert main(["stream", "run", *common, "--out", str(tmp_path / "runs" / "fse1")]) == 2  # finished
