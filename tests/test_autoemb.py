@@ -250,3 +250,151 @@ def test_cli_prepare_run_report(tmp_path, capsys):
     assert "| classification | CE loss |" in table and "AutoEmb" in table and "FSE" in table
     assert (tmp_path / "rep" / "curve_s_classification.png").exists()
     assert main(["stream", "run", *common, "--out", str(tmp_path / "runs" / "fse1")]) == 2  # finished
+
+
+# ---- resume, plan.json, `embdim run` on a stream ---------------------------------------------------
+
+TIMINGS = ("seconds", "interactions_per_second")
+
+
+def _resume_args(stream_dir, method, out, *extra):
+    return ["--quiet", "stream", "run", "--set", f"data.path={stream_dir}", "--set", "model.widths=[1,2,4]",
+            "--set", "model.hidden=[16]", "--set", "method.controller_hidden=[8]",
+            "--set", "method.controller_lr=0.05", "--set", "data.offline_fraction=0.5",
+            "--set", "train.batch_size=20", "--set", "train.threads=1", "--set", "train.curve_points=5",
+            "--set", "train.checkpoint_seconds=0", "--set", f"method.name={method}", *extra,
+            "--out", str(out), "--no-plots"]
+
+
+def _without_timings(path):
+    m = json.loads(path.read_text())
+    for k in TIMINGS:
+        m.pop(k)
+    return m
+
+
+@pytest.mark.parametrize("method", ["autoemb", "sam", "darts", "fse"])
+@pytest.mark.parametrize("every,stop_after", [(3, 15), (0, 17)])
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method, every, stop_after):
+    """Interrupt in the online part (in batch 15 or 17 of 20; checkpoints every 3 batches and at the
+    end of the offline stage: after batches 3, 6, 9, 10, 13; or only after batch 10), resume from
+    there (a batch or more is redone): metrics.json and plan.json are exactly those
+    of an uninterrupted run (controller lr 0.05 so that contexts, controller optimiser, sampler and
+    the previous batch all matter: leaving any of them out of the checkpoint changes the metrics)."""
+    stream_dir = random_stream().save(tmp_path / "s")
+    extra = ("--set", f"train.checkpoint_every={every}")
+    assert main(_resume_args(stream_dir, method, tmp_path / "whole", *extra)) == 0
+    calls = [0]
+    step = StreamLearner.step
+
+    def interrupting_step(self, *args):
+        calls[0] += 1
+        if calls[0] == stop_after:
+            raise KeyboardInterrupt
+        return step(self, *args)
+
+    monkeypatch.setattr(StreamLearner, "step", interrupting_step)
+    out = tmp_path / "cut"
+    assert main(_resume_args(stream_dir, method, out, *extra)) == 130
+    assert (out / "checkpoints" / "last.pt").exists() and not (out / "metrics.json").exists()
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["position"] == (13 if every else 10)
+    monkeypatch.setattr(StreamLearner, "step", step)
+    assert main(_resume_args(stream_dir, method, out, *extra)) == 2  # non-empty: needs --resume
+    assert main(_resume_args(stream_dir, method, out, *extra, "--resume")) == 0
+    whole = _without_timings(tmp_path / "whole" / "metrics.json")
+    resumed = _without_timings(out / "metrics.json")
+    assert resumed["online"] == whole["online"] and resumed["by_popularity"] == whole["by_popularity"]
+    assert resumed == whole
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan == json.loads((tmp_path / "whole" / "plan.json").read_text())
+    assert "resumed from" in (out / "log.txt").read_text()
+
+
+def test_resume_refuses_a_changed_config_and_a_finished_run(tmp_path, capsys):
+    stream_dir = random_stream().save(tmp_path / "s")
+    out = tmp_path / "r"
+    cfg = stream_config_from_dict({"data": {"path": str(stream_dir)},
+                                   "model": {"widths": [1, 2], "hidden": [8]},
+                                   "method": {"controller_hidden": [4]}, "train": {"batch_size": 50}})
+    (out / "checkpoints").mkdir(parents=True)
+    from embdim.autoemb.run import run_stream
+    from embdim.io import atomic_write_yaml
+
+    atomic_write_yaml(out / "config.yaml", cfg.to_dict())
+    changed = stream_config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "lr": 0.1}})
+    with pytest.raises(ConfigError, match=r"differs in \['train.lr: 0.01 -> 0.1'\]"):
+        run_stream(changed, out, quiet=True, plots=False, resume=True)
+    with pytest.raises(ConfigError, match="pass --resume"):
+        run_stream(cfg, out, quiet=True, plots=False)
+    run_stream(cfg, out, quiet=True, plots=False, resume=True)  # no checkpoint yet: from the start
+    assert "no checkpoint" in (out / "log.txt").read_text()
+    assert main(["stream", "run", str(out / "config.yaml"), "--out", str(out), "--resume"]) == 2
+    assert "finished run" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_stream_is_refused(tmp_path):
+    from embdim.errors import SchemaMismatchError
+
+    cfg = tiny_config("autoemb", train__checkpoint_every=2)
+    learner = StreamLearner(random_stream(), cfg, quiet=True, checkpoint_path=tmp_path / "last.pt")
+    learner.run()
+    other = StreamLearner(random_stream(n=300), cfg, quiet=True)
+    with pytest.raises(SchemaMismatchError, match="interactions: checkpoint 400 vs now 300"):
+        other.load_checkpoint(tmp_path / "last.pt")
+
+
+def test_plan_json_describes_the_learned_rule_consistently_with_metrics(tmp_path):
+    from embdim.autoemb.plan import load_stream_plan, rule_width
+    from embdim.autoemb.run import run_stream
+    from embdim.errors import EmbdimError
+    from embdim.plan import DimensionPlan
+
+    stream = random_stream(n=600)
+    widths = [1, 2, 4]
+    for method in ("autoemb", "fse"):
+        cfg = tiny_config(method, method__controller_lr=0.05)
+        m = run_stream(cfg, tmp_path / method, stream=stream, quiet=True, plots=False)
+        plan = load_stream_plan(tmp_path / method / "plan.json")
+        assert plan["method"] == method and plan["kind"] == "stream"
+        assert plan["embedding_params"] == m["embedding_params"]
+        assert plan["fde_embedding_params"] == (stream.num_users + stream.num_items) * sum(widths)
+        if method == "fse":
+            assert plan["value_dim_rule"] == {"kind": "uniform", "width": 7}
+            continue
+        rule = plan["value_dim_rule"]
+        assert rule["kind"] == "popularity_buckets" and rule["candidates"] == widths
+        assert plan["aligned_dim"] == 4
+        final = {"user": np.bincount(np.asarray(stream.arrays["users"]), minlength=stream.num_users),
+                 "item": np.bincount(np.asarray(stream.arrays["items"]), minlength=stream.num_items)}
+        hard = 0
+        for name in ("user", "item"):
+            online = [r for r in m["by_popularity"][name]["online"] if "weights" in r]
+            rows = rule[name]
+            assert [r["bucket"] for r in rows] == [r["bucket"] for r in online]
+            for row, r in zip(rows, online, strict=True):
+                assert row["weights"] == r["weights"] and row["interactions"] == r["interactions"]
+                assert row["expected_width"] == pytest.approx(float(np.dot(r["weights"], widths)))
+                assert row["argmax_width"] == widths[int(np.argmax(r["weights"]))]
+                assert rule_width(plan, name, row["min_popularity"]) == row["argmax_width"]
+            assert sum(r["entities_at_end"] for r in rows) <= len(final[name])
+            hard += sum(rule_width(plan, name, int(p)) for p in final[name])
+        assert plan["hard_embedding_params"] == hard
+        with pytest.raises(EmbdimError):  # not a CTR DimensionPlan
+            DimensionPlan.load(tmp_path / method / "plan.json")
+
+
+def test_embdim_run_dispatches_a_stream_config(tmp_path, capsys):
+    stream_dir = random_stream().save(tmp_path / "s")
+    common = ["--set", f"data.path={stream_dir}", "--set", "model.widths=[1,2]", "--set", "model.hidden=[8]",
+              "--set", "method.controller_hidden=[4]", "--set", "train.batch_size=50"]
+    assert main(["--quiet", "run", *common, "--set", "method.name=sam", "--out", str(tmp_path / "r")]) == 0
+    assert {"metrics.json", "plan.json", "config.yaml"} <= {p.name for p in (tmp_path / "r").iterdir()}
+    assert "online_mse=" in capsys.readouterr().out
+    assert main(["run", *common, "--set", "method.name=autodim", "--out", str(tmp_path / "x")]) == 2
+    assert "is an interaction stream" in capsys.readouterr().err
+    assert main(["run", "--set", f"data.path={tmp_path}", "--set", "method.name=autoemb",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "embdim stream prepare" in capsys.readouterr().err
+    assert main(["run", *common, "--set", "model.name=deepfm", "--out", str(tmp_path / "z")]) == 2
+    assert "one model" in capsys.readouterr().err

@@ -92,6 +92,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.config is None and not args.overrides:
         return _cmd_demo(argparse.Namespace(out="runs/demo", rows=DEMO_ROWS, epochs=DEMO_EPOCHS,
                                             model="deepfm", seed=2022, quiet=args.quiet))
+    from embdim.autoemb.cli import run_if_stream  # data.path is a stream: AutoEmb and baselines
+
+    code = run_if_stream(args)
+    if code is not None:
+        return code
     cfg = load_config(args.config, args.overrides)
     if args.config:  # re-running a run folder's config.yaml: say what differs from its record
         from embdim.experiment import check_against_record

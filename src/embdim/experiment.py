@@ -36,7 +36,7 @@ import yaml
 
 import embdim
 from embdim import distributed
-from embdim.config import ExperimentConfig, config_from_dict
+from embdim.config import ExperimentConfig, config_diff, config_from_dict
 from embdim.data.dataset import PreparedDataset
 from embdim.errors import ConfigError
 from embdim.io import atomic_write_json, atomic_write_yaml
@@ -146,22 +146,10 @@ def _check_and_create_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool
         if cfg_path.exists():
             old = yaml.safe_load(cfg_path.read_text())
             if old != cfg.to_dict():
-                diff = _dict_diff(old, cfg.to_dict())
+                diff = config_diff(old, cfg.to_dict())
                 raise ConfigError(f"cannot resume {run_dir}: its config differs in {diff}")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(cfg_path, cfg.to_dict())
-
-
-def _dict_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _dict_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
-    return out
 
 
 def _open(cfg: ExperimentConfig | dict[str, Any]):

@@ -10,6 +10,7 @@ examples:
   embdim stream prepare movielens ../shared/data/ml-latest-small --out prepared/mls-stream
   embdim stream prepare netflix combined_data_1.txt combined_data_2.txt --out prepared/netflix
   embdim stream run examples/autoemb.yaml --set method.name=darts --set train.seed=1 --out runs/s/darts
+  embdim stream run examples/autoemb.yaml --set method.name=darts --out runs/s/darts --resume
   embdim stream report runs/s --out runs/s
   embdim stream demo
 See docs/autoemb.md."""
@@ -46,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="override a key, e.g. --set method.name=sam --set model.task=classification")
     run.add_argument("--out", help="run folder (default runs/stream-<method>-<task>-<seed>)")
     run.add_argument("--no-plots", dest="plots", action="store_false")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out from its last checkpoint (same config)")
     run.set_defaults(handler=_cmd_run)
 
     rep = sub.add_parser("report", help="Table 2 (methods x task x metric, mean ± std over seeds)")
@@ -74,15 +77,58 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from embdim.autoemb.config import load_stream_config
-    from embdim.autoemb.run import run_stream
 
     cfg = load_stream_config(args.config, args.overrides)
     out = args.out or f"runs/stream-{cfg.method.name}-{cfg.model.task}-{cfg.train.seed}"
-    m = run_stream(cfg, out, quiet=bool(getattr(args, "quiet", False)), plots=args.plots)
+    return _run(cfg, out, args)
+
+
+def _run(cfg, out: str, args: argparse.Namespace) -> int:
+    from embdim.autoemb.run import run_stream
+
+    m = run_stream(cfg, out, quiet=bool(getattr(args, "quiet", False)),
+                   plots=getattr(args, "plots", True), resume=bool(getattr(args, "resume", False)))
     key = "online_mse" if cfg.model.task == "regression" else "online_cross_entropy"
     print(f"{key}={m[key]:.5f} online_accuracy={m['online_accuracy']:.5f} "
           f"({m['interactions_per_second']:,.0f} interactions/s) -> {out}")
     return 0
+
+
+def run_if_stream(args: argparse.Namespace) -> int | None:
+    """``embdim run CONFIG``: when ``data.path`` is a stream folder (written by ``embdim stream
+    prepare``), run the config as ``embdim stream run`` would (same YAML shape, ``--set``,
+    ``--out`` and ``--resume``) and return the exit code; None when it is not a stream (the CTR
+    pipeline runs it). A streaming method on a non-stream folder, or a CTR method on a stream,
+    is refused with a message saying what to do."""
+    from pathlib import Path
+
+    from embdim.autoemb.config import METHODS, stream_config_from_dict
+    from embdim.autoemb.stream import META_FILE
+    from embdim.config import load_config_dict
+    from embdim.errors import ConfigError
+
+    d = load_config_dict(args.config, args.overrides)
+    data = d.get("data") if isinstance(d.get("data"), dict) else {}
+    method_section = d.get("method") if isinstance(d.get("method"), dict) else {}
+    method = method_section.get("name")
+    path = data.get("path")
+    is_stream = bool(path) and (Path(path) / META_FILE).is_file()
+    if not is_stream:
+        if method in ("autoemb", "sam", "darts", "fse"):
+            where = f"data.path {path} is not a stream folder" if path else "data.path is not set"
+            raise ConfigError(f"method.name {method!r} is a streaming method (AutoEmb and its "
+                              f"baselines) and runs on an interaction stream, but {where}: prepare "
+                              "one with `embdim stream prepare` and see docs/autoemb.md for the "
+                              "config (or use `embdim stream run`)")
+        return None
+    if method is not None and method not in METHODS:
+        raise ConfigError(f"data.path {path} is an interaction stream (written by `embdim stream "
+                          f"prepare`): method.name must be one of {', '.join(METHODS)}, not "
+                          f"{method!r}; the CTR methods need a folder written by `embdim prepare`")
+    cfg = stream_config_from_dict(d)
+    stem = Path(args.config).stem if args.config else "stream"
+    out = args.out or f"runs/{stem}-{cfg.method.name}-{cfg.model.task}"
+    return _run(cfg, out, args)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

@@ -7,9 +7,10 @@ library's experiments:
     model:  {task: regression, widths: [2, 16, 128], hidden: [512, 512], fixed_width: 0}
     method: {name: autoemb, order: second, xi: 0.01, controller_hidden: [512, 512],
              controller_lr: 0.001}
-    train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu}
+    train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu, checkpoint_seconds: 60}
 
 ``--set section.key=value`` overrides any key (values parsed as YAML); unknown keys are refused.
+:func:`config_diff` lists what differs between two configs (``--resume`` refuses a changed one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from embdim.config import apply_overrides
+from embdim.config import apply_overrides, config_diff  # noqa: F401  (config_diff: re-exported)
 from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
@@ -63,6 +64,11 @@ class StreamTrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     curve_points: int = 100  # points of the metric curve over the stream (Fig. 8)
     log_every: int = 20  # batches between progress-bar updates
+    # Checkpoints (run_folder/checkpoints/last.pt, for --resume) are written after a batch once
+    # `checkpoint_every` batches or `checkpoint_seconds` of work have passed since the last one
+    # (0 = that trigger off), and always at the end of the offline stage and of the stream.
+    checkpoint_every: int = 0
+    checkpoint_seconds: float = 60.0
 
 
 @dataclass
@@ -104,6 +110,9 @@ class StreamConfig:
                               "method.xi and method.val_batch_size >= 0")
         if d.limit < 0 or t.curve_points <= 0 or t.log_every <= 0:
             raise ConfigError("data.limit must be >= 0; train.curve_points and train.log_every > 0")
+        if t.checkpoint_every < 0 or t.checkpoint_seconds < 0:
+            raise ConfigError("train.checkpoint_every and train.checkpoint_seconds must be >= 0 "
+                              "(0 = that trigger off)")
         return self
 
 
@@ -125,7 +134,14 @@ def stream_config_from_dict(d: dict[str, Any]) -> StreamConfig:
         valid = {f.name for f in fields(cls)}
         bad = sorted(set(section) - valid)
         if bad:
-            raise ConfigError(f"unknown key(s) {bad} in section '{name}'; valid keys: {sorted(valid)}")
+            hint = ""
+            if name == "method" and "candidates" in bad:
+                hint = " (the candidate widths of a streaming run are model.widths)"
+            elif name == "model" and "name" in bad:
+                hint = (" (a streaming run has one model, the DLRS of AutoEmb sec. 2.1; "
+                        "see docs/autoemb.md)")
+            raise ConfigError(f"unknown key(s) {bad} in section '{name}'; valid keys: "
+                              f"{sorted(valid)}{hint}")
         parts[name] = cls(**section)
     return StreamConfig(**parts).validate()
 
@@ -141,3 +157,5 @@ def load_stream_config(path: str | Path | None, overrides: list[str] | None = No
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
     return stream_config_from_dict(apply_overrides(d, list(overrides or [])))
+
+

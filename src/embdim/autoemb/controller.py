@@ -68,6 +68,14 @@ class Context:
     def state_dict(self) -> dict[str, Tensor]:
         return {"last_weights": self.last_weights, "last_loss": self.last_loss, "seen": self.seen}
 
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Copy a :meth:`state_dict` (same shapes) into this context."""
+        for name, t in self.state_dict().items():
+            if state[name].shape != t.shape:
+                raise ValueError(f"context {name}: shape {tuple(state[name].shape)} in the "
+                                 f"checkpoint, {tuple(t.shape)} here")
+            t.copy_(state[name])
+
 
 def controller_features(popularity: Tensor, ids: Tensor, context: Context) -> Tensor:
     """The controller input ``[B, 32 + 1 + N + 2]`` (module docstring)."""
@@ -124,6 +132,14 @@ class ControllerWeights(nn.Module):
     def record(self, users: Tensor, items: Tensor, alpha: Tensor, beta: Tensor, loss: Tensor) -> None:
         self.user_context.update(users, alpha, loss)
         self.item_context.update(items, beta, loss)
+
+    def context_state(self) -> dict[str, dict[str, Tensor]]:
+        """The per-user/item contexts (plain tensors, so not in :meth:`state_dict`)."""
+        return {"user": self.user_context.state_dict(), "item": self.item_context.state_dict()}
+
+    def load_context_state(self, state: dict[str, dict[str, Tensor]]) -> None:
+        self.user_context.load_state_dict(state["user"])
+        self.item_context.load_state_dict(state["item"])
 
 
 class TableWeights(nn.Module):

@@ -21,6 +21,17 @@ For each batch, in this order:
 
 Steps 2 and 4 share one forward pass: the parameters that score a batch are those from before any
 update on it. BatchNorm uses the statistics of the batch's inputs (never its labels).
+
+**Checkpoints and resume.** With a ``checkpoint_path``, the learner's whole state is written
+atomically at batch boundaries (:meth:`StreamLearner.state_dict`): the model, the controllers (DARTS:
+the weight tables) and the per-user/item contexts, both Adam optimisers, the running popularity
+counts, the RNG states (torch's global generator and the validation sampler's generator; no numpy
+generator is used), the loop position, the seconds spent per stage and every metric sum and curve
+point so far. The previous batch (the training batch of the next virtual step) is re-read from the
+stream. :meth:`StreamLearner.load_checkpoint` restores all of it (``torch.load(...,
+weights_only=True)``), refusing a checkpoint of another stream or model; the rest of the stream then
+runs exactly as it would have without the interruption (same machine, versions and thread count),
+so the metrics are identical; only the timings differ.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,8 +53,11 @@ from embdim.autoemb.controller import ControllerWeights, TableWeights
 from embdim.autoemb.metrics import StreamMetrics
 from embdim.autoemb.model import AutoEmbModel, FixedWidthModel, labels_for, per_example_loss
 from embdim.autoemb.stream import InteractionStream
-from embdim.errors import EmbdimError, TrainingDivergedError
+from embdim.errors import EmbdimError, SchemaMismatchError, TrainingDivergedError
+from embdim.io import atomic_torch_save
 from embdim.train.trainer import make_adam, resolve_device
+
+CHECKPOINT_FORMAT = "embdim-stream-checkpoint-1"
 
 
 @dataclass
@@ -60,7 +75,8 @@ class StreamLearner:
 
     def __init__(self, stream: InteractionStream, cfg: StreamConfig, *, quiet: bool = False,
                  log: Callable[[str], None] | None = None,
-                 on_scored: Callable[[int, Tensor], None] | None = None):
+                 on_scored: Callable[[int, Tensor], None] | None = None,
+                 checkpoint_path: str | Path | None = None):
         cfg.validate()
         self.stream, self.cfg, self.quiet = stream, cfg, quiet
         self._log = log or (lambda msg: None)
@@ -96,6 +112,17 @@ class StreamLearner:
         n = len(stream) if not cfg.data.limit else min(len(stream), cfg.data.limit)
         self.length = n
         self.offline_end = int(n * cfg.data.offline_fraction)
+        # loop state (all of it in the checkpoints)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.position = 0  # index of the next batch in self.bounds()
+        self.seconds = [0.0, 0.0]  # per stage, checkpoint writing excluded
+        self.window = torch.zeros((), device=self.device)  # loss sum since the last progress update
+
+    def bounds(self) -> list[tuple[int, int, int]]:
+        """``(start, stop, stage)`` of every batch: offline part first, then online."""
+        bs, n = self.cfg.train.batch_size, self.length
+        bounds = [(s, min(s + bs, self.offline_end), 0) for s in range(0, self.offline_end, bs)]
+        return bounds + [(s, min(s + bs, n), 1) for s in range(self.offline_end, n, bs)]
 
     # ---- data -------------------------------------------------------------------------------------
     def _tensor(self, a: np.ndarray, dtype=torch.long) -> Tensor:
@@ -181,48 +208,141 @@ class StreamLearner:
         self.prev = b
         return loss.detach()
 
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def fingerprint(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed here."""
+        return {"method": self.method, "task": self.cfg.model.task,
+                "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
+                "users": self.stream.num_users, "items": self.stream.num_items,
+                "interactions": self.length, "offline_end": self.offline_end,
+                "batch_size": self.cfg.train.batch_size,
+                "stream_hash": self.stream.meta.get("content_hash")}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the rest of the stream depends on (module docstring)."""
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint(),
+            "position": self.position, "seconds": list(self.seconds), "window": self.window.clone(),
+            "model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(),
+            "user_counts": self.user_counts.clone(), "item_counts": self.item_counts.clone(),
+            "sampler": self.sampler.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "metrics": self.metrics.state_dict()}
+        if self.weights is not None:
+            state["weights"] = self.weights.state_dict()
+            state["theta_opt"] = self.theta_opt.state_dict()
+            if isinstance(self.weights, ControllerWeights):
+                state["contexts"] = self.weights.context_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        if self.weights is not None:
+            self.weights.load_state_dict(state["weights"])
+            self.theta_opt.load_state_dict(state["theta_opt"])
+            if isinstance(self.weights, ControllerWeights):
+                self.weights.load_context_state(state["contexts"])
+        self.user_counts.copy_(state["user_counts"])
+        self.item_counts.copy_(state["item_counts"])
+        self.sampler.set_state(state["sampler"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda_rng"]])
+        self.metrics.load_state_dict(state["metrics"])
+        self.position = int(state["position"])
+        self.seconds = [float(x) for x in state["seconds"]]
+        self.window = state["window"].to(self.device).clone()
+        bounds = self.bounds()
+        # the training batch of the next virtual step: the last batch trained on
+        self.prev = self.batch(*bounds[self.position - 1][:2]) if self.position > 0 else None
+
+    def save_checkpoint(self) -> None:
+        if self.checkpoint_path is not None:
+            atomic_torch_save(self.checkpoint_path, self.state_dict())
+
+    def load_checkpoint(self, path: str | Path | None = None) -> bool:
+        """Restore the state saved at ``path`` (default: the checkpoint path); False when there is
+        no checkpoint there. Refuses one written for another stream, method or model."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None or not path.exists():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # a corrupt or foreign file
+            raise EmbdimError(f"{path}: cannot read checkpoint: {e}") from e
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise EmbdimError(f"{path}: not a streaming checkpoint (format "
+                              f"{state.get('format') if isinstance(state, dict) else None!r})")
+        theirs, ours = state.get("fingerprint", {}), self.fingerprint()
+        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs now {v!r}" for k, v in ours.items()
+                if theirs.get(k) != v]
+        if diff:
+            raise SchemaMismatchError(f"{path} belongs to another run: " + "; ".join(diff))
+        self.load_state_dict(state)
+        return True
+
+    @property
+    def resumed_at(self) -> int:
+        """The first interaction the loop has not processed yet."""
+        bounds = self.bounds()
+        return bounds[self.position][0] if self.position < len(bounds) else self.length
+
     # ---- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Run the whole stream; returns the metrics summary (see :mod:`embdim.autoemb.metrics`)."""
-        n, bs = self.length, self.cfg.train.batch_size
+        """Run the stream from :attr:`position` (0, or where a loaded checkpoint left off) to the
+        end; returns the metrics summary (see :mod:`embdim.autoemb.metrics`)."""
+        n = self.length
         if n < 2:
             raise EmbdimError(f"the stream has {n} interaction(s): nothing to learn from")
-        bounds = [(s, min(s + bs, self.offline_end), 0) for s in range(0, self.offline_end, bs)]
-        bounds += [(s, min(s + bs, n), 1) for s in range(self.offline_end, n, bs)]
+        bounds = self.bounds()
         curve_every = max(1, len(bounds) // self.cfg.train.curve_points)
         every = self.cfg.train.log_every
-        bar = tqdm(total=n, desc=f"{self.method} {self.cfg.model.task}", unit="int",
-                   disable=self.quiet, leave=False, dynamic_ncols=True)
+        ckpt_batches, ckpt_seconds = self.cfg.train.checkpoint_every, self.cfg.train.checkpoint_seconds
+        bar = tqdm(total=n, initial=self.resumed_at, desc=f"{self.method} {self.cfg.model.task}",
+                   unit="int", disable=self.quiet, leave=False, dynamic_ncols=True)
         self.model.train()
-        window = torch.zeros((), device=self.device)
-        seconds = [0.0, 0.0]
-        t0 = time.perf_counter()
-        for i, (start, stop, stage) in enumerate(bounds):
-            window += self.step(start, stop, stage)
+        t0 = last_checkpoint = time.perf_counter()
+        since_checkpoint = 0
+        for i in range(self.position, len(bounds)):
+            start, stop, stage = bounds[i]
+            self.window += self.step(start, stop, stage)
             last = i + 1 == len(bounds) or bounds[i + 1][2] != stage
             if (i + 1) % curve_every == 0 or last:
                 self.metrics.close_window(stop, stage)
             if (i + 1) % every == 0 or last:
-                value = float(window) / ((i % every) + 1)
+                value = float(self.window) / ((i % every) + 1)
                 if not np.isfinite(value):
                     bar.close()
                     raise TrainingDivergedError(f"training diverged at interaction {stop:,}: loss "
                                                 f"{value}; try a lower train.lr (now {self.cfg.train.lr})")
                 bar.set_postfix(loss=f"{value:.4f}", stage=("offline", "online")[stage])
-                window.zero_()
+                self.window.zero_()
             bar.update(stop - start)
-            if last:
-                now = time.perf_counter()
-                seconds[stage] += now - t0
-                t0 = now
+            self.position = i + 1
+            since_checkpoint += 1
+            now = time.perf_counter()
+            self.seconds[stage] += now - t0
+            t0 = now
+            if self.checkpoint_path is not None and (
+                    last or (ckpt_batches and since_checkpoint >= ckpt_batches)
+                    or (ckpt_seconds and now - last_checkpoint >= ckpt_seconds)):
+                self.save_checkpoint()
+                since_checkpoint = 0
+                t0 = last_checkpoint = time.perf_counter()
         bar.close()
         loss_name = "mse" if self.cfg.model.task == "regression" else "cross_entropy"
         summary = self.metrics.summary(loss_name)
-        total = sum(seconds)
-        summary["seconds"] = {"offline": seconds[0], "online": seconds[1], "total": total}
+        total = sum(self.seconds)
+        summary["seconds"] = {"offline": self.seconds[0], "online": self.seconds[1], "total": total}
         summary["interactions_per_second"] = n / total if total > 0 else float("nan")
         summary["online_start"] = self.offline_end
         return summary
+
+    def popularity_counts(self) -> tuple[Tensor, Tensor]:
+        """Interactions per user and per item so far (the popularity at the end of the stream once
+        :meth:`run` has finished)."""
+        return self.user_counts, self.item_counts
 
     def embedding_params(self) -> int:
         return int(self.model.embedding_params())

@@ -64,6 +64,22 @@ class StreamMetrics:
                                "loss": loss / count, "accuracy": correct / count})
         self.window.zero_()
 
+    _TENSORS = ("stage", "user_buckets", "item_buckets", "user_weights", "item_weights", "window")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every sum and the curve so far (for checkpoints; plain tensors, lists and numbers)."""
+        return {**{name: getattr(self, name).clone() for name in self._TENSORS},
+                "curve": [dict(p) for p in self.curve]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in self._TENSORS:
+            t = getattr(self, name)
+            if state[name].shape != t.shape:
+                raise ValueError(f"metrics {name}: shape {tuple(state[name].shape)} in the "
+                                 f"checkpoint, {tuple(t.shape)} here")
+            t.copy_(state[name])
+        self.curve = [dict(p) for p in state["curve"]]
+
     def summary(self, loss_name: str) -> dict[str, Any]:
         """Plain-JSON metrics: per stage, by popularity bucket, weights by bucket, the curve."""
         out: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """Streaming run folders, the Table 2 report and the streaming demo (AutoEmb sec. 3).
 
-A run folder holds ``config.yaml`` (fully resolved), ``metrics.json``, ``log.txt`` and PNG plots
-(``curve.png``, ``by_popularity.png``, ``weights.png``), each written atomically. ``metrics.json``
+A run folder holds ``config.yaml`` (fully resolved), ``plan.json`` (the learned popularity -> width
+rule, :mod:`embdim.autoemb.plan`), ``metrics.json``, ``log.txt``, ``checkpoints/last.pt`` (for
+``--resume``) and PNG plots (``curve.png``, ``by_popularity.png``, ``weights.png``), each written
+atomically; ``metrics.json`` is written last, so its presence marks a finished run. ``metrics.json``
 has the online and offline metrics (``mse`` or ``cross_entropy``, ``accuracy``), flat keys
 ``online_<metric>`` for tables, ``by_popularity`` (per user/item popularity bucket and stage:
 interactions, metrics, mean weight per width), ``curve``, ``seconds``, ``interactions_per_second``,
@@ -28,11 +30,12 @@ import torch
 import yaml
 
 from embdim import __version__
-from embdim.autoemb.config import StreamConfig, stream_config_from_dict
+from embdim.autoemb.config import StreamConfig, config_diff, stream_config_from_dict
 from embdim.autoemb.loop import StreamLearner
+from embdim.autoemb.plan import stream_plan, write_stream_plan
 from embdim.autoemb.plots import plot_by_popularity, plot_curve, plot_weights
 from embdim.autoemb.stream import InteractionStream
-from embdim.errors import EmbdimError
+from embdim.errors import ConfigError, EmbdimError
 from embdim.io import atomic_write_json, atomic_write_text, atomic_write_yaml
 from embdim.report import welch_ttest
 
@@ -40,30 +43,64 @@ ALPHA = 0.05
 METHOD_LABELS = {"fse": "FSE", "sam": "SAM", "darts": "DARTS", "autoemb": "AutoEmb"}
 
 
-def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream | None = None,
-               quiet: bool = False, plots: bool = True) -> dict[str, Any]:
-    """Run ``cfg`` over its stream (``cfg.data.path``, or ``stream``) and write the run folder."""
-    out = Path(out)
+def _check_run_dir(out: Path, cfg: StreamConfig, resume: bool) -> None:
+    """Refuse a finished run, a non-empty folder without ``resume``, and a changed config."""
     if (out / "metrics.json").exists():
         raise EmbdimError(f"{out} already holds a finished run (metrics.json); choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not resume:
+            raise ConfigError(f"run folder {out} already holds an unfinished run; pass --resume to "
+                              "continue it from its last checkpoint, or choose another --out")
+        cfg_path = out / "config.yaml"
+        if cfg_path.exists():
+            old = yaml.safe_load(cfg_path.read_text()) or {}
+            diff = config_diff(old, cfg.to_dict())
+            if diff:
+                raise ConfigError(f"cannot resume {out}: its config differs in {diff}")
+
+
+def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream | None = None,
+               quiet: bool = False, plots: bool = True, resume: bool = False) -> dict[str, Any]:
+    """Run ``cfg`` over its stream (``cfg.data.path``, or ``stream``) and write the run folder.
+
+    A non-empty ``out`` is refused unless ``resume``: then the run continues from
+    ``out/checkpoints/last.pt`` (from the start if none was written yet) with the same config
+    (a changed one is refused, naming the differences) and ends with the metrics an uninterrupted
+    run gives on the same machine."""
+    out = Path(out)
+    cfg.validate()
+    _check_run_dir(out, cfg, resume)
     if stream is None:
         if not cfg.data.path:
             raise EmbdimError("data.path is not set: give a folder written by `embdim stream prepare`")
         stream = InteractionStream.open(cfg.data.path)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(out / "config.yaml", cfg.to_dict())
-    lines: list[str] = []
+    log_path = out / "log.txt"
+    lines: list[str] = log_path.read_text().splitlines() if resume and log_path.exists() else []
 
     def log(msg: str) -> None:
         lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
-        atomic_write_text(out / "log.txt", "\n".join(lines) + "\n")
+        atomic_write_text(log_path, "\n".join(lines) + "\n")
 
     log(f"stream {cfg.data.path or stream.meta.get('source')}: {len(stream):,} interactions, "
         f"{stream.num_users:,} users, {stream.num_items:,} items")
-    learner = StreamLearner(stream, cfg, quiet=quiet, log=log)
+    checkpoint = out / "checkpoints" / "last.pt"
+    learner = StreamLearner(stream, cfg, quiet=quiet, log=log, checkpoint_path=checkpoint)
     log(f"method {cfg.method.name} ({cfg.method.order} order, xi={cfg.xi:g}), task {cfg.model.task}, "
         f"{learner.length:,} interactions, online from {learner.offline_end:,}")
-    summary = learner.run()
+    if resume:
+        if learner.load_checkpoint():
+            log(f"resumed from {checkpoint} at interaction {learner.resumed_at:,} "
+                f"(batch {learner.position:,})")
+        else:
+            log(f"--resume: no checkpoint in {checkpoint.parent} yet, starting from the beginning")
+    try:
+        summary = learner.run()
+    except KeyboardInterrupt:
+        log(f"interrupted at interaction {learner.resumed_at:,}; `--resume` continues from the last "
+            f"checkpoint in {checkpoint.parent}")
+        raise
     loss_key = "mse" if cfg.model.task == "regression" else "cross_entropy"
     metrics: dict[str, Any] = {
         "method": cfg.method.name, "task": cfg.model.task, "seed": cfg.train.seed,
@@ -86,6 +123,13 @@ def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream 
     log(f"online {loss_key}={metrics[f'online_{loss_key}']:.5f} "
         f"accuracy={metrics['online_accuracy']:.5f}; {metrics['interactions_per_second']:,.0f} "
         f"interactions/s")
+    plan = stream_plan(cfg, metrics, num_users=stream.num_users, num_items=stream.num_items,
+                       user_counts=learner.user_counts, item_counts=learner.item_counts)
+    write_stream_plan(out / "plan.json", plan)
+    if plan["value_dim_rule"]["kind"] == "popularity_buckets":
+        rule = plan["value_dim_rule"]
+        log("plan: expected width by user popularity bucket " + ", ".join(
+            f"{r['bucket']}: {r['expected_width']:.1f}" for r in rule["user"]))
     if plots:
         title = f"{cfg.method.name}, {cfg.model.task}, seed {cfg.train.seed}"
         plot_curve({cfg.method.name: [metrics]}, out / "curve.png", f"Metric over the stream — {title}")
@@ -236,13 +280,13 @@ def run_demo(out: str | Path, *, interactions: int = 40_000, seed: int = 2022, q
         for method in DEMO_METHODS:
             run_dir = out / f"{method}-{task}"
             if (run_dir / "metrics.json").exists():
-                continue
+                continue  # finished; an unfinished one is resumed below
             cfg = stream_config_from_dict({
                 "data": {"path": str(stream_dir)},
                 "model": {"task": task, "widths": [1, 2, 16], "hidden": [64, 64]},
                 "method": {"name": method, "controller_hidden": [32, 32], "controller_lr": 0.01},
                 "train": {"batch_size": 100, "seed": seed, "threads": 1}})
-            m = run_stream(cfg, run_dir, quiet=quiet)
+            m = run_stream(cfg, run_dir, quiet=quiet, resume=True)
             if not quiet:
                 key = "online_mse" if task == "regression" else "online_cross_entropy"
                 print(f"{method:8s} {task}: {key}={m[key]:.4f} accuracy={m['online_accuracy']:.4f} "
