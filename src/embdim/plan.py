@@ -151,6 +151,9 @@ class DimensionPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DimensionPlan:
+        if d.get("kind") == "stream":
+            raise EmbdimError("this is an AutoEmb streaming plan (a popularity -> width rule, not "
+                              "per-field widths); read it with embdim.autoemb.plan.load_stream_plan")
         if d.get("format_version") != PLAN_FORMAT_VERSION:
             raise EmbdimError(f"unsupported plan format_version {d.get('format_version')!r}")
         try:
