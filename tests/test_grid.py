@@ -132,3 +132,19 @@ def test_real_grid_on_planted_data(planted, tmp_path):
     assert run_grid(spec, out, quiet=True).skipped == ["seed-1", "seed-2"]
     assert "| fde | " in (out / "report.md").read_text()
     assert (out / "dims_planted_fm.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_cell_recorded_before_a_new_option_existed_still_counts_as_finished(small, tmp_path):
+    """A config.yaml written before a train option was added (the key is missing, the new default
+    applies) is the same config: the grid restart skips the cell instead of refusing it."""
+    spec = {"base": {"data": {"path": str(small)}, "model": {"name": "fm"},
+                     "method": {"name": "fde", "dim": 4},
+                     "train": {"epochs": 1, "batch_size": 1000, "seed": 1}},
+            "grid": {"train.seed": [1]}}
+    first = run_grid(spec, tmp_path / "g", quiet=True, plots=False)
+    cell = tmp_path / "g" / first.cells[0].name
+    recorded = yaml.safe_load((cell / "config.yaml").read_text())
+    del recorded["train"]["in_memory_limit_gb"]  # as written by an older version
+    (cell / "config.yaml").write_text(yaml.safe_dump(recorded))
+    again = run_grid(spec, tmp_path / "g", quiet=True, plots=False)
+    assert again.skipped == [first.cells[0].name]

@@ -128,3 +128,32 @@ def test_efficiency_table(runs):
     lines = efficiency_table(groups)
     assert lines[0] == "| method | model | search s | retrain s | emb params |"
     assert "| autodim | fm | 20.0 ± 10.0 | 5.0 ± 0.0 | 100 ± 0 |" in lines
+
+
+def test_report_of_small_sseds_runs_has_the_saliency_distribution(small, tmp_path):
+    """End to end: real SSEDS runs (2 seeds) and an FDE run on a small planted dataset; the report
+    draws the saliency distribution from the runs' plan.json and embeds it."""
+    from embdim.experiment import run_experiment
+
+    base = {"data": {"path": str(small)}, "model": {"name": "fm"},
+            "train": {"epochs": 1, "batch_size": 1000, "early_stop": 0}}
+    for seed in (1, 2):
+        run_experiment({**base, "method": {"name": "sseds", "budget": 0.3, "pretrain_width": 8,
+                                           "saliency_batches": 2},
+                        "train": {**base["train"], "seed": seed}}, tmp_path / "runs" / f"sseds-{seed}",
+                       quiet=True)
+    run_experiment({**base, "method": {"name": "fde", "dim": 8}}, tmp_path / "runs" / "fde", quiet=True)
+    out = tmp_path / "report"
+    write_report([tmp_path / "runs"], out)
+    report = (out / "report.md").read_text()
+    saliency = list(out.glob("saliency_*.png"))
+    assert [p.name for p in saliency] == ["saliency_small_fm.png"]
+    assert saliency[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and saliency[0].stat().st_size > 10_000
+    assert "![SSEDS saliency distribution, " in report and "(saliency_small_fm.png)" in report
+    assert "(auc_params_small_fm.png)" in report and "(dims_small_fm.png)" in report
+
+
+def test_no_saliency_plot_without_sseds_plans(runs, tmp_path):
+    write_report([runs], tmp_path / "out")  # runs without plan.json: no saliency figure, no error
+    assert not list((tmp_path / "out").glob("saliency_*.png"))
+    assert "saliency" not in (tmp_path / "out" / "report.md").read_text()

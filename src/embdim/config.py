@@ -168,3 +168,16 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
+
+
+def recorded_config(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A run folder's recorded ``config.yaml`` resolved by this version of the library: keys added
+    since it was written take their defaults, so a run made before a new option existed still
+    compares equal to the same config today (resume, grid restart). Returned unchanged when it no
+    longer validates (the comparison then shows the differences)."""
+    import copy
+
+    try:
+        return config_from_dict(copy.deepcopy(recorded)).to_dict()
+    except ConfigError:
+        return recorded

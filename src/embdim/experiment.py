@@ -36,7 +36,7 @@ import yaml
 
 import embdim
 from embdim import distributed
-from embdim.config import ExperimentConfig, config_diff, config_from_dict
+from embdim.config import ExperimentConfig, config_diff, config_from_dict, recorded_config
 from embdim.data.dataset import PreparedDataset
 from embdim.errors import ConfigError
 from embdim.io import atomic_write_json, atomic_write_yaml
@@ -144,7 +144,7 @@ def _check_and_create_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool
             raise ConfigError(f"run folder {run_dir} already holds an {state} run; pass --resume to "
                               "continue it, or choose another --out")
         if cfg_path.exists():
-            old = yaml.safe_load(cfg_path.read_text())
+            old = recorded_config(yaml.safe_load(cfg_path.read_text()))
             if old != cfg.to_dict():
                 diff = config_diff(old, cfg.to_dict())
                 raise ConfigError(f"cannot resume {run_dir}: its config differs in {diff}")

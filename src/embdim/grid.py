@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from embdim.config import SECTIONS, config_from_dict, set_dotted
+from embdim.config import SECTIONS, config_diff, config_from_dict, recorded_config, set_dotted
 from embdim.errors import ConfigError, EmbdimError
 from embdim.experiment import run_experiment
 from embdim.io import atomic_write_yaml
@@ -143,12 +143,6 @@ def expand(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[Cell]:
     return cells
 
 
-def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
-
-
 def run_grid(spec: str | Path | dict[str, Any], out: str | Path, *, quiet: bool = False,
              keep_going: bool = False, plots: bool = True) -> GridResult:
     """Run every cell of the grid into ``out/<cell name>`` (skipping finished cells, resuming
@@ -167,11 +161,12 @@ def run_grid(spec: str | Path | dict[str, Any], out: str | Path, *, quiet: bool 
             raise ConfigError(f"grid cell {cell.name}: {e}") from None
         run_dir = out / cell.name
         if (run_dir / "metrics.json").exists() and (run_dir / "config.yaml").exists():
-            old = yaml.safe_load((run_dir / "config.yaml").read_text())
+            old = recorded_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
             new = resolved[cell.name].to_dict()
             if old != new:
                 raise ConfigError(f"grid cell {run_dir} finished with another config "
-                                  f"({'; '.join(_diff(old, new))}); move it away or use another --out")
+                                  f"({'; '.join(config_diff(old, new))}); move it away or use another "
+                                  "--out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(out / "grid.yaml", {"base": base, "grid": grid})
 

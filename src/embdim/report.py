@@ -51,6 +51,7 @@ class Group:
     baseline: str | None = None  # label of the best baseline this group was tested against
     baseline_auc: float | None = None  # that baseline's mean test AUC
     p_value: float | None = None  # two-sided Welch t-test of test AUC against that baseline
+    options: dict[str, Any] | None = None  # the method section (for short plot labels)
 
     def stat(self, key: str) -> tuple[float, float]:
         """Mean and sample standard deviation (0 for a single run) of a metric."""
@@ -131,7 +132,8 @@ def collect(run_dirs: list[Path]) -> list[Group]:
         metrics = json.loads((run / "metrics.json").read_text())
         config = yaml.safe_load((run / "config.yaml").read_text())
         key = (str(config["data"]["path"]), method_label(config["method"]), metrics["model"])
-        group = groups.setdefault(key, Group(*key, name=str(config["method"].get("name", "?"))))
+        group = groups.setdefault(key, Group(*key, name=str(config["method"].get("name", "?")),
+                                             options=dict(config["method"])))
         group.runs.append({**metrics, "run": str(run)})
     result = list(groups.values())
     add_significance(result)

@@ -15,18 +15,20 @@ from embdim.plan import DimensionPlan
 
 
 def plot_plan(plan: DimensionPlan | str | Path, out: str | Path) -> Path:
-    """Write a two-panel PNG for an SSEDS plan (``extra["saliency"]`` ``[fields, d]``); return its path."""
-    import matplotlib
+    """Write a two-panel PNG for an SSEDS plan (``extra["saliency"]`` ``[fields, d]``); return its path.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch) and written
+    atomically. ``embdim report`` draws the same distribution over seeds and budgets
+    (:func:`embdim.plots.plot_saliency`)."""
+    from embdim.plots import _figure, _save
 
     if not isinstance(plan, DimensionPlan):
         plan = DimensionPlan.load(plan)
     if "saliency" not in plan.extra:
         raise EmbdimError(f"plan of method {plan.method!r} has no saliency matrix (not an SSEDS plan)")
     s = np.asarray(plan.extra["saliency"], dtype=float)  # [F, d]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig = _figure(11, 3.8)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ranked = np.sort(s.reshape(-1))[::-1]
     ax1.plot(np.arange(1, ranked.size + 1), np.maximum(ranked, 1e-12))
     ax1.set_xscale("log")
@@ -36,12 +38,10 @@ def plot_plan(plan: DimensionPlan | str | Path, out: str | Path) -> Path:
     kappa = plan.extra.get("budget", {}).get("kappa")
     ax1.set_title(f"saliency distribution ({s.shape[0]} fields x {s.shape[1]} dims)")
     ax2.bar(range(len(plan.dims)), plan.dims, color=["C0" if d else "C3" for d in plan.dims])
-    ax2.set_xticks(range(len(plan.dims)), plan.field_names, rotation=60, ha="right", fontsize=8)
+    ax2.set_xticks(range(len(plan.dims)))
+    ax2.set_xticklabels(plan.field_names, rotation=60, ha="right", fontsize=8)
     ax2.set_ylabel("searched dimension")
     ax2.set_title(f"dims per field (kappa={kappa}; red: dropped)")
-    fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
     return out
