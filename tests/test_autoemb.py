@@ -249,6 +249,11 @@ def test_cli_prepare_run_report(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "| classification | CE loss |" in table and "AutoEmb" in table and "FSE" in table
     assert (tmp_path / "rep" / "curve_s_classification.png").exists()
+    # `embdim report` over the same folders embeds the streaming table and its plots
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "rep2")]) == 0
+    report = (tmp_path / "rep2" / "report.md").read_text()
+    assert "## AutoEmb (streaming runs)" in report and "| classification | CE loss |" in report
+    assert "![" in report and (tmp_path / "rep2" / "curve_s_classification.png").exists()
     assert main(["stream", "run", *common, "--out", str(tmp_path / "runs" / "fse1")]) == 2  # finished
 
 

@@ -160,7 +160,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from embdim.report import write_report
 
     print(write_report(args.runs, args.out, plots=args.plots))
-    print(f"\nwrote {args.out}/report.md and {args.out}/report.csv" + (" and plots" if args.plots else ""))
+    print(f"\nwrote {args.out}/report.md" + (" with its CSV and plots" if args.plots else " and its CSV"))
     return 0
 
 

@@ -233,20 +233,41 @@ def csv_table(groups: list[Group]) -> str:
 def write_report(paths: list[str | Path], out: str | Path, *, plots: bool = True) -> str:
     """Collect the runs under ``paths`` and write ``out/report.md``, ``out/report.csv`` and (with
     ``plots``) one PNG pair per dataset x model, embedded in report.md. Returns the tables."""
-    groups = collect(find_runs(paths))
-    table = markdown_table(groups)
+    runs = find_runs(paths)
+    streams = [r for r in runs if _is_stream_run(r)]
+    ctr = [r for r in runs if r not in streams]
     out = Path(out)
-    body = table
-    if plots:
-        from embdim.plots import write_plots
+    table, body = "", ""
+    if ctr:
+        groups = collect(ctr)
+        table = markdown_table(groups)
+        body = table
+        if plots:
+            from embdim.plots import write_plots
 
-        figures = write_plots(groups, out)
-        lines = ["## Plots", ""]
-        for (data, model), files in figures.items():
-            lines += [f"### {data}, {model}", ""]
-            for caption, name in files:
-                lines += [f"![{caption}, {data}, {model}]({name})", ""]
-        body = f"{table}\n\n" + "\n".join(lines)
-    atomic_write_text(out / "report.md", f"# embdim report\n\n{body}\n")
-    atomic_write_text(out / "report.csv", csv_table(groups))
+            figures = write_plots(groups, out)
+            lines = ["## Plots", ""]
+            for (data, model), files in figures.items():
+                lines += [f"### {data}, {model}", ""]
+                for caption, name in files:
+                    lines += [f"![{caption}, {data}, {model}]({name})", ""]
+            body = f"{table}\n\n" + "\n".join(lines)
+        atomic_write_text(out / "report.csv", csv_table(groups))
+    if streams:
+        # AutoEmb runs: its Table 2 layout and Fig. 6-8 plots (embdim.autoemb.run.stream_report,
+        # which also writes stream_report.md / .csv), embedded here under their own heading.
+        from embdim.autoemb.run import stream_report
+
+        stream_table = stream_report(streams, out, plots=plots)
+        stream_body = (out / "stream_report.md").read_text().split("\n", 2)[2]
+        stream_body = stream_body.replace("\n## Plots", "\n### Plots")
+        body += ("\n\n" if body else "") + "## AutoEmb (streaming runs)\n\n" + stream_body
+        table += ("\n\n" if table else "") + stream_table
+    atomic_write_text(out / "report.md", f"# embdim report\n\n{body.rstrip()}\n")
     return table
+
+
+def _is_stream_run(run: Path) -> bool:
+    """An AutoEmb streaming run (online metrics by popularity) rather than a CTR run."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    return "by_popularity" in metrics and "test_auc" not in metrics
