@@ -31,3 +31,4 @@ def test_follows_the_torch_seed():
     a = dropout(x, 0.3, True)
     torch.manual_seed(3)
     assert torch.equal(a, dropout(x, 0.3, True))
+

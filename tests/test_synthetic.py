@@ -16,7 +16,6 @@ from embdim.data.synthetic import (
     PlantedCTRModel,
     SyntheticSpec,
     SyntheticTruth,
-    _roc_auc,
     _split_assignment,
     default_demo_spec,
     main,
@@ -26,6 +25,7 @@ from embdim.data.synthetic import (
     write_synthetic_dataset,
 )
 from embdim.errors import DataError
+from embdim.train.metrics import roc_auc as _roc_auc
 
 
 def small_spec(**overrides) -> SyntheticSpec:

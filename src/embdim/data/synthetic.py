@@ -77,6 +77,7 @@ from embdim.data.schema import (
     frequency_summary,
 )
 from embdim.io import atomic_write_json
+from embdim.train.metrics import logloss, roc_auc
 
 __all__ = [
     "MISSING_RAW",
@@ -482,8 +483,8 @@ class PlantedCTRModel:
             interaction_scale=float(self.interaction_scale),
             variance_share=[round(s, 6) for s in self.variance_share], n_rows=int(n_rows),
             ctr=_finite_or_none(np.mean(y) if len(y) else math.nan),
-            bayes_auc=_finite_or_none(_roc_auc(y, logits)),
-            bayes_logloss=_finite_or_none(_logloss(y, probs)), bayes_on=bayes_on,
+            bayes_auc=_finite_or_none(roc_auc(y, logits)),
+            bayes_logloss=_finite_or_none(logloss(y, probs)), bayes_on=bayes_on,
             spec=spec.to_dict(), dataset=dict(dataset or {}))
 
 
@@ -617,7 +618,7 @@ def _split_assignment(sizes: dict[str, int], seed: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Metrics (numpy, no sklearn import: truth needs only these two)
+# Helpers of the planted label model (its AUC / Logloss: embdim.train.metrics)
 # ---------------------------------------------------------------------------------------------
 
 def _finite_or_none(v: float) -> float | None:
@@ -665,31 +666,6 @@ def _solve_bias(g: np.ndarray, noise_std: float, target: float) -> float:
         if hi - lo < 1e-12:
             break
     return b
-
-
-def _roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of ``score`` [n] for 0/1 labels ``y`` [n] (ties count one half); NaN if one class."""
-    y = np.asarray(y) > 0.5
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(score, kind="stable")
-    s = np.asarray(score)[order]
-    # Average 1-based rank of every group of tied scores.
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], len(s)]
-    ranks = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    rank_sum = ranks[y[order]].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _logloss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
-    if len(y) == 0:
-        return float("nan")
-    p = np.clip(p, eps, 1 - eps)
-    y = np.asarray(y, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
 
 
 # ---------------------------------------------------------------------------------------------
