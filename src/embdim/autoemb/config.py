@@ -19,9 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from embdim.config import apply_overrides, config_diff  # noqa: F401  (config_diff: re-exported)
+from embdim.config import config_diff, load_config_dict  # noqa: F401  (config_diff: re-exported)
 from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
@@ -148,14 +146,6 @@ def stream_config_from_dict(d: dict[str, Any]) -> StreamConfig:
 
 def load_stream_config(path: str | Path | None, overrides: list[str] | None = None) -> StreamConfig:
     """Read a YAML config (or start from the defaults), apply ``--set`` overrides, validate."""
-    d: dict[str, Any] = {}
-    if path is not None:
-        try:
-            d = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    return stream_config_from_dict(apply_overrides(d, list(overrides or [])))
+    return stream_config_from_dict(load_config_dict(path, overrides))
 
 
