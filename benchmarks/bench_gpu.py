@@ -40,10 +40,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import MinimalDeepFM, synthetic_criteo_shaped  # noqa: E402
+from bench_train import synthetic_criteo_shaped, time_minimal_loop  # noqa: E402
 
 from embdim.config import TrainConfig  # noqa: E402
 from embdim.data.dataset import PreparedDataset  # noqa: E402
@@ -67,37 +66,6 @@ VARIANTS = {
 
 def sync() -> None:
     torch.cuda.synchronize()
-
-
-def time_minimal(dataset: PreparedDataset, args) -> list[float]:
-    train = dataset.split("train")
-    x = torch.from_numpy(np.array(train.x)).cuda()
-    y = torch.from_numpy(np.array(train.y)).cuda()
-    seed_everything(0)
-    model = MinimalDeepFM(dataset.schema.vocab_sizes, args.dim, args.mlp, args.dropout).cuda()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    fwd = torch.compile(model)
-    b, nb = args.batch, len(y) // args.batch
-
-    def step(i: int) -> None:
-        s = (i % nb) * b
-        loss = F.binary_cross_entropy_with_logits(fwd(x[s:s + b]), y[s:s + b])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for i in range(args.warmup):
-        step(i)
-    sync()
-    rates, i = [], args.warmup
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            step(i)
-            i += 1
-        sync()
-        rates.append(args.steps * b / (time.perf_counter() - t0))
-    return rates
 
 
 def mixed_plan(dataset: PreparedDataset, full_dim: int) -> DimensionPlan:
@@ -228,7 +196,7 @@ def main() -> None:
         med = lambda r: round(float(np.median(r)))  # noqa: E731
         if args.minimal:
             try:
-                rates = time_minimal(dataset, args)
+                rates = time_minimal_loop(dataset, args, device="cuda", compile_model=True)
                 result["variants"]["minimal-compiled"] = {"train_samples_per_second": med(rates),
                                                           "windows": [round(r) for r in rates]}
                 print(f"{'minimal (torch.compile)':28s} train {med(rates) / 1e6:6.2f}M samples/s",

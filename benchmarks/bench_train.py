@@ -64,32 +64,38 @@ class MinimalDeepFM(nn.Module):
         return self.linear(ids).sum((1, 2)) + self.bias + fm + self.mlp(e.flatten(1)).squeeze(1)
 
 
-def time_minimal_loop(dataset: PreparedDataset, args) -> list[float]:
-    """Samples/s of ``args.repeats`` timed windows of ``args.steps`` steps (after a warm-up)."""
+def time_minimal_loop(dataset: PreparedDataset, args, *, device: str = "cpu",
+                      compile_model: bool = False) -> list[float]:
+    """Samples/s of ``args.repeats`` timed windows of ``args.steps`` steps (after a warm-up), on
+    ``device`` (data there too), optionally ``torch.compile``d (the GPU reference loop)."""
     train = dataset.split("train")
-    x = torch.from_numpy(np.array(train.x))
-    y = torch.from_numpy(np.array(train.y))
+    x = torch.from_numpy(np.array(train.x)).to(device)
+    y = torch.from_numpy(np.array(train.y)).to(device)
     seed_everything(0)
-    model = MinimalDeepFM(dataset.schema.vocab_sizes, args.dim, args.mlp, args.dropout)
+    model = MinimalDeepFM(dataset.schema.vocab_sizes, args.dim, args.mlp, args.dropout).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if compile_model else model
     b, n = args.batch, len(y)
     nb = n // b
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def step(i: int) -> None:
         s = (i % nb) * b
-        loss = F.binary_cross_entropy_with_logits(model(x[s:s + b]), y[s:s + b])
+        loss = F.binary_cross_entropy_with_logits(forward(x[s:s + b]), y[s:s + b])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     for i in range(args.warmup):
         step(i)
+    sync()
     rates, i = [], args.warmup
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         for _ in range(args.steps):
             step(i)
             i += 1
+        sync()
         rates.append(args.steps * b / (time.perf_counter() - t0))
     return rates
 

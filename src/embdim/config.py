@@ -89,15 +89,20 @@ def _dataclass_from(cls, d: dict[str, Any], section: str):
     return cls(**d)
 
 
+def check_sections(d: Any, sections) -> None:
+    """Refuse a config that is not a mapping of the known top-level sections."""
+    if not isinstance(d, dict):
+        raise ConfigError("the config must be a mapping with sections " + ", ".join(sections))
+    unknown = sorted(set(d) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {list(sections)}")
+
+
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
     """Build and validate an ExperimentConfig from a plain dict (parsed YAML)."""
     from embdim.nn.models import ModelOptions
 
-    if not isinstance(d, dict):
-        raise ConfigError("the config must be a mapping with sections " + ", ".join(SECTIONS))
-    unknown = sorted(set(d) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {list(SECTIONS)}")
+    check_sections(d, SECTIONS)
     for s in SECTIONS:
         if d.get(s) is not None and not isinstance(d[s], dict):
             raise ConfigError(f"section '{s}' must be a mapping, got {d[s]!r}")

@@ -95,11 +95,6 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
-
 # ---- shards -----------------------------------------------------------------------------------
 def training_shard(rows: int) -> tuple[int, int]:
     """This rank's rows of a training split: ``W`` contiguous shards of equal size ``rows // W``
@@ -133,31 +128,20 @@ def local_batch_size(batch_size: int) -> int:
 
 
 # ---- collectives ------------------------------------------------------------------------------
-def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
 def average_gradients(params: Sequence[torch.Tensor]) -> None:
-    """Average ``p.grad`` over the processes (one all-reduce over all gradients flattened)."""
-    if not is_distributed():
-        return
+    """Average ``p.grad`` over the processes, in place (one all-reduce over all of them)."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    if not is_distributed() or not grads:
         return
-    flat = _flat(grads)
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    for g, mean in zip(grads, average_tensors(grads), strict=True):
+        g.copy_(mean)
 
 
 def average_tensors(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The mean over the processes of each tensor (new tensors; inputs unchanged)."""
     if not is_distributed():
         return list(tensors)
-    flat = _flat(tensors).clone()
+    flat = torch.cat([t.reshape(-1) for t in tensors])  # a new tensor: inputs unchanged
     dist.all_reduce(flat)
     flat /= world_size()
     out, offset = [], 0
@@ -217,12 +201,3 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
-    """Make every rank's parameters and buffers equal to rank ``src``'s."""
-    if not is_distributed():
-        return
-    with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=src)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from embdim.config import config_diff, load_config_dict  # noqa: F401  (config_diff: re-exported)
+from embdim.config import check_sections, config_diff, load_config_dict  # noqa: F401  (config_diff: re-exported)
 from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
@@ -119,11 +119,7 @@ SECTIONS = {"data": StreamDataConfig, "model": StreamModelConfig, "method": Stre
 
 
 def stream_config_from_dict(d: dict[str, Any]) -> StreamConfig:
-    if not isinstance(d, dict):
-        raise ConfigError("the config must be a mapping with sections " + ", ".join(SECTIONS))
-    unknown = sorted(set(d) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown section(s) {unknown}; valid sections: {list(SECTIONS)}")
+    check_sections(d, SECTIONS)
     parts = {}
     for name, cls in SECTIONS.items():
         section = d.get(name) or {}
