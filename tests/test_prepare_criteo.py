@@ -268,7 +268,7 @@ def _bad_file(tmp_path: Path, kind: str, rows: list[list[str]]) -> tuple[Path, i
     fields = lines[i].split(b"\t")
     column: str | None
     if kind == "short":
-        lines[i], column = b"\t".join(fields[:30]), "C17"
+        lines[i], column = b"\t".join(fields[:30]), None
     elif kind == "long":
         lines[i], column = b"\t".join([*fields, b"extra"]), None
     elif kind == "not_a_number":
