@@ -10,10 +10,18 @@
 ``--set section.key=value`` overrides any key; the value is parsed as YAML (``--set
 model.mlp=[64,64]``). Unknown sections or keys are refused with the list of valid ones. The method
 section is validated by the method itself (each method declares its own options).
+
+Every value is checked against its dataclass field's type in one place, :func:`typed_fields`
+(``train.lr: 1e-3``, which YAML reads as a string, becomes the number 0.001; ``method.dim: 2.5``
+for an ``int`` field and ``method.budget: true`` for a ``float`` are refused by name). Range checks
+(``train.lr`` positive, ...) stay with each options class.
 """
 
 from __future__ import annotations
 
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -61,6 +69,11 @@ class TrainConfig:
             raise ConfigError("train.epochs must be positive")
         if self.early_stop < 0:
             raise ConfigError("train.early_stop must be >= 0 (0 = off)")
+        for key in ("weight_decay", "threads", "max_steps_per_epoch", "in_memory_limit_gb"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.log_every <= 0:
+            raise ConfigError(f"train.log_every must be positive, got {self.log_every!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             raise ConfigError(f"train.device {self.device!r}: expected cpu, cuda, cuda:N or mps")
 
@@ -86,7 +99,102 @@ def _dataclass_from(cls, d: dict[str, Any], section: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in section '{section}'; valid keys: "
                           f"{sorted(valid)}")
-    return cls(**d)
+    return cls(**typed_fields(cls, d, section))
+
+
+# ---- typed values -----------------------------------------------------------------------------
+
+def typed_fields(cls: type, values: dict[str, Any], section: str) -> dict[str, Any]:
+    """``values`` with each key that names a field of the dataclass ``cls`` coerced to the field's
+    annotated type (``int``, ``float``, ``bool``, ``str``, ``list[...]``, ``X | None``; ``Any`` is
+    left as it is); other keys are passed through for ``cls`` to refuse by name.
+
+    A number written as ``1e-3`` (a string to YAML) is a float; an integral float is an int; a
+    bool is never a number. A value of the wrong type is a ConfigError
+    ``section.key: expected a number, got 'abc'``.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    return {k: coerce(v, hints[k], f"{section}.{k}") if k in names else v
+            for k, v in values.items()}
+
+
+def coerce(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` as the type ``annotation`` (see :func:`typed_fields`); ``where`` names the key."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None if len(inner) < len(args) else _refuse(value, "a value", where)
+        return coerce(value, inner[0], where) if len(inner) == 1 else value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            _refuse(value, _expected(annotation), where)
+        item = args[0] if args else Any
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is int:
+        return _as_int(value, where)
+    if annotation is float:
+        return _as_float(value, where)
+    if annotation in (bool, str):
+        return value if isinstance(value, annotation) else _refuse(value, _expected(annotation), where)
+    return value
+
+
+def _as_float(value: Any, where: str) -> float:
+    number = _number(value)
+    if number is None:
+        _refuse(value, "a number", where)
+    if not math.isfinite(number):
+        _refuse(value, "a finite number", where)
+    return float(number)
+
+
+def _as_int(value: Any, where: str) -> int:
+    number = _number(value)
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if not isinstance(number, int):
+        _refuse(value, "an integer", where)
+    return number
+
+
+def _number(value: Any) -> int | float | None:
+    """An int or float from a number or a numeric string (``"1e-3"``), else None; a bool is not
+    a number."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        for parse in (int, float):
+            try:
+                return parse(value.strip())
+            except ValueError:
+                pass
+    return None
+
+
+_NOUNS = {int: ("an integer", "integers"), float: ("a number", "numbers"),
+          bool: ("true or false", "true/false values"), str: ("a string", "strings")}
+
+
+def _expected(annotation: Any) -> str:
+    """What a value of type ``annotation`` looks like, for messages."""
+    if typing.get_origin(annotation) is list:
+        args = typing.get_args(annotation)
+        return f"a list of {_NOUNS[args[0]][1]}" if args and args[0] in _NOUNS else "a list"
+    return _NOUNS[annotation][0] if annotation in _NOUNS else str(annotation)
+
+
+def _refuse(value: Any, expected: str, where: str) -> typing.NoReturn:
+    raise ConfigError(f"{where}: expected {expected}, got {short_repr(value)}")
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (error messages quote user values)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_sections(d: Any, sections) -> None:
@@ -107,7 +215,8 @@ def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
         if d.get(s) is not None and not isinstance(d[s], dict):
             raise ConfigError(f"section '{s}' must be a mapping, got {d[s]!r}")
     data = _dataclass_from(DataConfig, d.get("data") or {}, "data")
-    model = ModelOptions.from_dict(dict(d.get("model") or {"name": "deepfm"}))
+    model = ModelOptions.from_dict(typed_fields(ModelOptions, dict(d.get("model") or {"name": "deepfm"}),
+                                                "model"))
     method = dict(d.get("method") or {"name": "fde"})
     method.setdefault("name", "fde")
     train = _dataclass_from(TrainConfig, d.get("train") or {}, "train")

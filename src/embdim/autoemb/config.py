@@ -19,7 +19,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from embdim.config import check_sections, config_diff, load_config_dict  # noqa: F401  (config_diff: re-exported)
+from embdim.config import (  # noqa: F401  (config_diff: re-exported)
+    check_sections,
+    config_diff,
+    load_config_dict,
+    typed_fields,
+)
 from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
@@ -136,7 +141,7 @@ def stream_config_from_dict(d: dict[str, Any]) -> StreamConfig:
                         "see docs/autoemb.md)")
             raise ConfigError(f"unknown key(s) {bad} in section '{name}'; valid keys: "
                               f"{sorted(valid)}{hint}")
-        parts[name] = cls(**section)
+        parts[name] = cls(**typed_fields(cls, section, name))
     return StreamConfig(**parts).validate()
 
 

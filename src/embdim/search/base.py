@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from embdim.config import typed_fields
 from embdim.errors import ConfigError
 
 
@@ -54,7 +55,7 @@ class SearchMethod(ABC):
         if unknown:
             raise ConfigError(f"method {cls.name!r}: unknown option(s) {unknown}; valid options: "
                               f"{sorted(valid)}")
-        options = cls.Options(**values)
+        options = cls.Options(**typed_fields(cls.Options, values, "method"))
         if hasattr(options, "validate"):
             options.validate()
         return options
@@ -109,9 +110,9 @@ def make_context(model: Any = "deepfm", train: Any = None, *, work_dir: str | Pa
     if isinstance(model, str):
         model = ModelOptions.from_dict({"name": model})
     elif isinstance(model, dict):
-        model = ModelOptions.from_dict({"name": "deepfm", **model})
+        model = ModelOptions.from_dict(typed_fields(ModelOptions, {"name": "deepfm", **model}, "model"))
     if train is None or isinstance(train, dict):
-        cfg = TrainConfig(**(train or {}))
+        cfg = TrainConfig(**typed_fields(TrainConfig, train or {}, "train"))
         cfg.validate()
         train = cfg
     return SearchContext(model_options=model, train=train,
