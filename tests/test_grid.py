@@ -148,3 +148,17 @@ def test_a_cell_recorded_before_a_new_option_existed_still_counts_as_finished(sm
     (cell / "config.yaml").write_text(yaml.safe_dump(recorded))
     again = run_grid(spec, tmp_path / "g", quiet=True, plots=False)
     assert again.skipped == [first.cells[0].name]
+
+
+@pytest.mark.parametrize("key, values, match", [
+    ("method.name", ["fde", "bogus"], "unknown method 'bogus'"),
+    ("model.name", ["fm", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+    ("method.candidates", [[2, 8], [2, 8.5]], r"method.candidates\[1\]: expected an integer"),
+])
+def test_a_bad_name_in_any_cell_fails_before_the_first_cell_runs(tmp_path, monkeypatch, key, values,
+                                                                 match):
+    calls = []
+    monkeypatch.setattr(grid_mod, "run_experiment", _fake_run(calls))
+    with pytest.raises(ConfigError, match=match):
+        run_grid(_spec(tmp_path, **{key: values}), tmp_path / "g", quiet=True)
+    assert calls == [] and not (tmp_path / "g").exists()

@@ -207,8 +207,11 @@ def check_sections(d: Any, sections) -> None:
 
 
 def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
-    """Build and validate an ExperimentConfig from a plain dict (parsed YAML)."""
-    from embdim.nn.models import ModelOptions
+    """Build and validate an ExperimentConfig from a plain dict (parsed YAML): every section, the
+    model name and the method's options (by the method), so nothing is written for a config
+    that cannot run."""
+    from embdim.nn.models import ModelOptions, resolve_model_name
+    from embdim.search import typed_method_section  # importing embdim.search registers the methods
 
     check_sections(d, SECTIONS)
     for s in SECTIONS:
@@ -217,8 +220,10 @@ def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
     data = _dataclass_from(DataConfig, d.get("data") or {}, "data")
     model = ModelOptions.from_dict(typed_fields(ModelOptions, dict(d.get("model") or {"name": "deepfm"}),
                                                 "model"))
+    resolve_model_name(model.name)  # an unknown model is refused here, before any file is written
     method = dict(d.get("method") or {"name": "fde"})
     method.setdefault("name", "fde")
+    method = typed_method_section(method)
     train = _dataclass_from(TrainConfig, d.get("train") or {}, "train")
     train.validate()
     return ExperimentConfig(data=data, model=model, method=method, train=train)

@@ -7,7 +7,14 @@ class (``AutoDim(candidates=[2, 8, 16]).search(dataset, model="deepfm")``).
 # importing the modules registers the methods
 from embdim.search import autodim, fde, fixed, mde, random, sseds  # noqa: F401
 from embdim.search.autodim import AutoDim, AutoDimS
-from embdim.search.base import METHODS, SearchContext, SearchMethod, make_context, make_method
+from embdim.search.base import (
+    METHODS,
+    SearchContext,
+    SearchMethod,
+    make_context,
+    make_method,
+    typed_method_section,
+)
 from embdim.search.fde import FDE
 from embdim.search.fixed import FixedPlan
 from embdim.search.mde import MDE
@@ -15,4 +22,4 @@ from embdim.search.random import RandomSearch
 from embdim.search.sseds import SSEDS
 
 __all__ = ["FDE", "MDE", "METHODS", "SSEDS", "AutoDim", "AutoDimS", "FixedPlan", "RandomSearch",
-           "SearchContext", "SearchMethod", "make_context", "make_method"]
+           "SearchContext", "SearchMethod", "make_context", "make_method", "typed_method_section"]

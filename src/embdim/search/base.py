@@ -128,8 +128,22 @@ def register(cls: type[SearchMethod]) -> type[SearchMethod]:
     return cls
 
 
-def make_method(method_cfg: dict[str, Any]) -> SearchMethod:
-    name = str(method_cfg.get("name", "")).lower()
-    if name not in METHODS:
+def method_class(name: Any) -> type[SearchMethod]:
+    """The registered method called ``name`` (case-insensitive), else a ConfigError listing them."""
+    key = str(name).lower()
+    if key not in METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {sorted(METHODS)}")
-    return METHODS[name].from_config(method_cfg)
+    return METHODS[key]
+
+
+def make_method(method_cfg: dict[str, Any]) -> SearchMethod:
+    return method_class(method_cfg.get("name", "")).from_config(method_cfg)
+
+
+def typed_method_section(method_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The YAML ``method:`` section validated by its method (unknown name or option, a value of
+    the wrong type or range) and with its values typed; the keys stay those given."""
+    cls = method_class(method_cfg.get("name", ""))
+    options = {k: v for k, v in method_cfg.items() if k != "name"}
+    cls.make_options(options)
+    return {"name": method_cfg["name"], **typed_fields(cls.Options, options, "method")}

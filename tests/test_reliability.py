@@ -1,0 +1,28 @@
+"""Issue 15: nothing is written for a config that cannot run, a finished run is never rewritten."""
+
+from __future__ import annotations
+
+import pytest
+
+from embdim.cli import main
+
+
+def _run(small, out, *extra):
+    return main(["--quiet", "run", "--set", f"data.path={small}", "--set", "model.name=fm",
+                 "--set", "train.epochs=1", "--set", "train.early_stop=0", "--out", str(out), *extra])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.name=bogus", "unknown model 'bogus'"),
+    ("method.name=bogus", "unknown method 'bogus'"),
+    ("method.dim=2.5", "method.dim: expected an integer, got 2.5"),
+    ("train.lr=abc", "train.lr: expected a number, got 'abc'"),
+])
+def test_a_bad_config_creates_no_run_folder_and_the_fixed_one_runs(small, tmp_path, capsys, override,
+                                                                  message):
+    out = tmp_path / "run"
+    assert _run(small, out, "--set", override) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("embdim: error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+    assert _run(small, out) == 0 and (out / "metrics.json").exists()
