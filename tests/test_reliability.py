@@ -26,3 +26,15 @@ def test_a_bad_config_creates_no_run_folder_and_the_fixed_one_runs(small, tmp_pa
     assert err.startswith("embdim: error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
     assert _run(small, out) == 0 and (out / "metrics.json").exists()
+
+
+def test_resume_of_a_finished_run_is_refused_and_rewrites_nothing(small, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(small, out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for extra in ([], ["--resume"]):
+        assert _run(small, out, *extra) == 2
+        err = capsys.readouterr().err
+        assert err == (f"embdim: error: run folder {out} already holds a finished run "
+                       "(metrics.json); choose another --out\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

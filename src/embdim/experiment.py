@@ -138,11 +138,13 @@ def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None
 
 def _check_and_create_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
     cfg_path = run_dir / "config.yaml"
+    if (run_dir / "metrics.json").exists():  # a finished run is never rewritten, even with --resume
+        raise ConfigError(f"run folder {run_dir} already holds a finished run (metrics.json); "
+                          "choose another --out")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not resume:
-            state = "finished" if (run_dir / "metrics.json").exists() else "unfinished"
-            raise ConfigError(f"run folder {run_dir} already holds an {state} run; pass --resume to "
-                              "continue it, or choose another --out")
+            raise ConfigError(f"run folder {run_dir} already holds an unfinished run; pass --resume "
+                              "to continue it, or choose another --out")
         if cfg_path.exists():
             old = recorded_config(yaml.safe_load(cfg_path.read_text()))
             if old != cfg.to_dict():
