@@ -367,9 +367,13 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path, rows):
     (out / "keep.txt").write_text("x")
     with pytest.raises(DataError, match="not empty"):
         prepare("criteo", [src], out, quiet=True)
+    with pytest.raises(DataError, match="replaces only a dataset written by embdim"):
+        prepare("criteo", [src], out, quiet=True, overwrite=True)
     assert (out / "keep.txt").exists()
-    prepare("criteo", [src], out, quiet=True, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "schema.json").exists()
+    (out / "keep.txt").unlink()
+    prepare("criteo", [src], out, quiet=True)
+    prepare("criteo", [src], out, quiet=True, overwrite=True)  # replaces the dataset it wrote
+    assert (out / "schema.json").exists()
     with pytest.raises(DataError, match="contains an input"):
         prepare("criteo", [src], tmp_path, quiet=True, overwrite=True)
 

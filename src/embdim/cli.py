@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from embdim import __version__
 from embdim.demo import DEMO_EPOCHS, DEMO_ROWS
-from embdim.errors import EmbdimError
+from embdim.errors import EmbdimError, Terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,6 +191,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt), so a ``kill`` cleans
+    up like Ctrl-C; the previous handler is restored after. Only the main thread can do this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -194,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        code = int(args.handler(args) or 0)
+        with _sigterm_as_interrupt():
+            code = int(args.handler(args) or 0)
         from embdim import distributed
 
         distributed.shutdown()
@@ -205,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = None
         return 141
-    except KeyboardInterrupt:
-        print("embdim: interrupted (an interrupted run continues from its last checkpoint with "
+    except KeyboardInterrupt as e:
+        how = "terminated" if isinstance(e, Terminated) else "interrupted"
+        print(f"embdim: {how} (an interrupted run continues from its last checkpoint with "
               "--resume)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -34,3 +34,8 @@ class ConfigError(EmbdimError):
 
 class TrainingDivergedError(EmbdimError):
     """The loss became NaN or infinite."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt (the CLI turns the signal into it), so
+    every clean-up that runs on Ctrl-C (temporary folders removed, ...) runs on SIGTERM too."""

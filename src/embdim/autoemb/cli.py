@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="movielens: the dataset folder or its ratings file; netflix: "
                            "combined_data_*.txt / mv_*.txt files or their folder")
     prep.add_argument("--out", required=True, metavar="DIR")
-    prep.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DIR")
+    prep.add_argument("--overwrite", action="store_true",
+                      help="replace DIR when it holds a stream written by embdim stream prepare")
     prep.add_argument("--on-bad-row", choices=("error", "skip"), default="error")
     prep.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, metavar="N",
                       help=f"rows parsed at a time (default {DEFAULT_CHUNK_ROWS})")

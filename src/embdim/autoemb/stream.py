@@ -35,7 +35,6 @@ import hashlib
 import json
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,13 @@ from embdim.data.readers.base import BadRowLog, ColumnRules, present_check, requ
 from embdim.data.readers.movielens import VARIANTS
 from embdim.data.readers.text import read_text_chunks
 from embdim.errors import ConfigError, DataError, EmbdimError
+from embdim.folders import (
+    check_output_folder,
+    make_temp_sibling,
+    mark_as_ours,
+    remove_stale_siblings,
+    unmark,
+)
 from embdim.io import atomic_write_json
 
 STREAM_FORMAT = 1
@@ -329,11 +335,9 @@ class _StreamWriter:
     """Writes a stream folder into a temporary sibling and renames it into place on success."""
 
     def __init__(self, out: Path, rows: int, *, overwrite: bool):
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-            raise EmbdimError(f"{out} exists and is not empty (use --overwrite to replace it)")
+        check_output_folder(out, [], overwrite=overwrite, marker=META_FILE)
         self.out, self.rows = out, rows
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.stream-", dir=out.parent))
+        self.tmp = make_temp_sibling(out, "stream")
         self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+",
                                                        dtype=dtype, shape=(rows,))
                        for name, dtype in ARRAYS.items()}
@@ -353,6 +357,7 @@ class _StreamWriter:
         np.save(self.tmp / "item_ids.npy", item_ids)
         self.arrays.clear()
         atomic_write_json(self.tmp / META_FILE, {**meta, "content_hash": digest.hexdigest()})
+        unmark(self.tmp)
         self.done = True
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -363,6 +368,7 @@ class _StreamWriter:
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old-{time.time_ns()}")
             self.out.rename(old)
+            mark_as_ours(old)  # removed below, or by a later preparation if killed before that
             self.tmp.rename(self.out)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -383,11 +389,10 @@ def prepare_stream(format: str, inputs: Sequence[str | Path], out: str | Path, *
     out = Path(out)
     if chunk_rows <= 0 or range_rows <= 0:
         raise ConfigError("chunk_rows and range_rows must be positive")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise EmbdimError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    check_output_folder(out, [Path(p) for p in inputs], overwrite=overwrite, marker=META_FILE)
     bad = BadRowLog(on_bad_row)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.work-", dir=out.parent))
+    remove_stale_siblings(out)  # left by a killed preparation of the same folder
+    work = make_temp_sibling(out, "work")
     try:
         # 1. spill validated chunks with raw ids; collect the id sets and a timestamp sample
         chunks: list[tuple[Path, int]] = []

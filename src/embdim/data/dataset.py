@@ -29,6 +29,7 @@ import numpy as np
 
 from embdim.data.schema import SPLITS, FieldSpec, Schema
 from embdim.errors import DataError
+from embdim.folders import check_output_folder, make_temp_sibling, mark_as_ours, unmark
 
 X_DTYPE = np.int32
 Y_DTYPE = np.float32
@@ -100,15 +101,11 @@ class PreparedDatasetWriter:
     def __init__(self, out_dir: str | os.PathLike, num_fields: int, split_rows: dict[str, int],
                  *, overwrite: bool = False):
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
-            if any(self.out_dir.iterdir()):
-                raise DataError("output folder exists and is not empty (use --overwrite)",
-                                path=str(self.out_dir))
+        check_output_folder(self.out_dir, [], overwrite=overwrite, marker="schema.json")
         self.overwrite = overwrite
         self.num_fields = num_fields
         self.split_rows = {s: int(split_rows.get(s, 0)) for s in SPLITS}
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-        self.tmp_dir.mkdir(parents=True)
+        self.tmp_dir = make_temp_sibling(self.out_dir, "tmp")
         self._x: dict[str, np.memmap] = {}
         self._y: dict[str, np.memmap] = {}
         self._cursor = dict.fromkeys(SPLITS, 0)
@@ -170,6 +167,7 @@ class PreparedDatasetWriter:
         self._x.clear()
         self._y.clear()
         schema.save(self.tmp_dir / "schema.json")
+        unmark(self.tmp_dir)
         self._install()
         self._finished = True
         return schema
@@ -183,6 +181,7 @@ class PreparedDatasetWriter:
         if self.out_dir.exists():
             old = self.out_dir.parent / f".{self.out_dir.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.out_dir, old)
+            mark_as_ours(old)  # removed below, or by a later preparation if killed before that
             os.replace(self.tmp_dir, self.out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +51,7 @@ from embdim.data.schema import (
     frequency_summary,
 )
 from embdim.errors import ConfigError, DataError
+from embdim.folders import check_output_folder, make_temp_sibling, remove_stale_siblings
 
 DEFAULT_CHUNK_ROWS = 1 << 18
 SPLIT_KINDS = ("random", "time")
@@ -94,8 +94,8 @@ def prepare(format: str, inputs: Sequence[str | Path], out: str | Path, *, min_c
         numeric_bucketing=numeric_bucketing, separator=separator, time_column=time_column,
         rating_threshold=rating_threshold, genres=genres)
     bad = BadRowLog(on_bad_row)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.prepare-", dir=out.parent))
+    remove_stale_siblings(out)  # left by a killed preparation of the same folder
+    work = make_temp_sibling(out, "prepare")
     try:
         store = _encode(recipe, _BlockStore(work), chunk_rows, bad, quiet)
         if store.rows == 0:
@@ -172,17 +172,7 @@ def _check_common_options(paths: list[Path], out: Path, min_count: int, split: s
     for p in paths:
         if not p.exists():
             raise DataError("no such file", path=str(p))
-    if out.exists():
-        if not out.is_dir():
-            raise DataError("output path exists and is not a folder", path=str(out))
-        if any(out.iterdir()) and not overwrite:
-            raise DataError("output folder exists and is not empty (use --overwrite)",
-                            path=str(out))
-        resolved = out.resolve()
-        for p in paths:
-            if resolved == p.resolve() or resolved in p.resolve().parents:
-                raise DataError("the output folder contains an input; choose another --out",
-                                path=str(out))
+    check_output_folder(out, paths, overwrite=overwrite, marker="schema.json")
     return ratios  # type: ignore[return-value]
 
 

@@ -50,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("format", choices=FORMATS, metavar="FORMAT", help=", ".join(FORMATS))
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="input files (or a MovieLens folder)")
     p.add_argument("--out", required=True, metavar="DIR", help="the dataset folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty DIR")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR when it holds a dataset written by embdim prepare")
 
     g = p.add_argument_group("vocabulary and splits")
     g.add_argument("--min-count", type=int, default=10, metavar="N",
