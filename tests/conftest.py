@@ -1,8 +1,34 @@
-"""Shared fixtures: small planted datasets built in code (tests never read ../shared)."""
+"""Shared fixtures: small planted datasets built in code (tests never read ../shared), and the
+per-test isolation that makes the suite's outcome independent of test order and thread count."""
 
+import random
+
+import numpy as np
 import pytest
+import torch
 
 from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
+
+TEST_SEED = 0
+
+
+@pytest.fixture(autouse=True)
+def isolated_global_state():
+    """Every test starts from the same global state and leaves none behind.
+
+    * Python's, numpy's legacy and torch's global RNGs are reseeded before each test (pytest-randomly
+      reseeds them too, with its per-run seed; this fixture runs after it and pins them, so a test's
+      result never depends on which tests ran before it or on the random-order seed).
+    * torch's intra-op thread count and default dtype are restored after each test: the library
+      sets the thread count from ``train.threads`` and some tests pin it to 1.
+    """
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
+    torch.manual_seed(TEST_SEED)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
 
 
 @pytest.fixture(scope="session")
@@ -22,3 +48,11 @@ def small(tmp_path_factory):
     spec = SyntheticSpec(cardinalities=[30, 200, 20, 50], true_dims=[0, 2, 2, 4], seed=5)
     write_synthetic_dataset(out, spec, 6_000, seed=5)
     return out
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Print the random-order seed (pytest-randomly) even under ``-q``, so a failure can be replayed."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if config.pluginmanager.hasplugin("randomly") and seed is not None:
+        terminalreporter.write_line(f"tests ran in random order: replay it with "
+                                    f"pytest --randomly-seed={seed}")
