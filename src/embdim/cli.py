@@ -1,4 +1,4 @@
-"""The ``embdim`` command line: prepare, run, search, retrain, report, grid, export, demo."""
+"""The ``embdim`` command line: prepare, check, run, search, retrain, report, grid, export, demo."""
 
 from __future__ import annotations
 
@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
                            "end) instead of stopping")
     grid.add_argument("--no-plots", dest="plots", action="store_false", help="report without plots")
     grid.set_defaults(handler=_cmd_grid)
+
+    check = sub.add_parser("check", help="verify a prepared dataset folder in full",
+                           description="Read a folder written by `embdim prepare` in full: every id "
+                                       "within its field's vocabulary, every label 0/1, and the "
+                                       "content hash recomputed from the arrays and vocabulary.")
+    check.add_argument("dataset", metavar="DIR", help="a prepared dataset folder")
+    check.set_defaults(handler=_cmd_check)
 
     demo = sub.add_parser("demo", help="synthetic data with planted truth, a few methods, a table")
     demo.add_argument("--out", default="runs/demo", help="demo folder (a fresh one if it exists)")
@@ -181,6 +188,16 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     else:
         print(result.summary())
     return 1 if result.failed else 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from embdim.data.dataset import verify_dataset
+
+    schema = verify_dataset(args.dataset)
+    rows = sum(schema.splits.values())
+    print(f"{args.dataset}: ok ({rows:,} rows x {schema.num_fields} fields, content hash "
+          f"{schema.content_hash} verified)")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

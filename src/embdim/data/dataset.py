@@ -33,6 +33,7 @@ from embdim.folders import check_output_folder, make_temp_sibling, mark_as_ours,
 
 X_DTYPE = np.int32
 Y_DTYPE = np.float32
+SAMPLE_ROWS = 4096  # rows at each end of a split whose ids and labels are checked on open
 
 
 @dataclass
@@ -53,19 +54,28 @@ class PreparedDataset:
         self.path = Path(path)
         if not self.path.is_dir():
             raise DataError("prepared dataset folder does not exist", path=str(self.path))
-        self.schema = Schema.load(self.path / "schema.json")
+        self.schema = Schema.load(self.path / "schema.json")  # checks max_ids against vocab_size
         self._splits: dict[str, SplitArrays] = {}
 
     def split(self, name: str) -> SplitArrays:
+        """The split's arrays, memory-mapped; their dtypes and shapes are checked, and so are the
+        ids and labels of their first and last rows (cheap: :func:`verify_dataset` reads all)."""
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
         if name not in self._splits:
             x = self._load(f"{name}.x.npy")
             y = self._load(f"{name}.y.npy")
             rows = self.schema.splits.get(name, 0)
+            if x.dtype != X_DTYPE or y.dtype != Y_DTYPE:
+                raise DataError(f"split {name!r} arrays are {x.dtype}, {y.dtype}; expected "
+                                f"{np.dtype(X_DTYPE)} ids and {np.dtype(Y_DTYPE)} labels",
+                                path=str(self.path))
             if x.shape != (rows, self.schema.num_fields) or y.shape != (rows,):
                 raise DataError(f"split {name!r} arrays have shapes {x.shape}, {y.shape}; schema says "
                                 f"{rows} rows x {self.schema.num_fields} fields", path=str(self.path))
+            for rows_ in (slice(0, SAMPLE_ROWS), slice(max(0, rows - SAMPLE_ROWS), rows)):
+                check_ids_and_labels(self.schema, x[rows_], y[rows_], f"{name} rows",
+                                     path=self.path, first_row=rows_.start)
             self._splits[name] = SplitArrays(x=x, y=y)
         return self._splits[name]
 
@@ -77,9 +87,89 @@ class PreparedDataset:
 
     def _load(self, name: str) -> np.ndarray:
         try:
-            return np.load(self.path / name, mmap_mode="r")
+            return np.load(self.path / name, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             raise DataError(f"missing array {name}", path=str(self.path)) from None
+        except (ValueError, OSError, EOFError) as e:  # truncated, garbage, 0 bytes, an object array
+            raise DataError(f"{name} is not a readable .npy array ({e})", path=str(self.path)) from None
+
+
+def check_ids_and_labels(schema: Schema, x: np.ndarray, y: np.ndarray, what: str, *,
+                         path: Path, first_row: int = 0) -> None:
+    """Every id of ``x`` [rows, fields] in ``0 .. vocab_size - 1`` of its field and every label of
+    ``y`` [rows] 0 or 1, else a DataError naming the first bad row (``first_row`` + position)."""
+    vocab = np.asarray(schema.vocab_sizes)
+    bad = (x < 0) | (x >= vocab)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{what}: row {first_row + r}, field {schema.fields[c].name!r}: id "
+                        f"{x[r, c]} outside 0..{vocab[c] - 1} (vocab_size {vocab[c]})",
+                        path=str(path))
+    bad_y = (y != 0) & (y != 1)
+    if bad_y.any():
+        r = int(np.flatnonzero(bad_y)[0])
+        raise DataError(f"{what}: row {first_row + r}: label {float(y[r]):g} is not 0 or 1",
+                        path=str(path))
+
+
+def verify_dataset(path: str | os.PathLike, block_rows: int = 1 << 20) -> Schema:
+    """Read a prepared dataset folder in full: every id in range, every label 0/1, and the
+    ``content_hash`` recomputed from the arrays (and ``vocabulary.parquet``, when the schema records
+    its hash); return the schema, or raise a DataError naming the first problem."""
+    import json
+
+    dataset = PreparedDataset(path)
+    schema = dataset.schema
+    digests = {}
+    for name in SPLITS:
+        split = dataset.split(name)
+        hx, hy = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
+        for start in range(0, len(split), block_rows):
+            x = np.ascontiguousarray(split.x[start:start + block_rows])
+            y = np.ascontiguousarray(split.y[start:start + block_rows])
+            check_ids_and_labels(schema, x, y, f"{name} rows", path=dataset.path, first_row=start)
+            hx.update(x.tobytes())
+            hy.update(y.tobytes())
+        digests[name, "x"], digests[name, "y"] = hx.digest(), hy.digest()
+    frequencies = dataset._load("frequencies.npy")
+    if frequencies.shape != (sum(schema.vocab_sizes),):
+        raise DataError(f"frequencies.npy has shape {frequencies.shape}; expected "
+                        f"({sum(schema.vocab_sizes)},)", path=str(dataset.path))
+    recorded = json.loads((dataset.path / "schema.json").read_text())
+    if content_hash(recorded, digests, frequencies) != schema.content_hash:
+        raise DataError("content hash mismatch: the arrays or schema.json changed after the dataset "
+                        "was written (prepare it again)", path=str(dataset.path))
+    _verify_vocabulary(dataset.path, schema)
+    return schema
+
+
+def _verify_vocabulary(folder: Path, schema: Schema) -> None:
+    from embdim.data.preparation import VOCABULARY_FILE, load_vocabulary, vocabulary_hash
+
+    recorded = schema.options.get("vocabulary_hash")
+    if not recorded:
+        return
+    if not (folder / VOCABULARY_FILE).is_file():
+        raise DataError(f"missing {VOCABULARY_FILE}", path=str(folder))
+    tables = load_vocabulary(folder)
+    if vocabulary_hash([(name, t["value"].to_list(), t["id"].to_numpy()) for name, t in tables.items()]) \
+            != recorded:
+        raise DataError(f"{VOCABULARY_FILE} does not match the vocabulary_hash in schema.json",
+                        path=str(folder))
+
+
+def content_hash(schema: dict[str, Any], digests: dict[tuple[str, str], bytes],
+                 frequencies: np.ndarray) -> str:
+    """The dataset's ``content_hash``: the schema as a dict (its ``content_hash`` ignored), the
+    BLAKE2b digests of every split's ``x`` and ``y`` bytes (keys ``(split, "x" | "y")``), and the
+    frequencies."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr({**schema, "content_hash": ""}).encode())
+    for s in SPLITS:
+        h.update(digests[s, "x"])
+        h.update(digests[s, "y"])
+    h.update(np.asarray(frequencies, dtype=np.int64).tobytes())
+    return h.hexdigest()
 
 
 class PreparedDatasetWriter:
@@ -109,6 +199,7 @@ class PreparedDatasetWriter:
         self._x: dict[str, np.memmap] = {}
         self._y: dict[str, np.memmap] = {}
         self._cursor = dict.fromkeys(SPLITS, 0)
+        self._max_ids = np.full(num_fields, -1, dtype=np.int64)  # per field, over every split
         # x and y hashed separately, so the hash does not depend on how rows were chunked.
         self._hash = {(s, a): hashlib.blake2b(digest_size=16) for s in SPLITS for a in "xy"}
         for s in SPLITS:
@@ -136,6 +227,8 @@ class PreparedDatasetWriter:
             raise ValueError(f"split {split!r} overflow: {start + n} > {self.split_rows[split]} rows")
         xs = np.ascontiguousarray(x, dtype=X_DTYPE)
         ys = np.ascontiguousarray(y, dtype=Y_DTYPE)
+        if n:
+            np.maximum(self._max_ids, xs.max(axis=0), out=self._max_ids)
         self._x[split][start:start + n] = xs
         self._y[split][start:start + n] = ys
         self._hash[split, "x"].update(xs.tobytes())
@@ -156,14 +249,11 @@ class PreparedDatasetWriter:
             self._x[s].flush()
             self._y[s].flush()
         np.save(self.tmp_dir / "frequencies.npy", frequencies)
-        schema = Schema(label=label, fields=fields, splits=dict(self.split_rows), options=options)
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr(schema.to_dict()).encode())
-        for s in SPLITS:
-            h.update(self._hash[s, "x"].digest())
-            h.update(self._hash[s, "y"].digest())
-        h.update(frequencies.tobytes())
-        schema.content_hash = h.hexdigest()
+        schema = Schema(label=label, fields=fields, splits=dict(self.split_rows), options=options,
+                        max_ids=[int(m) for m in self._max_ids])
+        schema.check_max_ids()
+        schema.content_hash = content_hash(schema.to_dict(), {k: h.digest() for k, h in self._hash.items()},
+                                           frequencies)
         self._x.clear()
         self._y.clear()
         schema.save(self.tmp_dir / "schema.json")

@@ -637,11 +637,18 @@ def _options(recipe: Recipe, paths: list[Path], min_count: int, split: str,
 
 
 def _vocabulary_hash(vocabs: list[_Vocabulary]) -> str:
+    return vocabulary_hash([(v.spec.name, v.table["value"].to_list(), v.table["id"].to_numpy())
+                            for v in vocabs])
+
+
+def vocabulary_hash(tables: list[tuple[str, list[str], np.ndarray]]) -> str:
+    """The ``vocabulary_hash`` of ``schema.json`` from each field's (name, kept values, their
+    int32 ids) in schema order, sorted by id."""
     h = hashlib.blake2b(digest_size=16)
-    for v in vocabs:
-        h.update(v.spec.name.encode() + b"\x00")
-        h.update("\x1f".join(v.table["value"].to_list()).encode())
-        h.update(v.table["id"].to_numpy().tobytes())
+    for name, values, ids in tables:
+        h.update(name.encode() + b"\x00")
+        h.update("\x1f".join(values).encode())
+        h.update(np.asarray(ids, dtype=np.int32).tobytes())
     return h.hexdigest()
 
 

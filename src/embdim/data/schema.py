@@ -73,6 +73,9 @@ class Schema:
     options: dict[str, Any]  # the preprocessing options used (format, min_count, split, seed, ...)
     content_hash: str = ""
     format_version: int = SCHEMA_FORMAT_VERSION
+    # The largest id of each field over every split, recorded when the arrays were written (None
+    # in folders written before it was): opening a folder checks it against vocab_size for free.
+    max_ids: list[int] | None = None
 
     @property
     def field_names(self) -> list[str]:
@@ -93,17 +96,37 @@ class Schema:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "schema") -> Schema:
+        if not isinstance(d, dict):
+            raise DataError(f"malformed schema: expected a JSON object, got {type(d).__name__}",
+                            path=source)
         version = d.get("format_version")
         if version != SCHEMA_FORMAT_VERSION:
             raise DataError(f"unsupported schema format_version {version!r} "
                             f"(this embdim reads {SCHEMA_FORMAT_VERSION})", path=source)
         try:
             fields = [FieldSpec(**f) for f in d["fields"]]
-            return cls(label=d["label"], fields=fields, splits=dict(d["splits"]),
-                       options=dict(d.get("options", {})), content_hash=d.get("content_hash", ""),
-                       format_version=version)
+            max_ids = d.get("max_ids")
+            schema = cls(label=d["label"], fields=fields, splits=dict(d["splits"]),
+                         options=dict(d.get("options", {})), content_hash=d.get("content_hash", ""),
+                         format_version=version,
+                         max_ids=None if max_ids is None else [int(m) for m in max_ids])
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"malformed schema: {e}", path=source) from e
+        schema.check_max_ids(source)
+        return schema
+
+    def check_max_ids(self, source: str = "schema") -> None:
+        """Every field's recorded largest id must lie below its ``vocab_size`` (a schema.json
+        edited after the arrays were written would otherwise train on the wrong rows)."""
+        if self.max_ids is None:
+            return
+        if len(self.max_ids) != self.num_fields:
+            raise DataError(f"malformed schema: {len(self.max_ids)} max_ids for {self.num_fields} "
+                            "fields", path=source)
+        for f, top in zip(self.fields, self.max_ids, strict=True):
+            if top >= f.vocab_size:
+                raise DataError(f"field {f.name!r} holds ids up to {top} but its vocab_size is "
+                                f"{f.vocab_size}: the schema does not match the arrays", path=source)
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_dict())
@@ -116,6 +139,6 @@ class Schema:
         except FileNotFoundError:
             raise DataError("no schema.json: not a prepared dataset (was `embdim prepare` run to "
                             "the end?)", path=str(path)) from None
-        except json.JSONDecodeError as e:
-            raise DataError(f"not valid JSON: {e}", path=str(path)) from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"not valid JSON: {e}", path=str(path)) from None
         return cls.from_dict(d, source=str(path))

@@ -1,0 +1,122 @@
+"""Issue 15: a prepared folder that does not match its schema is refused when opened (cheap
+checks), and ``embdim check DIR`` reads it in full (ids, labels, content hash)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embdim.cli import main
+from embdim.data.dataset import PreparedDataset, verify_dataset
+from embdim.data.preparation import prepare
+from embdim.errors import DataError
+
+
+@pytest.fixture()
+def prepared(tmp_path) -> Path:
+    src = tmp_path / "r.csv"
+    src.write_text("label,a,b\n" + "".join(f"{i % 2},x{i % 7},y{i % 3}\n" for i in range(300)))
+    out = tmp_path / "p"
+    prepare("csv", [src], out, label="label", categorical=["a", "b"], min_count=1, quiet=True)
+    return out
+
+
+def _edit_schema(folder: Path, edit) -> None:
+    d = json.loads((folder / "schema.json").read_text())
+    edit(d)
+    (folder / "schema.json").write_text(json.dumps(d))
+
+
+def _edit_array(folder: Path, name: str, edit) -> None:
+    a = np.load(folder / name)
+    edit(a)
+    np.save(folder / name, a)
+
+
+def _open_all(folder: Path) -> None:
+    ds = PreparedDataset(folder)
+    for s in ("train", "valid", "test"):
+        ds.split(s)
+
+
+def test_a_fresh_folder_records_its_largest_ids_and_passes_the_full_check(prepared, small, capsys):
+    schema = PreparedDataset(prepared).schema
+    assert schema.max_ids == [8, 4]  # 7 and 3 values from id 2
+    assert main(["check", str(prepared)]) == 0
+    assert "content hash" in capsys.readouterr().out
+    verify_dataset(small)  # the synthetic writer's folders too
+
+
+def test_a_lowered_vocab_size_is_refused_on_open(prepared, capsys):
+    _edit_schema(prepared, lambda d: d["fields"][0].update(vocab_size=5))
+    with pytest.raises(DataError, match="field 'a' holds ids up to 8 but its vocab_size is 5"):
+        PreparedDataset(prepared)
+    assert main(["check", str(prepared)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("embdim: error: ") and err.count("\n") == 1
+
+
+def test_a_folder_from_before_max_ids_still_opens(prepared):
+    _edit_schema(prepared, lambda d: d.pop("max_ids"))
+    _open_all(prepared)
+    assert PreparedDataset(prepared).schema.max_ids is None
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("train.x.npy", lambda a: a.__setitem__((0, 1), 99), r"train rows: row 0, field 'b': id 99 outside 0..4"),
+    ("train.x.npy", lambda a: a.__setitem__((-1, 0), -3), "field 'a': id -3 outside"),
+    ("valid.y.npy", lambda a: a.__setitem__(0, 0.5), "valid rows: row 0: label 0.5 is not 0 or 1"),
+])
+def test_bad_ids_or_labels_at_the_ends_of_a_split_are_refused_on_open(prepared, name, edit, message):
+    _edit_array(prepared, name, edit)
+    with pytest.raises(DataError, match=message):
+        _open_all(prepared)
+
+
+def test_the_full_check_finds_what_opening_does_not_read(prepared, monkeypatch):
+    import embdim.data.dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "SAMPLE_ROWS", 8)  # opening reads rows 0..7 and the last 8
+    _edit_array(prepared, "train.x.npy", lambda a: a.__setitem__((100, 0), 60))
+    _open_all(prepared)
+    with pytest.raises(DataError, match="row 100, field 'a': id 60 outside"):
+        verify_dataset(prepared, block_rows=16)
+
+
+def test_the_full_check_recomputes_the_content_hash(prepared):
+    _edit_array(prepared, "test.y.npy", lambda a: a.__setitem__(3, 1 - a[3]))  # still 0/1
+    _open_all(prepared)
+    with pytest.raises(DataError, match="content hash mismatch"):
+        verify_dataset(prepared)
+
+
+def test_the_full_check_compares_the_vocabulary_file(prepared):
+    import polars as pl
+
+    table = pl.read_parquet(prepared / "vocabulary.parquet")
+    table.with_columns(pl.col("value").str.replace("x1", "x9")).write_parquet(
+        prepared / "vocabulary.parquet")
+    with pytest.raises(DataError, match="vocabulary.parquet does not match"):
+        verify_dataset(prepared)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: np.save(p / "train.x.npy", np.load(p / "train.x.npy").astype(np.float64)),
+     "arrays are float64, float32; expected int32 ids"),
+    (lambda p: (p / "train.x.npy").write_bytes((p / "train.x.npy").read_bytes()[:100]),
+     "train.x.npy is not a readable .npy array"),
+    (lambda p: (p / "train.y.npy").write_bytes(b""), "train.y.npy is not a readable .npy array"),
+    (lambda p: (p / "valid.x.npy").unlink(), "missing array valid.x.npy"),
+    (lambda p: (p / "schema.json").write_text("[]"), "expected a JSON object, got list"),
+    (lambda p: (p / "schema.json").write_bytes(b"\x80\xff\x00binary"), "not valid JSON"),
+])
+def test_corrupt_folders_get_one_line_errors(prepared, capsys, damage, message):
+    damage(prepared)
+    with pytest.raises(DataError, match=message):
+        _open_all(prepared)
+    assert main(["check", str(prepared)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("embdim: error: ") and err.count("\n") == 1
