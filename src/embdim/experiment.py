@@ -146,12 +146,25 @@ def _check_and_create_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool
             raise ConfigError(f"run folder {run_dir} already holds an unfinished run; pass --resume "
                               "to continue it, or choose another --out")
         if cfg_path.exists():
-            old = recorded_config(yaml.safe_load(cfg_path.read_text()))
+            old = recorded_config(_read_recorded_config(cfg_path))
             if old != cfg.to_dict():
                 diff = config_diff(old, cfg.to_dict())
                 raise ConfigError(f"cannot resume {run_dir}: its config differs in {diff}")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(cfg_path, cfg.to_dict())
+
+
+def _read_recorded_config(path: Path) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` as a mapping, or a ConfigError saying it is unreadable."""
+    try:
+        recorded = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid YAML ({type(e).__name__}); the run folder is "
+                          "damaged: choose another --out") from None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{path} does not hold a config mapping; the run folder is damaged: "
+                          "choose another --out")
+    return recorded
 
 
 def _open(cfg: ExperimentConfig | dict[str, Any]):

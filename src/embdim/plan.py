@@ -26,6 +26,7 @@ from embdim.errors import EmbdimError, SchemaMismatchError
 from embdim.io import atomic_write_json
 
 PLAN_FORMAT_VERSION = 1
+MAX_DIM = 1 << 16  # the widest embedding a plan may ask for (a larger one is a corrupt plan)
 
 
 @dataclass
@@ -51,6 +52,9 @@ class DimensionPlan:
                               f"{len(self.dims)} dims: they must match")
         if any(d < 0 for d in self.dims):
             raise EmbdimError(f"plan dims must be >= 0, got {self.dims}")
+        if max(self.dims, default=0) > MAX_DIM or self.full_dim > MAX_DIM:
+            raise EmbdimError(f"plan widths must be at most {MAX_DIM:,} (dims {self.dims}, full_dim "
+                              f"{self.full_dim}): refused before allocating the tables")
         if all(d == 0 for d in self.dims):
             raise EmbdimError("plan drops every field")
         if self.kept_indices is not None:
@@ -151,6 +155,8 @@ class DimensionPlan:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DimensionPlan:
+        if not isinstance(d, dict):
+            raise EmbdimError(f"malformed plan: expected a JSON object, got {type(d).__name__}")
         if d.get("kind") == "stream":
             raise EmbdimError("this is an AutoEmb streaming plan (a popularity -> width rule, not "
                               "per-field widths); read it with embdim.autoemb.plan.load_stream_plan")
@@ -176,8 +182,12 @@ class DimensionPlan:
     @classmethod
     def load(cls, path: str | Path) -> DimensionPlan:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            d = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise EmbdimError(f"{path}: plan file not found") from None
-        except json.JSONDecodeError as e:
-            raise EmbdimError(f"{path}: not valid JSON: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EmbdimError(f"{path}: not valid JSON: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except EmbdimError as e:
+            raise type(e)(f"{path}: {e}") from None

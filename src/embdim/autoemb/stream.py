@@ -270,13 +270,24 @@ class InteractionStream:
         if not meta_path.exists():
             raise EmbdimError(f"{path}: not a prepared stream (no {META_FILE}); "
                               "make one with `embdim stream prepare`")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (ValueError, OSError) as e:  # not JSON, not UTF-8, unreadable
+            raise EmbdimError(f"{meta_path}: not a valid stream description ({e})") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("interactions"), int):
+            raise EmbdimError(f"{meta_path}: not a valid stream description (expected a JSON "
+                              "object with an integer 'interactions')")
         if meta.get("format_version") != STREAM_FORMAT:
             raise EmbdimError(f"{meta_path}: unsupported stream format {meta.get('format_version')!r}")
         arrays = {}
         for name, dtype in ARRAYS.items():
-            a = np.load(path / f"{name}.npy", mmap_mode="r")
-            if a.dtype != dtype or len(a) != meta["interactions"]:
+            try:
+                a = np.load(path / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise EmbdimError(f"{path}: missing array {name}.npy (prepare the stream again)") from None
+            except (ValueError, OSError, EOFError) as e:
+                raise EmbdimError(f"{path / f'{name}.npy'}: not a readable .npy array ({e})") from None
+            if a.dtype != dtype or a.ndim != 1 or len(a) != meta["interactions"]:
                 raise EmbdimError(f"{path / f'{name}.npy'}: expected {meta['interactions']:,} "
                                   f"values of {np.dtype(dtype).name}, found {len(a):,} of {a.dtype}")
             arrays[name] = a

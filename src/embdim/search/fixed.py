@@ -19,6 +19,7 @@ class FixedPlanOptions:
     def validate(self) -> None:
         if not self.path:
             raise ConfigError("method 'plan' needs method.path (a plan.json)")
+        DimensionPlan.load(self.path)  # a missing or malformed plan is refused before any run starts
 
 
 @register

@@ -133,7 +133,22 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
 
 
 def _parquet_columns(path: Path) -> list[str]:
-    return list(_open_parquet(path).schema_arrow.names)
+    """The column names of a Parquet file; a name used twice is refused, as in a CSV header."""
+    names = list(_open_parquet(path).schema_arrow.names)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise DataError(f"duplicate column name {twice[0]!r}", path=str(path), column=twice[0])
+    return names
+
+
+def _check_parquet_types(path: Path, columns: list[str]) -> None:
+    """Refuse nested columns (lists, structs, maps): a field holds one number or string per row."""
+    schema = _open_parquet(path).schema_arrow
+    for c in columns:
+        dtype = schema.field(c).type
+        if pa.types.is_nested(dtype):
+            raise DataError(f"column holds {dtype} values; expected one number or string per row",
+                            path=str(path), column=c)
 
 
 def _parquet_rows(path: Path) -> int:
@@ -147,6 +162,8 @@ def _parquet_chunks(path: Path, rules: ColumnRules, na_values: list[str], chunk_
     missing = [c for c in rules.read if c not in pf.schema_arrow.names]
     if missing:
         raise DataError(f"no column {missing[0]!r}", path=str(path), column=missing[0])
+    _parquet_columns(path)  # no duplicate names
+    _check_parquet_types(path, rules.read)
     if pf.metadata.num_rows == 0:
         raise DataError("no data rows", path=str(path))
     first_row = 1
