@@ -149,3 +149,45 @@ def test_random_csv_either_prepares_or_names_a_line(tmp_path, seed):
         except DataError as e:
             outcomes.add(("error", e.line))
     assert len(outcomes) == 1, outcomes
+
+
+# ---- ratings out of range, Netflix skip mode, long values (item 10) ---------------------------
+
+@pytest.mark.parametrize("rating", ["99", "-3", "1e400"])
+def test_movielens_ratings_outside_half_to_five_are_bad_rows(tmp_path, rating):
+    from embdim.autoemb.stream import prepare_stream
+
+    fmt, inputs, _, ratings, *_ = _ml_latest(tmp_path)
+    lines = ratings.read_text().splitlines()
+    lines[1:3] = ["1,1,4.0,978300760", "2,2,3.0,978300761"]  # the two bad-width rows made good
+    lines[5] = f"1,2,{rating},978300799"
+    ratings.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"line 6, column 'rating': rating must be between 0.5 and 5"):
+        prepare(fmt, inputs, tmp_path / "out", **ALL_TRAIN)
+    with pytest.raises(DataError, match=r"line 6, column 'rating': rating must be between 0.5 and 5"):
+        prepare_stream(fmt, inputs, tmp_path / "stream", quiet=True)
+    schema = prepare(fmt, inputs, tmp_path / "out", on_bad_row="skip", **ALL_TRAIN)
+    assert schema.options["bad_rows"] == 1
+
+
+def test_netflix_skip_mode_counts_bad_movie_lines_bytes_and_ratings(tmp_path):
+    from embdim.autoemb.stream import prepare_stream
+
+    path = tmp_path / "combined_data_1.txt"
+    path.write_bytes(b"1:\n7,3,2005-09-06\nx9:\n8,5,2005-05-13\n8,4,2005-05-14\n2:\n"
+                     b"7,4,2004-01-01\n9,\xff\xfe,2005-09-06\n9,1e400,2005-09-06\n9,2,2005-09-07\n")
+    with pytest.raises(DataError, match="line 3: movie id line is not"):
+        prepare_stream("netflix", [path], tmp_path / "e", quiet=True)
+    stream = prepare_stream("netflix", [path], tmp_path / "s", quiet=True, on_bad_row="skip")
+    assert len(stream) == 3  # (1, 7), (2, 7), (2, 9 rating 2)
+    meta = stream.meta
+    assert meta["bad_rows"] == 5  # the bad movie line, its 2 ratings, the bytes, the 1e400
+    assert [b["line"] for b in meta["first_bad_rows"]] == [3, 4, 5, 8, 9]
+
+
+def test_a_long_bad_value_is_cut_in_the_message(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("label,a\n1,x\n" + "7" + "9" * 10_000 + ",y\n")
+    with pytest.raises(DataError) as e:
+        prepare("csv", [path], tmp_path / "o", label="label", categorical=["a"], **ALL_TRAIN)
+    assert "line 3" in str(e.value) and len(str(e.value)) < 250

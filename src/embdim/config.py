@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from embdim.errors import ConfigError
+from embdim.errors import ConfigError, short_repr
 
 
 @dataclass
@@ -190,11 +190,6 @@ def _expected(annotation: Any) -> str:
 def _refuse(value: Any, expected: str, where: str) -> typing.NoReturn:
     raise ConfigError(f"{where}: expected {expected}, got {short_repr(value)}")
 
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to about ``limit`` characters (error messages quote user values)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def check_sections(d: Any, sections) -> None:

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: messages quote user values, which may be
+    megabytes long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class EmbdimError(Exception):
     """Base class of every error the library raises on purpose."""
 

@@ -45,7 +45,14 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from embdim.data.readers.base import BadRowLog, ColumnRules, present_check, require_file
+from embdim.data.readers.base import (
+    RATING_RANGE,
+    BadRowLog,
+    ColumnRules,
+    present_check,
+    rating_range_check,
+    require_file,
+)
 from embdim.data.readers.movielens import VARIANTS
 from embdim.data.readers.text import read_text_chunks
 from embdim.errors import ConfigError, DataError, EmbdimError
@@ -103,8 +110,9 @@ def read_movielens(inputs: list[Path], *, chunk_rows: int, bad: BadRowLog) -> It
     rules = ColumnRules(read=list(name.values()),
                         casts={name["user"]: pl.Int64, name["movie"]: pl.Int64,
                                name["rating"]: pl.Float64, name["timestamp"]: pl.Int64},
-                        checks=[present_check(name[c], c) for c in ("user", "movie", "rating",
-                                                                     "timestamp")])
+                        checks=[*(present_check(name[c], c) for c in ("user", "movie", "rating",
+                                                                       "timestamp")),
+                                rating_range_check(name["rating"])])
     for chunk in read_text_chunks(path, variant.ratings_layout, rules, chunk_rows=chunk_rows, bad=bad):
         f = chunk.frame.select(pl.col(name["user"]).cast(pl.Int64), pl.col(name["movie"]).cast(pl.Int64),
                                pl.col(name["rating"]).cast(pl.Float32),
@@ -156,23 +164,22 @@ def read_netflix(inputs: list[Path], *, chunk_rows: int, bad: BadRowLog) -> Iter
 
 def _parse_netflix_block(data: bytes, path: Path, first_line: int, movie: int | None,
                          bad: BadRowLog) -> tuple[tuple | None, int | None, int]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = first_line + data[:e.start].count(b"\n")
-        raise DataError("not UTF-8 text", path=str(path), line=line) from None
+    text = data.decode("utf-8", errors="replace")  # a line with undecodable bytes is a bad row
     lines = pl.Series("line", [text]).str.strip_suffix("\n").str.split("\n").explode()
     frame = pl.DataFrame({"line": lines.str.strip_chars_end("\r")}).with_row_index("n")
     n_lines = frame.height
-    is_movie = pl.col("line").str.ends_with(":")
+    undecodable = pl.col("line").str.contains("\ufffd", literal=True)
+    is_movie = pl.col("line").str.ends_with(":") & ~undecodable
+    # A movie line that is not `<integer>:` is a bad row, and so are the ratings under it (their
+    # movie is unknown): it gets the movie id -1 until the next good movie line.
     frame = frame.with_columns(
         pl.when(is_movie).then(pl.col("line").str.strip_suffix(":").str.strip_chars()
-                               .cast(pl.Int64, strict=False)).alias("movie"),
-        is_movie.alias("is_movie"))
-    bad_movie = frame.filter(pl.col("is_movie") & pl.col("movie").is_null())
+                               .cast(pl.Int64, strict=False).fill_null(-1)).alias("movie"),
+        is_movie.alias("is_movie"), undecodable.alias("undecodable"))
+    bad_movie = frame.filter(pl.col("is_movie") & (pl.col("movie") == -1))
     if bad_movie.height:
-        n = int(bad_movie["n"][0])
-        raise DataError("movie id line is not `<integer>:`", path=str(path), line=first_line + n)
+        bad.report_rows(path, [(first_line + int(n), None, "movie id line is not `<integer>:`")
+                               for n in bad_movie["n"].head(10)], count=bad_movie.height)
     frame = frame.with_columns(pl.col("movie").forward_fill().fill_null(
         pl.lit(movie if movie is not None else None, dtype=pl.Int64)))
     last_movie = frame["movie"][-1] if frame.height else movie
@@ -185,10 +192,15 @@ def _parse_netflix_block(data: bytes, path: Path, first_line: int, movie: int | 
         .alias("rating"),
         parts.list.get(2, null_on_oob=True).str.strip_chars().str.to_date("%Y-%m-%d", strict=False)
         .alias("date"))
-    problems = [(pl.col("movie").is_null(), None, "rating line before any `movie_id:` line"),
+    low, high = RATING_RANGE
+    problems = [(pl.col("undecodable"), None, "undecodable bytes (not UTF-8)"),
+                (pl.col("movie").is_null(), None, "rating line before any `movie_id:` line"),
+                (pl.col("movie") == -1, None, "rating line under a bad `movie_id:` line"),
                 (pl.col("fields") != 3, None, "expected user,rating,date"),
                 (pl.col("user").is_null(), "user", "user is not an integer"),
                 (pl.col("rating").is_null() | pl.col("rating").is_nan(), "rating", "rating is not a number"),
+                (~pl.col("rating").is_between(low, high), "rating",
+                 f"rating must be between {low:g} and {high:g}"),
                 (pl.col("date").is_null(), "date", "date is not YYYY-MM-DD")]
     bad_mask = pl.lit(False)
     for cond, _, _ in problems:

@@ -159,6 +159,17 @@ def binary_label_check(column: str) -> RowCheck:
     return RowCheck(column, c.is_null() | ((c != 0) & (c != 1)), "label must be 0 or 1")
 
 
+RATING_RANGE = (0.5, 5.0)  # MovieLens (0.5-5 stars) and Netflix (1-5) ratings
+
+
+def rating_range_check(column: str) -> RowCheck:
+    """A present rating must be a number in :data:`RATING_RANGE` (99, -3, 1e400 are bad rows)."""
+    low, high = RATING_RANGE
+    c = pl.col(column).cast(pl.Float64, strict=False)
+    return RowCheck(column, c.is_not_null() & ~c.is_between(low, high),
+                    f"rating must be between {low:g} and {high:g}")
+
+
 def present_check(column: str, what: str) -> RowCheck:
     return RowCheck(column, pl.col(column).is_null() | pl.col(column).cast(pl.Float64).is_nan(),
                     f"{what} is missing")

@@ -34,6 +34,7 @@ from embdim.data.readers.base import (
     FieldRecipe,
     Recipe,
     present_check,
+    rating_range_check,
     require_file,
 )
 from embdim.data.readers.text import TextLayout, read_text_chunks
@@ -194,7 +195,8 @@ def movielens_recipe(inputs: list[Path], *, rating_threshold: float = 4.0,
         casts={_raw_name(c, variant.rename): t for c, t in
                (("user", pl.Int64), ("movie", pl.Int64), ("rating", pl.Float64),
                 ("timestamp", pl.Int64))},
-        checks=[present_check("rating", "rating"), present_check("timestamp", "timestamp")])
+        checks=[present_check("rating", "rating"), rating_range_check("rating"),
+                present_check("timestamp", "timestamp")])
 
     def chunks(chunk_rows: int, bad: BadRowLog) -> Iterator[Chunk]:
         movies = _movies(variant, files, genres, bad)

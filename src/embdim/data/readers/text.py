@@ -23,7 +23,7 @@ import numpy as np
 import polars as pl
 
 from embdim.data.readers.base import MAX_REPORTED_BAD_ROWS, BadRowLog, Chunk, ColumnRules, require_file
-from embdim.errors import DataError
+from embdim.errors import DataError, short_repr
 
 # A multi-character separator (MovieLens-1M's "::") is replaced by this byte before parsing.
 _UNIT_SEPARATOR = "\x1f"
@@ -269,7 +269,7 @@ class _ChunkParser:
                 try:
                     value.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    return name, (f"undecodable bytes {value[e.start:e.end]!r} (not UTF-8; "
+                    return name, (f"undecodable bytes {short_repr(value[e.start:e.end])} (not UTF-8; "
                                   "re-encode the file as UTF-8)")
             return None, "undecodable bytes (not UTF-8)"
         n = self._field_count(line)
@@ -314,7 +314,7 @@ def validate_frame(frame: pl.DataFrame, rules: ColumnRules, bad: BadRowLog, path
         column, message = tests[k]
         value = frame[column][int(r)] if column in frame.columns else None
         details.append((int(line_of(np.array([r]))[0]), column,
-                        message.replace("{value}", "(missing)" if value is None else repr(value))))
+                        message.replace("{value}", "(missing)" if value is None else short_repr(value))))
     bad.report_rows(path, details, count=len(rows))
     keep = np.ones(frame.height, dtype=bool)
     keep[rows] = False
