@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from embdim import __version__
 from embdim.demo import DEMO_EPOCHS, DEMO_ROWS
-from embdim.errors import EmbdimError, Terminated
+from embdim.errors import DISK_FULL_ERRNOS, EmbdimError, Terminated, disk_full_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = None
         return 141
+    except OSError as e:
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        print(f"embdim: error: {disk_full_message(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         how = "terminated" if isinstance(e, Terminated) else "interrupted"
         print(f"embdim: {how} (an interrupted run continues from its last checkpoint with "

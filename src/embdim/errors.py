@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 
 def short_repr(value: object, limit: int = 80) -> str:
     """``repr(value)`` cut to about ``limit`` characters: messages quote user values, which may be
@@ -46,3 +49,18 @@ class TrainingDivergedError(EmbdimError):
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt (the CLI turns the signal into it), so
     every clean-up that runs on Ctrl-C (temporary folders removed, ...) runs on SIGTERM too."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space, quota, file-size limit
+
+
+class DiskFullError(EmbdimError):
+    """The disk (or the user's quota or file-size limit) has no room for a file being written."""
+
+
+def disk_full_message(error: OSError, path: object = None, nbytes: int | None = None) -> str:
+    """``no space left on device while writing FILE (N MB needed)`` for a disk-full OSError."""
+    what = os.strerror(error.errno).lower() if error.errno else "no space left on device"
+    where = path if path is not None else error.filename
+    text = what + (f" while writing {where}" if where else "")
+    return text + (f" ({nbytes / 1e6:,.1f} MB needed)" if nbytes is not None else "")

@@ -6,6 +6,7 @@ half-written one, even if the process is killed in the middle of a write.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from embdim.errors import DISK_FULL_ERRNOS, DiskFullError, disk_full_message
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -31,9 +34,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(disk_full_message(e, path)) from None
         raise
 
 
@@ -53,3 +58,18 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+def allocate(path: str | os.PathLike) -> None:
+    """Give the existing file ``path`` its whole size on disk now (``posix_fallocate``), so that a
+    full disk is a :class:`~embdim.errors.DiskFullError` here, naming the file, and not a SIGBUS
+    later when a memory map of it is written. A file system without fallocate keeps it sparse."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, size)
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(disk_full_message(e, path, size)) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise

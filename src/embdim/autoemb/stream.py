@@ -55,7 +55,14 @@ from embdim.data.readers.base import (
 )
 from embdim.data.readers.movielens import VARIANTS
 from embdim.data.readers.text import read_text_chunks
-from embdim.errors import ConfigError, DataError, EmbdimError
+from embdim.errors import (
+    DISK_FULL_ERRNOS,
+    ConfigError,
+    DataError,
+    DiskFullError,
+    EmbdimError,
+    disk_full_message,
+)
 from embdim.folders import (
     check_output_folder,
     make_temp_sibling,
@@ -63,7 +70,7 @@ from embdim.folders import (
     remove_stale_siblings,
     unmark,
 )
-from embdim.io import atomic_write_json
+from embdim.io import allocate, atomic_write_json
 
 STREAM_FORMAT = 1
 STREAM_FORMATS = ("movielens", "netflix")
@@ -361,10 +368,17 @@ class _StreamWriter:
         check_output_folder(out, [], overwrite=overwrite, marker=META_FILE)
         self.out, self.rows = out, rows
         self.tmp = make_temp_sibling(out, "stream")
-        self.arrays = {name: np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+",
-                                                       dtype=dtype, shape=(rows,))
-                       for name, dtype in ARRAYS.items()}
         self.done = False
+        self.arrays: dict[str, np.memmap] = {}
+        try:
+            for name, dtype in ARRAYS.items():
+                self.arrays[name] = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+",
+                                                              dtype=dtype, shape=(rows,))
+                allocate(self.tmp / f"{name}.npy")  # a full disk: an error now, not a SIGBUS
+        except BaseException:
+            self.arrays.clear()
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
 
     def __enter__(self) -> _StreamWriter:
         return self
@@ -488,6 +502,10 @@ def prepare_stream(format: str, inputs: Sequence[str | Path], out: str | Path, *
                          files=[str(p) for p in inputs], **bad.summary())
             meta.update(time_min=int(w.arrays["timestamps"][0]), time_max=int(w.arrays["timestamps"][-1]))
             w.finish(meta, user_set, item_set)
+    except OSError as e:  # a full disk while writing temporary files: say so, in one line
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise DiskFullError(disk_full_message(e, e.filename or work)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     stream = InteractionStream.open(out)

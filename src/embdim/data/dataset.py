@@ -30,6 +30,7 @@ import numpy as np
 from embdim.data.schema import SPLITS, FieldSpec, Schema
 from embdim.errors import DataError
 from embdim.folders import check_output_folder, make_temp_sibling, mark_as_ours, unmark
+from embdim.io import allocate
 
 X_DTYPE = np.int32
 Y_DTYPE = np.float32
@@ -195,20 +196,30 @@ class PreparedDatasetWriter:
         self.overwrite = overwrite
         self.num_fields = num_fields
         self.split_rows = {s: int(split_rows.get(s, 0)) for s in SPLITS}
-        self.tmp_dir = make_temp_sibling(self.out_dir, "tmp")
         self._x: dict[str, np.memmap] = {}
         self._y: dict[str, np.memmap] = {}
         self._cursor = dict.fromkeys(SPLITS, 0)
         self._max_ids = np.full(num_fields, -1, dtype=np.int64)  # per field, over every split
         # x and y hashed separately, so the hash does not depend on how rows were chunked.
         self._hash = {(s, a): hashlib.blake2b(digest_size=16) for s in SPLITS for a in "xy"}
+        self._finished = False
+        self.tmp_dir = make_temp_sibling(self.out_dir, "tmp")
+        try:
+            self._allocate_arrays()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _allocate_arrays(self) -> None:
+        """The split arrays as memory-mapped ``.npy`` files, their disk space reserved."""
         for s in SPLITS:
             n = self.split_rows[s]
             self._x[s] = np.lib.format.open_memmap(self.tmp_dir / f"{s}.x.npy", mode="w+",
-                                                   dtype=X_DTYPE, shape=(n, num_fields))
+                                                   dtype=X_DTYPE, shape=(n, self.num_fields))
             self._y[s] = np.lib.format.open_memmap(self.tmp_dir / f"{s}.y.npy", mode="w+",
                                                    dtype=Y_DTYPE, shape=(n,))
-        self._finished = False
+            allocate(self.tmp_dir / f"{s}.x.npy")
+            allocate(self.tmp_dir / f"{s}.y.npy")
 
     def __enter__(self) -> PreparedDatasetWriter:
         return self

@@ -50,7 +50,7 @@ from embdim.data.schema import (
     Schema,
     frequency_summary,
 )
-from embdim.errors import ConfigError, DataError
+from embdim.errors import DISK_FULL_ERRNOS, ConfigError, DataError, DiskFullError, disk_full_message
 from embdim.folders import check_output_folder, make_temp_sibling, remove_stale_siblings
 
 DEFAULT_CHUNK_ROWS = 1 << 18
@@ -115,6 +115,10 @@ def prepare(format: str, inputs: Sequence[str | Path], out: str | Path, *, min_c
             frequencies = np.concatenate([v.frequencies for v in vocabs])
             schema = writer.finish(label=recipe.label_name, fields=[v.spec for v in vocabs],
                                    options=options, frequencies=frequencies)
+    except OSError as e:  # a full disk while writing temporary files: say so, in one line
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        raise DiskFullError(disk_full_message(e, e.filename or work)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if not quiet:
@@ -210,7 +214,13 @@ class _BlockStore:
         self.max_code = np.maximum(self.max_code, block_max) if self.max_code.size else block_max
         for kind, a in arrays.items():
             self.width[kind] = a.shape[0] if a.ndim == 2 else 1
-            np.ascontiguousarray(a, dtype=self.DTYPES[kind]).tofile(self._files[kind])
+            data = np.ascontiguousarray(a, dtype=self.DTYPES[kind])
+            try:  # file.write, not ndarray.tofile: a full disk keeps its errno
+                self._files[kind].write(data.reshape(-1).view(np.uint8))
+            except OSError as e:
+                if e.errno not in DISK_FULL_ERRNOS:
+                    raise
+                raise DiskFullError(disk_full_message(e, self.folder / f"{kind}.bin")) from None
         self.block_rows.append(len(arrays["label"]))
 
     def close(self) -> None:
