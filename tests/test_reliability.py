@@ -38,3 +38,25 @@ def test_resume_of_a_finished_run_is_refused_and_rewrites_nothing(small, tmp_pat
         assert err == (f"embdim: error: run folder {out} already holds a finished run "
                        "(metrics.json); choose another --out\n")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_a_damaged_dataset_is_refused_before_the_run_folder_exists(small, tmp_path, capsys):
+    import shutil
+
+    import numpy as np
+
+    data = tmp_path / "data"
+    shutil.copytree(small, data)
+    y = np.load(data / "test.y.npy")
+    y[0] = 2.0
+    np.save(data / "test.y.npy", y)
+    out = tmp_path / "run"
+    assert main(["--quiet", "run", "--set", f"data.path={data}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "test rows: row 0: label 2 is not 0 or 1" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_data_path_that_is_not_a_string_is_a_typed_error(tmp_path, capsys):
+    assert main(["--quiet", "run", "--set", "data.path=3", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err == "embdim: error: data.path: expected a string, got 3\n"

@@ -113,7 +113,8 @@ def run_if_stream(args: argparse.Namespace) -> int | None:
     method_section = d.get("method") if isinstance(d.get("method"), dict) else {}
     method = method_section.get("name")
     path = data.get("path")
-    is_stream = bool(path) and (Path(path) / META_FILE).is_file()
+    # a path that is not a string is left to the config's type check
+    is_stream = isinstance(path, str) and bool(path) and (Path(path) / META_FILE).is_file()
     if not is_stream:
         if method in ("autoemb", "sam", "darts", "fse"):
             where = f"data.path {path} is not a stream folder" if path else "data.path is not set"

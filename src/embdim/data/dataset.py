@@ -80,9 +80,20 @@ class PreparedDataset:
             self._splits[name] = SplitArrays(x=x, y=y)
         return self._splits[name]
 
+    def check_all(self) -> PreparedDataset:
+        """Open every split and the frequencies now (the cheap checks of :meth:`split`), so a
+        damaged folder is refused before a run writes anything; returns ``self``."""
+        for name in SPLITS:
+            self.split(name)
+        self.frequencies()
+        return self
+
     def frequencies(self) -> list[np.ndarray]:
         """Training-split count of every id, one int64 array per field."""
         counts = self._load("frequencies.npy")
+        if counts.shape != (sum(self.schema.vocab_sizes),):
+            raise DataError(f"frequencies.npy has shape {counts.shape}; expected "
+                            f"({sum(self.schema.vocab_sizes)},)", path=str(self.path))
         bounds = np.cumsum([0] + self.schema.vocab_sizes)
         return [np.asarray(counts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -132,10 +143,8 @@ def verify_dataset(path: str | os.PathLike, block_rows: int = 1 << 20) -> Schema
             hx.update(x.tobytes())
             hy.update(y.tobytes())
         digests[name, "x"], digests[name, "y"] = hx.digest(), hy.digest()
+    dataset.frequencies()  # checks the shape
     frequencies = dataset._load("frequencies.npy")
-    if frequencies.shape != (sum(schema.vocab_sizes),):
-        raise DataError(f"frequencies.npy has shape {frequencies.shape}; expected "
-                        f"({sum(schema.vocab_sizes)},)", path=str(dataset.path))
     recorded = json.loads((dataset.path / "schema.json").read_text())
     if content_hash(recorded, digests, frequencies) != schema.content_hash:
         raise DataError("content hash mismatch: the arrays or schema.json changed after the dataset "
