@@ -51,8 +51,9 @@ def test_run_folder_holds_the_contract_files(planted, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["batch_size"] == 500
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["done"]
-    with pytest.raises(ConfigError, match="--resume"):
-        run_experiment(_cfg(planted, epochs=1), run, quiet=True)
+    for resume in (False, True):  # a finished run is never rewritten
+        with pytest.raises(ConfigError, match="already holds a finished run"):
+            run_experiment(_cfg(planted, epochs=1), run, quiet=True, resume=resume)
 
 
 def test_resume_ends_with_exactly_the_metrics_of_an_uninterrupted_run(planted, tmp_path,
@@ -81,6 +82,7 @@ def test_resume_ends_with_exactly_the_metrics_of_an_uninterrupted_run(planted, t
 
 def test_resume_refuses_a_changed_config(planted, tmp_path):
     run_experiment(_cfg(planted, epochs=1), tmp_path / "run", quiet=True)
+    (tmp_path / "run" / "metrics.json").unlink()  # as if interrupted (a finished run is refused)
     with pytest.raises(ConfigError, match="train.lr"):
         run_experiment(_cfg(planted, epochs=1, lr=0.5), tmp_path / "run", resume=True, quiet=True)
 
