@@ -112,13 +112,16 @@ def test_missing_torchrec_is_a_message_with_the_install_recipe(monkeypatch):
 
 
 # ---- trained weights (torch only) ---------------------------------------------------------------
-@pytest.fixture(scope="module", params=["linear", "pad"])
+@pytest.fixture(scope="module", params=["linear", "pad", "scatter"])
 def run(request, small, tmp_path_factory):
-    """A 1-epoch FM run of a hand-made plan: field f0 dropped, widths 3, 2, 6 (aligned to 8)."""
+    """A 1-epoch FM run of a hand-made plan: field f0 dropped, widths 3, 2, 6 (aligned to 8; with
+    ``scatter`` the columns sit at the plan's kept_indices, as SSEDS places them)."""
     work = tmp_path_factory.mktemp(f"torchrec-{request.param}")
     schema = PreparedDataset(small).schema
+    kept = [[], [1, 4, 6], [0, 7], [0, 1, 2, 3, 5, 6]] if request.param == "scatter" else None
     plan = DimensionPlan(method="hand", field_names=schema.field_names, vocab_sizes=schema.vocab_sizes,
-                         dims=[0, 3, 2, 6], full_dim=8, schema_hash=schema.content_hash)
+                         dims=[0, 3, 2, 6], full_dim=8, schema_hash=schema.content_hash,
+                         kept_indices=kept)
     plan.save(work / "plan.json")
     model = {"name": "fm", "align": request.param, "aligned_dim": 8,
              "align_bias": request.param == "linear"}
@@ -153,6 +156,11 @@ def test_weights_are_the_trained_rows_zero_padded(run):
         assert w["out_dim"] == 8 and set(w["alignment"]) == {"f1", "f2", "f3"}
         a = w["alignment"]["f1"]
         assert a["weight"].shape == (4, 8) and not a["weight"][3:].any() and a["bias"].shape == (8,)
+    elif cfg["model"]["align"] == "scatter":  # the fixed placement, as a one-hot W_i without bias
+        assert w["out_dim"] == 8 and set(w["alignment"]) == {"f1", "f2", "f3"}
+        a = w["alignment"]["f1"]
+        assert "bias" not in a and torch.equal(a["weight"][:3], torch.eye(8)[[1, 4, 6]])
+        assert not a["weight"][3:].any()
     else:
         assert w["alignment"] == {} and w["out_dim"] is None
 
@@ -169,7 +177,8 @@ def test_rows_and_alignment_reproduce_the_model_embeddings(run):
     for k, t in enumerate(exp.tables):
         rows = w["state_dict"][f"embedding_bags.{t.name}.weight"][ids[:, t.field_index].long()]
         a = w["alignment"].get(t.feature)
-        got = rows @ a["weight"] + a["bias"] if a else torch.nn.functional.pad(rows, (0, 8 - rows.shape[1]))
+        pad = torch.nn.functional.pad
+        got = rows @ a["weight"] + a.get("bias", 0) if a else pad(rows, (0, 8 - rows.shape[1]))
         torch.testing.assert_close(got, want[:, k])
 
 
@@ -177,7 +186,8 @@ def test_weights_refuse_other_plans(run, tmp_path):
     run_dir, _ = run
     plan = DimensionPlan.load(run_dir / "plan.json")
     other = DimensionPlan.from_dict({**plan.to_dict(), "fields": [
-        {**f, "dim": 4} for f in plan.to_dict()["fields"]]})
+        {**{k: v for k, v in f.items() if k != "kept_indices"}, "dim": 4}
+        for f in plan.to_dict()["fields"]]})
     with pytest.raises(SchemaMismatchError, match="trained with dims"):
         export_weights(run_dir, plan=other)
     blocks = [[{"start": 2, "stop": v, "dim": max(d, 1), "reserved_ids": [0, 1]}]
@@ -247,7 +257,8 @@ def test_embedding_bag_collection_forward_matches_the_model(torchrec, run, tmp_p
         got = pooled[t.feature]
         assert got.shape == (32, t.embedding_dim)
         a = weights["alignment"].get(t.feature)
-        aligned = got @ a["weight"] + a["bias"] if a else torch.nn.functional.pad(got, (0, 8 - got.shape[1]))
+        pad = torch.nn.functional.pad
+        aligned = got @ a["weight"] + a.get("bias", 0) if a else pad(got, (0, 8 - got.shape[1]))
         torch.testing.assert_close(aligned, want[:, k])
     # the same through the helper
     ebc2 = exp.embedding_bag_collection(tmp_path / "tables.pt")

@@ -334,9 +334,15 @@ def export_weights(run_dir: str | Path, export: TorchRecExport | None = None, *,
     if not emb:
         raise EmbdimError(f"{path}: the model has no embedding tables (a first-order-only model)")
     linear = [v for k, v in emb.items() if re.fullmatch(r"groups\.\d+\.weight", k)]
+    placed = [v for k, v in emb.items() if re.fullmatch(r"groups\.\d+\.placement", k)]
     has_bias = any(re.fullmatch(r"groups\.\d+\.bias", k) for k in emb)
-    layer = FieldEmbedding(plan.vocab_sizes, plan.dims, align="linear" if linear else "pad",
-                           out_dim=int(linear[0].shape[-1]) if linear else None, bias=has_bias)
+    if placed:  # align: scatter (SSEDS): fixed one-hot W_i, handed on like a linear alignment
+        layer = FieldEmbedding(plan.vocab_sizes, plan.dims, align="scatter",
+                               out_dim=int(placed[0].shape[-1]), positions=plan.kept_indices)
+    else:
+        layer = FieldEmbedding(plan.vocab_sizes, plan.dims, align="linear" if linear else "pad",
+                               out_dim=int(linear[0].shape[-1]) if linear else None, bias=has_bias)
+    linear = linear or placed
     try:
         layer.load_state_dict(emb)
     except RuntimeError as e:
@@ -353,6 +359,8 @@ def export_weights(run_dir: str | Path, export: TorchRecExport | None = None, *,
             rows = layer.field_weight(i).float()
             state_dict[f"embedding_bags.{t.name}.weight"] = F.pad(rows, (0, t.padding)).contiguous().clone()
             aligned = layer.field_alignment(i)
+            if aligned is None and layer.field_placement(i) is not None:  # the fixed placement
+                aligned = layer.field_placement(i), None
             if aligned is not None:
                 w, b = aligned
                 entry = {"weight": F.pad(w.float(), (0, 0, 0, t.padding)).contiguous().clone()}

@@ -28,7 +28,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from embdim.nn.embedding import ALIGN_MODES, _offsets, init_embedding_
+from embdim.nn.embedding import _offsets, init_embedding_
+
+ALIGN_MODES = ("linear", "pad")  # a block has no SSEDS coordinates to scatter to
 
 
 def block_ids(block: dict[str, Any]) -> list[int]:

@@ -7,7 +7,11 @@ its own table of width ``d_i`` and is aligned to a common width ``out_dim`` eith
 
 * ``align="linear"``: a per-field linear transform ``x_i W_i (+ b_i)`` with ``W_i: [d_i, out_dim]``
   (SSEDS eq. 13; AutoDim eq. 1 adds the bias ``b_i``: ``bias=True``), or
-* ``align="pad"``: zero padding to ``out_dim`` (AutoDim method 2; no parameters).
+* ``align="pad"``: zero padding to ``out_dim`` (AutoDim method 2; no parameters), or
+* ``align="scatter"``: a fixed placement of field ``i``'s column ``k`` at coordinate
+  ``positions[i][k]`` of ``out_dim`` (no parameters; zeros elsewhere). With the columns SSEDS kept
+  and their pretrained coordinates, the slim model is exactly the masked pretrained model of SSEDS
+  eq. 8 (``V ⊙ alpha`` with the binary ``alpha`` of eq. 12); ``positions = 0 .. d_i - 1`` is ``pad``.
 
 As in the papers' re-training stage there is no BatchNorm in the embedding path. A field with
 ``d_i = 0`` is dropped: it has no table and no output slot.
@@ -39,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-ALIGN_MODES = ("linear", "pad")
+ALIGN_MODES = ("linear", "pad", "scatter")
 EMBEDDING_INIT_STD = 1e-4
 
 
@@ -60,7 +64,7 @@ class WidthGroup(nn.Module):
     """
 
     def __init__(self, fields: list[int], vocab_sizes: list[int], width: int, out_dim: int,
-                 align: str | None, bias: bool):
+                 align: str | None, bias: bool, positions: list[list[int]] | None = None):
         super().__init__()
         self.width, self.out_dim, self.align = width, out_dim, align
         self.vocab_sizes = list(vocab_sizes)
@@ -70,6 +74,14 @@ class WidthGroup(nn.Module):
         if align == "linear":
             self.weight = nn.Parameter(torch.empty(len(fields), width, out_dim))  # [F_g, w, D]
             self.bias = nn.Parameter(torch.empty(len(fields), out_dim)) if bias else None  # [F_g, D]
+        elif align == "scatter":  # a fixed placement: column k of field f -> coordinate positions[f][k]
+            if positions is None:
+                positions = [list(range(width))] * len(fields)
+            index = torch.tensor(positions, dtype=torch.long).view(len(fields), width)
+            self.register_buffer("positions", index, persistent=False)  # [F_g, w], for the forward
+            # the same placement as a one-hot [F_g, w, D] in the state dict: a checkpoint says where
+            # each column sits and at which width (the export hands it on as a fixed W_i)
+            self.register_buffer("placement", F.one_hot(index, out_dim).float())
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -95,7 +107,25 @@ class WidthGroup(nn.Module):
             return emb if self.bias is None else emb + self.bias
         if self.align == "pad" and self.width < self.out_dim:
             return F.pad(emb, (0, self.out_dim - self.width))
+        if self.align == "scatter":
+            out = emb.new_zeros(*emb.shape[:-1], self.out_dim)
+            return out.scatter(-1, self.positions.expand(*emb.shape[:-2], -1, -1), emb)
         return emb
+
+
+def _check_positions(positions: list[list[int]], dims: list[int], out_dim: int) -> list[list[int]]:
+    """Per-field output coordinates for ``align="scatter"``: ``dims[i]`` distinct ints in
+    ``[0, out_dim)`` per field (a dropped field's list is ignored)."""
+    if len(positions) != len(dims):
+        raise ValueError(f"{len(positions)} position lists for {len(dims)} fields")
+    out = []
+    for i, (pos, d) in enumerate(zip(positions, dims, strict=True)):
+        pos = [int(p) for p in pos]
+        if d and (len(pos) != d or len(set(pos)) != d or min(pos) < 0 or max(pos) >= out_dim):
+            raise ValueError(f"field {i}: positions {pos} are not {d} distinct coordinates in "
+                             f"[0, {out_dim})")
+        out.append(pos)
+    return out
 
 
 class FieldEmbedding(nn.Module):
@@ -104,12 +134,17 @@ class FieldEmbedding(nn.Module):
     Args:
         vocab_sizes: per input field, the number of ids (ids are local: ``0 .. vocab_size - 1``).
         dims: per input field, its embedding width; ``0`` drops the field.
-        align: ``"linear"`` (per-field ``x_i W_i (+ b_i)``, ``W_i [d_i, out_dim]``) or ``"pad"`` (zeros). Used
-            when some kept width differs from ``out_dim``; then *every* kept field is aligned, as in
-            AutoDim eq. 1 and SSEDS eq. 13 (a full-width field gets a square ``W_i``).
+        align: ``"linear"`` (per-field ``x_i W_i (+ b_i)``, ``W_i [d_i, out_dim]``), ``"pad"`` (zeros) or
+            ``"scatter"`` (column ``k`` at coordinate ``positions[i][k]``). Used when some kept width
+            differs from ``out_dim`` (or with ``always_align``); then *every* kept field is aligned,
+            as in AutoDim eq. 1 and SSEDS eq. 13 (a full-width field gets a square ``W_i``).
         out_dim: the aligned width; defaults to ``max(dims)``.
         bias: whether the linear alignment has a bias ``b_i`` (AutoDim eq. 1: yes; SSEDS: no; the
             default is no, see the module docstring).
+        positions: per input field, the output coordinates of its columns (``align="scatter"``;
+            ``len(positions[i]) == dims[i]``, distinct, ``< out_dim``); None: ``0 .. d_i - 1``.
+        always_align: align even when every kept field already has width ``out_dim`` (SSEDS eq. 13
+            has one ``M_i`` per kept field whatever the widths).
 
     Input ``ids [B, F_all]`` (int32 or int64), output ``[B, F_kept, out_dim]`` in the input order
     of the kept fields. Ids are not range-checked here (the prepared dataset guarantees them); an
@@ -117,7 +152,8 @@ class FieldEmbedding(nn.Module):
     """
 
     def __init__(self, vocab_sizes: list[int], dims: list[int], *, align: str = "linear",
-                 out_dim: int | None = None, bias: bool = False):
+                 out_dim: int | None = None, bias: bool = False,
+                 positions: list[list[int]] | None = None, always_align: bool = False):
         super().__init__()
         if len(vocab_sizes) != len(dims):
             raise ValueError(f"{len(vocab_sizes)} vocab sizes but {len(dims)} dims")
@@ -131,14 +167,20 @@ class FieldEmbedding(nn.Module):
             raise ValueError("every field has dim 0: nothing to embed")
         self.out_dim = int(out_dim or max(self.dims))
         widths = sorted({self.dims[i] for i in self.kept_fields})
-        self.uniform = widths == [self.out_dim]
-        if align == "pad" and not self.uniform and widths[-1] > self.out_dim:
-            raise ValueError(f"align='pad' cannot shrink width {widths[-1]} to out_dim {self.out_dim}")
+        if positions is not None:
+            positions = _check_positions(positions, self.dims, self.out_dim)
+        identity = positions is None or all(positions[i] == list(range(self.dims[i]))
+                                            for i in self.kept_fields)
+        self.uniform = widths == [self.out_dim] and not (always_align and (align == "linear"
+                                                                           or not identity))
+        if align in ("pad", "scatter") and not self.uniform and widths[-1] > self.out_dim:
+            raise ValueError(f"align={align!r} cannot shrink width {widths[-1]} to out_dim {self.out_dim}")
         self.align = align
         group_align = None if self.uniform else align
         groups = [[i for i in self.kept_fields if self.dims[i] == w] for w in widths]
         self.groups = nn.ModuleList(
-            WidthGroup(g, [self.vocab_sizes[i] for i in g], w, self.out_dim, group_align, bias)
+            WidthGroup(g, [self.vocab_sizes[i] for i in g], w, self.out_dim, group_align, bias,
+                       None if positions is None else [positions[i] for i in g])
             for g, w in zip(groups, widths, strict=True))
         # Groups come out concatenated in width order; ``order`` puts the fields back in input order.
         concat = [i for g in groups for i in g]
@@ -149,9 +191,12 @@ class FieldEmbedding(nn.Module):
 
     @classmethod
     def from_plan(cls, plan, *, align: str = "linear", out_dim: int | None = None,
-                  bias: bool = False) -> FieldEmbedding:
-        """The re-training embedding of a :class:`~embdim.plan.DimensionPlan` (``dim 0`` = dropped)."""
-        return cls(plan.vocab_sizes, plan.dims, align=align, out_dim=out_dim, bias=bias)
+                  bias: bool = False, always_align: bool = False) -> FieldEmbedding:
+        """The re-training embedding of a :class:`~embdim.plan.DimensionPlan` (``dim 0`` = dropped);
+        ``align="scatter"`` places the columns at the plan's ``kept_indices`` (if it has them)."""
+        positions = plan.kept_indices if align == "scatter" else None
+        return cls(plan.vocab_sizes, plan.dims, align=align, out_dim=out_dim, bias=bias,
+                   positions=positions, always_align=always_align)
 
     # ---- sizes --------------------------------------------------------------------------------
     @property
@@ -192,6 +237,16 @@ class FieldEmbedding(nn.Module):
         if group.align != "linear":
             return None
         return group.weight[k], None if group.bias is None else group.bias[k]
+
+    def field_positions(self, field: int) -> list[int] | None:
+        """The fixed output coordinates of the field's columns (``align="scatter"``), if any."""
+        group, k = self._locate(field)
+        return group.positions[k].tolist() if group.align == "scatter" else None
+
+    def field_placement(self, field: int) -> Tensor | None:
+        """The fixed placement as a one-hot ``W [d, out_dim]`` (``align="scatter"``), if any."""
+        group, k = self._locate(field)
+        return group.placement[k] if group.align == "scatter" else None
 
     def reset_parameters(self) -> None:
         for g in self.groups:

@@ -57,9 +57,12 @@ class ModelOptions:
     mlp: list[int] = field(default_factory=lambda: [128, 128])  # hidden widths of every MLP
     dropout: float = 0.2  # after each hidden MLP layer
     batch_norm: bool = True  # in each hidden MLP layer
-    align: str = "linear"  # mixed widths -> out_dim: "linear" (W_i x + b_i) or "pad" (zeros)
+    align: str = "linear"  # mixed widths -> out_dim: "linear" (W_i x + b_i), "pad" (zeros) or
+    #                        "scatter" (columns at the plan's kept_indices, zeros elsewhere)
     aligned_dim: int | None = None  # the common width D; None: the plan's largest width
     align_bias: bool = False  # add b_i to the linear alignment (see docs/models.md: off by default)
+    align_always: bool = False  # align every kept field even when all have width D (SSEDS eq. 13)
+    linear_fields: str = "kept"  # first-order (wide/LR) weights for the "kept" fields or "all" fields
     # NFM: BatchNorm and dropout on the bi-interaction vector (NFM paper, sec. 3.1).
     bi_batch_norm: bool = True
     bi_dropout: float = 0.2
@@ -81,6 +84,8 @@ class ModelOptions:
                 problems.append(f"{key} must be in [0, 1), got {getattr(self, key)!r}")
         if self.align not in ALIGN_MODES:
             problems.append(f"align must be one of {', '.join(ALIGN_MODES)}, got {self.align!r}")
+        if self.linear_fields not in ("kept", "all"):
+            problems.append(f"linear_fields must be 'kept' or 'all', got {self.linear_fields!r}")
         if self.aligned_dim is not None and not (isinstance(self.aligned_dim, int) and self.aligned_dim > 0):
             problems.append(f"aligned_dim must be a positive integer or null, got {self.aligned_dim!r}")
         for key in ("attention_layers", "attention_heads", "attention_dim"):
@@ -148,6 +153,11 @@ class RecModel(nn.Module):
     def embedding_params(self) -> int:
         """Entries of the embedding tables (the first-order weights are not counted, as in plans)."""
         return 0 if self.embedding is None else int(self.embedding.embedding_params)
+
+    @property
+    def alignment_params(self) -> int:
+        """Parameters of the alignment to one width (SSEDS' ``M_i``, AutoDim's ``W_i, b_i``)."""
+        return int(getattr(self.embedding, "alignment_params", 0)) if self.embedding is not None else 0
 
     @property
     def kept_fields(self) -> list[int]:
@@ -308,20 +318,25 @@ def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: Dime
             raise SchemaMismatchError(f"plan vocabulary sizes {plan.vocab_sizes} differ from the "
                                       f"model's {vocab_sizes}")
     dims = plan.dims if plan is not None else [int(dim)] * len(vocab_sizes)
+    linear_fields = (list(range(len(dims))) if options.linear_fields == "all"
+                     else [i for i, d in enumerate(dims) if d])
 
     body_cls = MODELS[key]
     if not getattr(body_cls, "uses_embedding", True):
         if embedding is not None:
             raise ConfigError(f"model {key!r} has no embedding layer to replace")
-        return RecModel(None, None, FeaturesLinear(vocab_sizes, [i for i, d in enumerate(dims) if d]),
-                        name=key)
+        return RecModel(None, None, FeaturesLinear(vocab_sizes, linear_fields), name=key)
     if embedding is None and plan is not None and "blocks" in (plan.value_dim_rule or {}):
         embedding = BlockFieldEmbedding.from_plan(plan, align=options.align, out_dim=options.aligned_dim,
                                                   bias=options.align_bias)  # MDE frequency blocks
     if embedding is None:
+        positions = plan.kept_indices if plan is not None and options.align == "scatter" else None
         embedding = FieldEmbedding(vocab_sizes, dims, align=options.align, out_dim=options.aligned_dim,
-                                   bias=options.align_bias)
+                                   bias=options.align_bias, positions=positions,
+                                   always_align=options.align_always)
     body = body_cls(int(embedding.num_output_fields), int(embedding.out_dim), options)
     wide = getattr(body_cls, "wide", False)
-    linear = FeaturesLinear(vocab_sizes, list(embedding.kept_fields)) if wide else None
+    if options.linear_fields == "kept":
+        linear_fields = list(embedding.kept_fields)
+    linear = FeaturesLinear(vocab_sizes, linear_fields) if wide else None
     return RecModel(embedding, body, linear, name=key)

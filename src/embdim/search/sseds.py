@@ -47,26 +47,50 @@ from embdim.plan import DimensionPlan
 from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.train.trainer import Trainer, resolve_device
 
+ALIGNS = ("scatter", "linear")
+ALIGN_WIDTHS = ("pretrain", "max")
+ALIGN_INITS = ("select", "random")
+
 
 @dataclass
 class SSEDSOptions:
-    """The ``method:`` section of an SSEDS experiment (every key optional)."""
+    """The ``method:`` section of an SSEDS experiment (every key optional).
+
+    The retraining options resolve what the paper leaves inconsistent (sec. 3.2.3 text: "randomly
+    initialize ... M"; Algorithm 1: ``V*, Theta* <- V~, Theta^``; eq. 13 aligns to ``d_max``, where
+    ``Theta^`` no longer fits). The defaults make the slim model start *exactly* as the masked
+    pretrained model of eq. 8 (binary ``alpha`` of eq. 12) for every kappa and every base model;
+    docs/sseds.md gives the measurements behind them.
+    """
 
     budget: float = 0.1  # kappa: kept embedding entries <= budget x the full table (paper: 0.1)
     pretrain_width: int = 128  # d, the uniform width of the pretrained model (paper: 128)
     pretrain_epochs: int | None = None  # None: train.epochs (with train.early_stop as usual)
     pretrain_checkpoint: str | None = None  # a state of the uniform model to start from instead
     saliency_batch_size: int | None = None  # None: train.batch_size (paper: one batch of 2048)
-    saliency_batches: int = 1  # |g| is averaged over this many training mini-batches
+    saliency_batches: int = 1  # |g| is averaged over this many training mini-batches (paper: 1)
+    stability_batches: int = 4  # after the search, the plans of this many other single batches are
+    #                             compared with the chosen one (plan.json "stability"); 0: skip
     fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
     ticket: bool = True  # copy the kept pretrained columns into the slim tables ("w/o ticket": false)
     inherit_network: bool | None = None  # start the rest of the network from the pretrained one
-    #                                      (Algorithm 1); None: the same as ``ticket``
+    #                     (Algorithm 1); None: the same as ``ticket`` (when the aligned width fits)
     retrain: bool = True  # false: ablation "w/o retraining", evaluate the pruned pretrained model
+    # ---- how the slim model's fields reach one width (sec. 3.2.3) ----
+    align: str = "scatter"  # "scatter": each kept column at its pretrained coordinate, no
+    #                         parameters (eq. 8's masked model); "linear": trainable M_i (eq. 13)
+    align_width: str = "pretrain"  # the common width: "pretrain" (d, Theta^ always fits) or "max"
+    #                                (d_max = max_i d_i, eq. 13; linear only)
+    align_init: str = "select"  # linear M_i: "select" (column k -> its pretrained coordinate, the
+    #                             slim model starts as the masked one) or "random" (sec. 3.2.3 text)
+    count_alignment: bool = True  # M_i's parameters count against the budget (linear only)
+    prune_first_order: bool = False  # also drop the first-order (wide/LR) weights of dropped
+    #                                  fields (the paper prunes only the embedding table)
 
     def validate(self) -> None:
         problems = []
-        if not (isinstance(self.budget, (int, float)) and 0 < float(self.budget) <= 1):
+        if isinstance(self.budget, bool) or not (isinstance(self.budget, (int, float))
+                                                 and 0 < float(self.budget) <= 1):
             problems.append(f"method.budget (kappa) must be in (0, 1], got {self.budget!r}")
         if not (isinstance(self.pretrain_width, int) and self.pretrain_width > 0):
             problems.append(f"method.pretrain_width must be a positive integer, got "
@@ -78,15 +102,41 @@ class SSEDSOptions:
         if not (isinstance(self.saliency_batches, int) and self.saliency_batches > 0):
             problems.append(f"method.saliency_batches must be a positive integer, got "
                             f"{self.saliency_batches!r}")
+        if not (isinstance(self.stability_batches, int) and not isinstance(self.stability_batches, bool)
+                and self.stability_batches >= 0):
+            problems.append(f"method.stability_batches must be an integer >= 0, got "
+                            f"{self.stability_batches!r}")
+        for key, valid in (("align", ALIGNS), ("align_width", ALIGN_WIDTHS), ("align_init", ALIGN_INITS)):
+            if getattr(self, key) not in valid:
+                problems.append(f"method.{key} must be one of {', '.join(valid)}, got "
+                                f"{getattr(self, key)!r}")
+        if self.align_width == "max" and self.align == "scatter":
+            problems.append("method.align=scatter places columns at their pretrained coordinates, so "
+                            "it needs align_width=pretrain (use align=linear for d_max)")
+        if self.align_width == "max" and self.align == "linear" and self.align_init == "select":
+            problems.append("method.align_init=select needs align_width=pretrain (the pretrained "
+                            "coordinates only exist at the pretrain width); use align_init=random")
         if not self.retrain and not (self.ticket and self.inherits_network):
             problems.append("method.retrain=false evaluates the pruned *pretrained* model: it needs "
                             "ticket=true and inherit_network=true (or null)")
+        if not self.retrain and self.align_width != "pretrain":
+            problems.append("method.retrain=false needs align_width=pretrain")
         if problems:
             raise ConfigError("sseds: " + "; ".join(problems))
 
     @property
     def inherits_network(self) -> bool:
-        return self.ticket if self.inherit_network is None else bool(self.inherit_network)
+        if self.inherit_network is None:
+            return self.ticket and self.align_width == "pretrain"
+        return bool(self.inherit_network)
+
+    @property
+    def align_cost(self) -> int | str:
+        """How the budget counts ``M_i`` (:func:`prune_to_budget`): 0 (no ``M_i``, or not counted),
+        the pretrain width, or ``"max"``."""
+        if self.align != "linear" or not self.count_alignment:
+            return 0
+        return "max" if self.align_width == "max" else self.pretrain_width
 
 
 # ---- saliency (eq. 8-11) ------------------------------------------------------------------------
@@ -137,25 +187,53 @@ def loss_gradient_wrt_alpha(model: RecModel, ids: Tensor, labels: Tensor,
     return loss.detach(), grad.detach()
 
 
-def compute_saliency(model: RecModel, loader: BatchLoader, batches: int = 1) -> np.ndarray:
-    """Eq. 10-11: ``s = mean_b |g_b| / sum(mean_b |g_b|)`` over the first ``batches`` batches of
-    ``loader`` (the model in eval mode: no dropout, BatchNorm running statistics). -> [F, d]."""
+def batch_gradient_magnitudes(model: RecModel, loader: BatchLoader, start: int, count: int):
+    """``|dL/d alpha|`` at ``alpha = 1`` of batches ``start .. start + count - 1`` of ``loader``'s
+    first pass, one ``[F, d]`` tensor each (the model in eval mode: no dropout, BatchNorm running
+    statistics); fewer if the pass is shorter."""
     was_training = model.training
     model.eval()
-    total: Tensor | None = None
-    n = 0
     try:
-        for ids, labels in loader.epoch(0):
-            _, g = loss_gradient_wrt_alpha(model, ids, labels)
-            total = g.abs() if total is None else total + g.abs()
-            n += 1
-            if n == batches:
+        for b, (ids, labels) in enumerate(loader.epoch(0)):
+            if b >= start + count:
                 break
+            if b >= start:
+                yield loss_gradient_wrt_alpha(model, ids, labels)[1].abs()
     finally:
         model.train(was_training)
-    mag = (total / n).double().cpu().numpy()
+
+
+def normalise_saliency(magnitude: Tensor) -> np.ndarray:
+    """Eq. 11: ``s = |g| / sum |g|`` as float64 numpy (uniform if every gradient is 0)."""
+    mag = magnitude.double().cpu().numpy()
     s = mag.sum()
     return mag / s if s > 0 else np.full_like(mag, 1.0 / mag.size)
+
+
+def compute_saliency(model: RecModel, loader: BatchLoader, batches: int = 1) -> np.ndarray:
+    """Eq. 10-11: ``s = mean_b |g_b| / sum(mean_b |g_b|)`` over the first ``batches`` batches of
+    ``loader`` (the model in eval mode). -> [F, d]."""
+    mags = list(batch_gradient_magnitudes(model, loader, 0, batches))
+    return normalise_saliency(torch.stack(mags).mean(0))
+
+
+def plan_stability(model: RecModel, loader: BatchLoader, chosen: PruneResult, start: int, count: int,
+                   prune) -> dict[str, Any]:
+    """How much to trust a single-shot plan: the plans that ``count`` other single batches (batches
+    ``start ..`` of the same pass) would have given, compared with ``chosen``: the Jaccard overlap
+    of the kept cells and the width overlap ``sum_i min(d_i, d'_i) / sum_i max(d_i, d'_i)``."""
+    jaccard, widths = [], []
+    for mag in batch_gradient_magnitudes(model, loader, start, count):
+        other = prune(normalise_saliency(mag))
+        jaccard.append(float((chosen.mask & other.mask).sum() / max(1, (chosen.mask | other.mask).sum())))
+        widths.append(width_overlap(chosen.dims, other.dims))
+    return {"batches": len(jaccard), "cell_jaccard": jaccard, "width_overlap": widths}
+
+
+def width_overlap(a: list[int], b: list[int]) -> float:
+    """``sum_i min(a_i, b_i) / sum_i max(a_i, b_i)``: 1 for equal widths, 0 for disjoint fields."""
+    top = sum(max(x, y) for x, y in zip(a, b, strict=True))
+    return sum(min(x, y) for x, y in zip(a, b, strict=True)) / top if top else 1.0
 
 
 # ---- pruning (eq. 12) ---------------------------------------------------------------------------
@@ -165,7 +243,7 @@ class PruneResult:
 
     mask: np.ndarray
     budget_params: int  # floor(kappa x total_params)
-    kept_params: int
+    kept_params: int  # kept cells' cost: table entries (+ alignment rows, if counted)
     total_params: int
     next_cell_cost: int | None  # cost of the first ranked cell that was not kept (None: all kept)
 
@@ -184,27 +262,42 @@ def budget_entries(kappa: float, total: int) -> int:
     return int(Fraction(str(float(kappa))) * total)
 
 
-def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, *,
-                    fill: bool = False) -> PruneResult:
-    """Keep cells most-salient-first while the kept entries stay ``<= floor(kappa x total)``.
+def alignment_params(dims: list[int], align_cost: int | str) -> int:
+    """Parameters of the linear alignments ``M_i [d_i, D]`` of the kept fields: ``D = align_cost``
+    (an int; 0: not counted or no ``M_i``) or ``D = max(dims)`` (``"max"``, eq. 13's ``d_max``)."""
+    width = max(dims, default=0) if align_cost == "max" else int(align_cost)
+    return sum(dims) * width
 
-    ``saliency [F, d]``; a cell of field ``i`` costs ``vocab_sizes[i]`` entries. Ties are broken by
+
+def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, *,
+                    fill: bool = False, align_cost: int | str = 0) -> PruneResult:
+    """Keep cells most-salient-first while their cost stays ``<= floor(kappa x total)``.
+
+    ``saliency [F, d]``; ``total`` is the full table, ``sum_i vocab_i x d``. A cell of field ``i``
+    costs ``vocab_sizes[i]`` table entries plus what it adds to the linear alignments when those are
+    counted (``align_cost``, see :func:`alignment_params`: a row of ``M_i`` of width ``D``, or with
+    ``"max"`` also the growth of every ``M_j`` when the cell raises ``d_max``). Ties are broken by
     field, then dimension index (a stable sort). The selection stops at the first ranked cell that
     does not fit; with ``fill`` it skips that cell and goes on with the cheaper ones that still fit.
     """
     num_fields, d = saliency.shape
-    cost = np.asarray(vocab_sizes, dtype=np.int64)
-    total = int(cost.sum()) * d
+    vocab = [int(v) for v in vocab_sizes]
+    total = sum(vocab) * d
     budget = budget_entries(kappa, total)
     order = np.argsort(-saliency.reshape(-1), kind="stable")
     mask = np.zeros(num_fields * d, dtype=bool)
-    kept, next_cost = 0, None
+    widths = [0] * num_fields
+    kept, next_cost, aligned = 0, None, 0
     for cell in order:
-        c = int(cost[cell // d])
+        i = int(cell) // d
+        widths[i] += 1
+        aligned_after = alignment_params(widths, align_cost)
+        c = vocab[i] + aligned_after - aligned
         if kept + c <= budget:
             mask[cell] = True
-            kept += c
+            kept, aligned = kept + c, aligned_after
         else:
+            widths[i] -= 1
             if next_cost is None:
                 next_cost = c
             if not fill:
@@ -261,40 +354,57 @@ def _field_block_slice(src: Tensor, shape: torch.Size, num_fields: int, kept: li
 
 
 def inherit_network_(slim: RecModel, pretrained: RecModel, vocab_sizes: list[int]) -> list[str]:
-    """Copy the pretrained first-order weights (kept fields) and body into ``slim``.
+    """Copy the pretrained first-order weights (of the fields the slim model keeps them for) and
+    body into ``slim``.
 
     The body is taken all-or-nothing: every tensor must have the same shape or differ only by
-    per-field blocks (the dropped fields' blocks are cut). Requires the slim model to read the
-    embeddings at the pretrain width. Returns what could not be inherited (empty: everything).
+    per-field blocks (the dropped fields' blocks are cut). A body with parameters or buffers needs
+    the slim model to read the embeddings at the pretrain width. Returns what could not be
+    inherited (empty: everything).
     """
     missing: list[str] = []
-    kept, num_fields = list(slim.kept_fields), len(vocab_sizes)
+    num_fields = len(vocab_sizes)
     with torch.no_grad():
         if slim.linear is not None and pretrained.linear is not None:
             w = pretrained.linear.weight.weight  # [sum_i vocab_i over all fields, 1]
             starts = [0, *np.cumsum(vocab_sizes)[:-1].tolist()]
-            src = torch.cat([w[starts[i]:starts[i] + vocab_sizes[i]] for i in kept])
+            src = torch.cat([w[starts[i]:starts[i] + vocab_sizes[i]] for i in slim.linear.kept_fields])
             slim.linear.weight.weight.copy_(src)
             slim.linear.bias.copy_(pretrained.linear.bias)
-        if slim.body is not None:
-            if int(slim.embedding.out_dim) != int(pretrained.embedding.out_dim):
-                return ["body (the slim model's aligned width differs from the pretrain width)"]
-            src_state = pretrained.body.state_dict()
-            copies: dict[str, Tensor] = {}
-            for key, dst in slim.body.state_dict().items():
-                src = src_state.get(key)
-                if src is not None and src.shape != dst.shape:
-                    src = _field_block_slice(src, dst.shape, num_fields, kept)
-                if src is None:
-                    missing.append(f"body.{key}")
-                else:
-                    copies[key] = src
-            if missing:
-                return missing
-            dst_state = slim.body.state_dict()
-            for key, src in copies.items():
-                dst_state[key].copy_(src)
+        body_state = slim.body.state_dict() if slim.body is not None else {}
+        if not body_state:  # FM, or a body without parameters: nothing to hand over
+            return missing
+        if int(slim.embedding.out_dim) != int(pretrained.embedding.out_dim):
+            return ["body (the slim model's aligned width differs from the pretrain width)"]
+        kept = list(slim.embedding.kept_fields)
+        src_state = pretrained.body.state_dict()
+        copies: dict[str, Tensor] = {}
+        for key, dst in body_state.items():
+            src = src_state.get(key)
+            if src is not None and src.shape != dst.shape:
+                src = _field_block_slice(src, dst.shape, num_fields, kept)
+            if src is None:
+                missing.append(f"body.{key}")
+            else:
+                copies[key] = src
+        if missing:
+            return missing
+        for key, src in copies.items():
+            body_state[key].copy_(src)
     return missing
+
+
+def randomise_alignment_(slim: RecModel) -> None:
+    """``align_init=random`` (sec. 3.2.3: "randomly initialize ... M"): every ``M_i`` drawn
+    Xavier-uniform over its ``[d_i, D]`` shape, biases zero."""
+    emb = slim.embedding
+    with torch.no_grad():
+        for i in emb.kept_fields:
+            align = emb.field_alignment(i)
+            if align is not None:
+                nn.init.xavier_uniform_(align[0])
+                if align[1] is not None:
+                    align[1].zero_()
 
 
 # ---- the method ---------------------------------------------------------------------------------
@@ -379,12 +489,6 @@ class SSEDS(SearchMethod):
     def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         o = self.options
         schema = dataset.schema
-        if not o.retrain and (ctx.model_options.align != "linear"
-                              or ctx.model_options.aligned_dim != o.pretrain_width):
-            raise ConfigError(
-                "sseds retrain=false evaluates the pretrained network on the pruned embeddings, "
-                f"so they must be read at the pretrain width: set model.align=linear and "
-                f"model.aligned_dim={o.pretrain_width}")
         t0 = time.perf_counter()
         model, info = self.pretrain(dataset, ctx)
         pretrain_seconds = time.perf_counter() - t0
@@ -398,8 +502,14 @@ class SSEDS(SearchMethod):
                                  len(train_split), o.saliency_batch_size or ctx.train.batch_size))
         # Data-parallel (torchrun): the mean over the processes' batches, the same on every rank.
         saliency = distributed.all_reduce_mean(compute_saliency(model, loader, o.saliency_batches))
-        pruned = prune_to_budget(saliency, schema.vocab_sizes, o.budget, fill=o.fill)
+        def prune(scores: np.ndarray) -> PruneResult:
+            return prune_to_budget(scores, schema.vocab_sizes, o.budget, fill=o.fill,
+                                   align_cost=o.align_cost)
+
+        pruned = prune(saliency)
         prune_seconds = time.perf_counter() - t0
+        stability = (plan_stability(model, loader, pruned, o.saliency_batches, o.stability_batches,
+                                    prune) if o.stability_batches else None)
         if not any(pruned.dims):
             raise ConfigError(f"sseds: budget {o.budget} allows {pruned.budget_params} embedding "
                               f"entries, less than the most salient cell costs "
@@ -415,15 +525,22 @@ class SSEDS(SearchMethod):
                                    if d == 0],
                 "budget": {"kappa": float(o.budget), "budget_params": pruned.budget_params,
                            "kept_params": pruned.kept_params, "total_params": pruned.total_params,
-                           "next_cell_cost": pruned.next_cell_cost, "fill": bool(o.fill)},
+                           "next_cell_cost": pruned.next_cell_cost, "fill": bool(o.fill),
+                           "alignment_params": alignment_params(pruned.dims, o.align_cost)},
                 "pretrain_seconds": pretrain_seconds,
                 "prune_seconds": prune_seconds,
+                **({"stability": stability} if stability else {}),
                 **info,
             })
-        ctx.log(f"sseds: kept {pruned.kept_params} of {pruned.total_params} embedding entries "
-                f"(budget {pruned.budget_params}); dims {plan.dims_by_field()}")
+        counted = " and alignment parameters" if o.align_cost else ""
+        ctx.log(f"sseds: kept {pruned.kept_params} of {pruned.total_params} embedding entries"
+                f"{counted} (budget {pruned.budget_params}); dims {plan.dims_by_field()}")
         if plan.extra["dropped_fields"]:
             ctx.log(f"sseds: dropped fields (no dimension kept): {plan.extra['dropped_fields']}")
+        if stability and stability["batches"]:
+            ctx.log(f"sseds: plan stability over {stability['batches']} other single batches: kept-cell "
+                    f"Jaccard {np.mean(stability['cell_jaccard']):.2f}, width overlap "
+                    f"{np.mean(stability['width_overlap']):.2f} (1 = the same plan)")
         return plan
 
     # ---- retraining --------------------------------------------------------------------------
@@ -442,12 +559,25 @@ class SSEDS(SearchMethod):
         self._load_checkpoint_state(path, model, plan.schema_hash)
         return model
 
-    def init_retrain_model(self, model: RecModel, plan: DimensionPlan, ctx: SearchContext) -> None:
-        """Winning ticket (sec. 3.2.3): the kept pretrained columns, and per Algorithm 1 the rest of
-        the pretrained network where shapes allow; ``M_i`` fresh, or — when the pretrained network
-        is inherited and the slim model is aligned to the pretrain width — placing each kept column
-        at its pretrained coordinate, so the inherited network reads what it was trained on."""
+    def retrain_model_options(self, model_options, plan: DimensionPlan):
+        """The slim model (sec. 3.2.3): every kept field aligned (one ``M_i`` per kept field, eq. 13,
+        or the parameter-free placement), to the pretrain width or ``d_max``; the first-order weights
+        of dropped fields kept unless ``prune_first_order``. The model's own ``align`` and
+        ``aligned_dim`` are replaced by the method's ``align`` and ``align_width``."""
         o = self.options
+        return dataclasses.replace(
+            model_options, align=o.align, align_always=True,
+            aligned_dim=o.pretrain_width if o.align_width == "pretrain" else None,
+            linear_fields="kept" if o.prune_first_order else "all")
+
+    def init_retrain_model(self, model: RecModel, plan: DimensionPlan, ctx: SearchContext) -> None:
+        """Winning ticket (sec. 3.2.3): the kept pretrained columns; per Algorithm 1 the rest of the
+        pretrained network (first-order weights, body); ``M_i`` as ``align_init`` says. With the
+        defaults the slim model computes exactly the masked pretrained model at step 0."""
+        o = self.options
+        if o.align == "linear" and o.align_init == "random":
+            randomise_alignment_(model)
+            ctx.log("sseds: M_i initialised at random (align_init=random)")
         if not o.ticket and not o.inherits_network:
             ctx.log("sseds: w/o ticket: the slim model starts from a fresh initialisation")
             return
@@ -457,9 +587,17 @@ class SSEDS(SearchMethod):
             ctx.log("sseds: slim tables initialised from the kept pretrained columns (ticket)")
         if o.inherits_network:
             missing = inherit_network_(model, pretrained, plan.vocab_sizes)
-            scattered = not missing and scatter_alignment_(model, plan.kept_indices, o.pretrain_width)
+            if missing and (o.inherit_network or not o.retrain):
+                raise ConfigError("sseds: the pretrained network does not fit the slim model "
+                                  f"({', '.join(missing)}): use align_width=pretrain or "
+                                  "inherit_network=false")
             if missing:
-                ctx.log(f"sseds: kept a fresh initialisation for {', '.join(missing)}")
-            if not o.retrain and (missing or not scattered):
-                raise ConfigError("sseds retrain=false: the pretrained network could not be "
-                                  f"handed to the pruned model ({', '.join(missing) or 'alignment'})")
+                ctx.log(f"sseds: kept a fresh initialisation for {', '.join(missing)} (its shape "
+                        "depends on the dropped fields)")
+            else:
+                ctx.log("sseds: first-order weights and body inherited from the pretrained model")
+        if o.align == "linear" and o.align_init == "select":
+            if not scatter_alignment_(model, plan.kept_indices, o.pretrain_width):
+                raise ConfigError("sseds: align_init=select needs the slim model aligned to the "
+                                  "pretrain width")
+            ctx.log("sseds: each M_i places its kept columns at their pretrained coordinates")

@@ -1,0 +1,205 @@
+"""SSEDS against uniform widths (FDE) at equal embedding size: the table and plot of docs/results.md.
+
+    python benchmarks/sseds_vs_fde.py --work /tmp/results-work            # everything
+    python benchmarks/sseds_vs_fde.py --work W --datasets adult --seeds 1 --variants scatter
+
+For each dataset (prepared as benchmarks/make_results.py does: the planted synthetic data, UCI Adult,
+MovieLens latest-small) and seed, DeepFM in the SSEDS paper's setting (sec. 4.1.3: Adam 1e-3, batch
+2048, ReLU MLP without BatchNorm or dropout; the MLP is [256, 256] instead of [1024, 1024] to fit two
+CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
+
+1. FDE at width 128 (the pretrained model of SSEDS, sec. 3.2.1) and at ``round(kappa x 128)`` for each
+   kappa (the uniform model of the same embedding size);
+2. SSEDS at each kappa and each retraining variant, starting from that seed's FDE-128 weights
+   (``method.pretrain_checkpoint``), so every variant prunes the same pretrained model:
+   ``scatter`` (the default: kept columns at their pretrained coordinates, no parameters),
+   ``linear-select`` (trainable ``M_i`` of eq. 13 at width 128, starting as the selection; its
+   parameters count against kappa) and ``linear-random`` (``M_i`` at ``d_max``, random, fresh
+   body: the paper's text).
+
+Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
+finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
+equal size, mean ± std over seeds, and the commands) and a PNG of AUC against embedding parameters
+beside it. Embedding parameters count the tables plus any alignment parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+PRETRAIN_WIDTH = 128
+MODEL = {"name": "deepfm", "mlp": [256, 256], "dropout": 0.0, "batch_norm": False}
+TRAIN = {"batch_size": 2048, "lr": 0.001, "epochs": 10, "early_stop": 2, "device": "cpu"}
+VARIANTS = {
+    "scatter": {},
+    "linear-select": {"align": "linear"},
+    "linear-random": {"align": "linear", "align_width": "max", "align_init": "random"},
+}
+DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
+            "ml-latest-small": "MovieLens latest-small"}
+
+
+def fde_width(kappa: float) -> int:
+    return max(1, round(kappa * PRETRAIN_WIDTH))
+
+
+def run(cfg: dict, out: Path, threads: int) -> dict:
+    from embdim.experiment import run_experiment
+
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    cfg = {**cfg, "train": {**cfg["train"], "threads": threads}}
+    t0 = time.perf_counter()
+    resume = (out / "config.yaml").exists()
+    m = run_experiment(cfg, out, resume=resume, quiet=True)
+    params = m["embedding_params"] + m.get("alignment_params", 0)
+    print(f"  {out.name}: test AUC {m['test_auc']:.4f}, {params:,} params, "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return m
+
+
+def cells(datasets, seeds, kappas, variants):
+    """(name, dataset, seed, config-maker) in run order; SSEDS cells after their FDE-128."""
+    for ds in datasets:
+        for seed in seeds:
+            base = {"data": {"path": f"data/{ds}"}, "model": MODEL, "train": {**TRAIN, "seed": seed}}
+            for w in [PRETRAIN_WIDTH] + [fde_width(k) for k in kappas]:
+                yield f"{ds}/fde-{w}_seed-{seed}", {**base, "method": {"name": "fde", "dim": w}}
+            for k in kappas:
+                for v in variants:
+                    method = {"name": "sseds", "budget": k, "pretrain_width": PRETRAIN_WIDTH,
+                              **VARIANTS[v], "pretrain_checkpoint":
+                              f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}_seed-{seed}/checkpoints/best.pt"}
+                    yield f"{ds}/sseds-{v}-{k}_seed-{seed}", {**base, "method": method}
+
+
+def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]:
+    def load(name):
+        p = work / "sseds-vs-fde" / name / "metrics.json"
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def stats(prefix):
+        ms = [m for s in seeds if (m := load(f"{prefix}_seed-{s}"))]
+        if not ms:
+            return None
+        auc = np.array([m["test_auc"] for m in ms])
+        params = np.mean([m["embedding_params"] + m.get("alignment_params", 0) for m in ms])
+        return {"auc": float(auc.mean()), "std": float(auc.std()), "params": float(params), "n": len(ms)}
+
+    data, lines = {}, []
+    head = "| kappa | FDE width | FDE AUC | FDE params | " + " | ".join(
+        f"SSEDS {v} AUC | params | vs FDE" for v in variants) + " |"
+    for ds in datasets:
+        full = stats(f"{ds}/fde-{PRETRAIN_WIDTH}")
+        data[ds] = {"fde-128": full, "rows": []}
+        lines += [f"### {DATASETS.get(ds, ds)}", "",
+                  f"FDE-{PRETRAIN_WIDTH} (the pretrained model): " + (
+                      f"test AUC {full['auc']:.4f} ± {full['std']:.4f}, {full['params']:,.0f} params"
+                      if full else "not run"), "", head,
+                  "|" + "---|" * (4 + 3 * len(variants))]
+        for k in kappas:
+            w = fde_width(k)
+            fde = stats(f"{ds}/fde-{w}")
+            row = {"kappa": k, "fde_width": w, "fde": fde}
+            cells_ = [f"{k}", f"{w}", f"{fde['auc']:.4f} ± {fde['std']:.4f}" if fde else "-",
+                      f"{fde['params']:,.0f}" if fde else "-"]
+            for v in variants:
+                s = stats(f"{ds}/sseds-{v}-{k}")
+                row[v] = s
+                if s:
+                    delta = f"{s['auc'] - fde['auc']:+.4f}" if fde else "-"
+                    cells_ += [f"{s['auc']:.4f} ± {s['std']:.4f}", f"{s['params']:,.0f}", delta]
+                else:
+                    cells_ += ["-", "-", "-"]
+            data[ds]["rows"].append(row)
+            lines.append("| " + " | ".join(cells_) + " |")
+        lines.append("")
+    return "\n".join(lines), data
+
+
+def plot(data: dict, variants, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(data), 4))
+    FigureCanvasAgg(fig)
+    for j, (ds, d) in enumerate(data.items()):
+        ax = fig.add_subplot(1, len(data), j + 1)
+        fde = [r["fde"] for r in d["rows"] if r["fde"]] + ([d["fde-128"]] if d["fde-128"] else [])
+        fde.sort(key=lambda s: s["params"])
+        ax.errorbar([s["params"] for s in fde], [s["auc"] for s in fde], [s["std"] for s in fde],
+                    marker="o", label="FDE (uniform)", color="black")
+        for v in variants:
+            pts = sorted((r[v] for r in d["rows"] if r.get(v)), key=lambda s: s["params"])
+            if pts:
+                ax.errorbar([s["params"] for s in pts], [s["auc"] for s in pts],
+                            [s["std"] for s in pts], marker="s", label=f"SSEDS {v}")
+        ax.set_xscale("log")
+        ax.set_xlabel("embedding parameters (tables + alignment)")
+        ax.set_ylabel("test AUC")
+        ax.set_title(f"{DATASETS.get(ds, ds)}, DeepFM")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, required=True, help="folder with data/ (created if missing)")
+    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--synthetic-rows", type=int, default=200_000)
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--kappas", default="0.1,0.25,0.5")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lane", default="0/1", help="I/N: run every N-th cell from the I-th (parallel lanes)")
+    ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--out", type=Path, default=None, help="Markdown summary (PNG beside it)")
+    args = ap.parse_args()
+    datasets, variants = args.datasets.split(","), args.variants.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    kappas = [float(k) for k in args.kappas.split(",")]
+    work = args.work.resolve()
+
+    import os
+
+    os.chdir(work) if work.exists() else (work.mkdir(parents=True), os.chdir(work))
+    if not args.summary_only:
+        import make_results
+
+        make_results.prepare_data(work, args.data_root.resolve(), args.synthetic_rows,
+                                  make_results.Steps(work))
+        lane, lanes = (int(x) for x in args.lane.split("/"))
+        todo = list(cells(datasets, seeds, kappas, variants))
+        fde_first = [c for c in todo if "/fde-" in c[0]] + [c for c in todo if "/sseds-" in c[0]]
+        for i, (name, cfg) in enumerate(fde_first):
+            if i % lanes != lane:
+                continue
+            pretrain = cfg["method"].get("pretrain_checkpoint")
+            while pretrain and not (Path(pretrain).parents[1] / "metrics.json").exists():
+                time.sleep(10)  # the other lane is still training the pretrained model
+            run(cfg, work / "sseds-vs-fde" / name, args.threads)
+    text, data = summarise(work, datasets, seeds, kappas, variants)
+    print(text)
+    if args.out:
+        png = args.out.with_suffix(".png")
+        plot(data, variants, png)
+        args.out.write_text(
+            f"<!-- written by: python benchmarks/sseds_vs_fde.py {' '.join(sys.argv[1:])} -->\n\n"
+            + text + f"\n![AUC against embedding parameters]({png.name})\n")
+        (args.out.with_suffix(".json")).write_text(json.dumps(data, indent=1))
+
+
+if __name__ == "__main__":
+    main()
