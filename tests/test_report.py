@@ -157,3 +157,22 @@ def test_no_saliency_plot_without_sseds_plans(runs, tmp_path):
     write_report([runs], tmp_path / "out")  # runs without plan.json: no saliency figure, no error
     assert not list((tmp_path / "out").glob("saliency_*.png"))
     assert "saliency" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_params_count_alignment_and_sseds_plans_get_a_stability_table(tmp_path):
+    """Comparisons at equal size count the alignment parameters (M_i) with the tables; SSEDS runs
+    whose plan.json records "stability" get the plan-stability table."""
+    for seed, dims in ((1, {"a": 2, "b": 8}), (2, {"a": 4, "b": 8})):
+        _run(tmp_path, f"sseds-{seed}", {"name": "sseds", "budget": 0.1}, "fm", seed, 0.8, 0.4, 100,
+             dims)
+        m = json.loads((tmp_path / f"sseds-{seed}" / "metrics.json").read_text())
+        (tmp_path / f"sseds-{seed}" / "metrics.json").write_text(json.dumps({**m, "alignment_params": 20}))
+        (tmp_path / f"sseds-{seed}" / "plan.json").write_text(json.dumps({"extra": {"stability": {
+            "batches": 2, "cell_jaccard": [0.5, 0.7], "width_overlap": [0.8, 1.0]}}}))
+    _run(tmp_path, "fde-1", {"name": "fde", "dim": 32}, "fm", 1, 0.79, 0.45, 400)
+    groups = {g.method: g for g in collect(find_runs([tmp_path]))}
+    assert groups["sseds budget=0.1"].stat("params") == (120.0, 0.0)
+    assert groups["fde dim=32"].stat("params") == (400.0, 0.0)
+    table = write_report([tmp_path], tmp_path / "out", plots=False)
+    assert "| sseds budget=0.1 | fm | 0.60 | 0.90 | 0.83 |" in table  # seeds: (2+8)/(4+8)
+    assert "| fde dim=32 | fm | 0." not in table.split("Plan stability")[1]

@@ -17,7 +17,7 @@ from embdim.data.loader import BatchLoader
 from embdim.errors import ConfigError, SchemaMismatchError
 from embdim.experiment import run_experiment
 from embdim.nn.models import ModelOptions, build_model
-from embdim.plan import DimensionPlan
+from embdim.plan import DimensionPlan, width_overlap
 from embdim.search import SearchContext, make_method
 from embdim.search.sseds import (
     budget_entries,
@@ -25,7 +25,6 @@ from embdim.search.sseds import (
     loss_gradient_wrt_alpha,
     plan_stability,
     prune_to_budget,
-    width_overlap,
 )
 from embdim.train.trainer import seed_everything
 

@@ -29,6 +29,13 @@ PLAN_FORMAT_VERSION = 1
 MAX_DIM = 1 << 16  # the widest embedding a plan may ask for (a larger one is a corrupt plan)
 
 
+def width_overlap(a: list[int], b: list[int]) -> float:
+    """How alike two plans' widths are: ``sum_i min(a_i, b_i) / sum_i max(a_i, b_i)`` (1: the same
+    widths, 0: no field kept by both)."""
+    top = sum(max(x, y) for x, y in zip(a, b, strict=True))
+    return sum(min(x, y) for x, y in zip(a, b, strict=True)) / top if top else 1.0
+
+
 @dataclass
 class DimensionPlan:
     """Per-field embedding widths, with provenance."""

@@ -79,8 +79,8 @@ def plot_auc_vs_params(groups: list[Group], path: str | Path, title: str) -> Pat
     for g in groups:
         series[g.name or g.method].append(g)
     for name in sorted(series):
-        gs = sorted(series[name], key=lambda g: g.stat("embedding_params")[0])
-        x = np.array([g.stat("embedding_params")[0] for g in gs])
+        gs = sorted(series[name], key=lambda g: g.stat("params")[0])
+        x = np.array([g.stat("params")[0] for g in gs])
         y = np.array([g.stat("test_auc")[0] for g in gs])
         err = np.array([g.stat("test_auc")[1] for g in gs])
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, linestyle="-" if len(gs) > 1 else "none",
@@ -89,7 +89,7 @@ def plot_auc_vs_params(groups: list[Group], path: str | Path, title: str) -> Pat
             for g, xi, yi in zip(gs, x, y, strict=True):
                 ax.annotate(_options(g, groups), (xi, yi), textcoords="offset points", xytext=(4, 4),
                             fontsize=7)
-    if all(g.stat("embedding_params")[0] > 0 for g in groups):
+    if all(g.stat("params")[0] > 0 for g in groups):
         from matplotlib.ticker import FuncFormatter, LogLocator
 
         ax.set_xscale("log")
@@ -98,7 +98,7 @@ def plot_auc_vs_params(groups: list[Group], path: str | Path, title: str) -> Pat
         ax.xaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))  # labels that do not overlap
         ax.xaxis.set_minor_formatter(plain)
         ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("embedding parameters (log scale)")
+    ax.set_xlabel("embedding parameters: tables + alignment (log scale)")
     ax.set_ylabel("test AUC (mean ± std over seeds)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)

@@ -33,8 +33,9 @@ from scipy import stats
 
 from embdim.errors import EmbdimError
 from embdim.io import atomic_write_text
+from embdim.plan import width_overlap
 
-METRICS = ("test_auc", "test_logloss", "embedding_params")
+METRICS = ("test_auc", "test_logloss", "embedding_params", "params")
 BASELINES = ("fde", "ras", "random", "mde")  # method names the proposed methods are tested against
 ALPHA = 0.05
 
@@ -55,7 +56,7 @@ class Group:
 
     def stat(self, key: str) -> tuple[float, float]:
         """Mean and sample standard deviation (0 for a single run) of a metric."""
-        values = np.array([r[key] for r in self.runs], dtype=float)
+        values = self.values(key)
         std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         return float(values.mean()), std
 
@@ -64,6 +65,11 @@ class Group:
         return sorted(int(r["seed"]) for r in self.runs)
 
     def values(self, key: str) -> np.ndarray:
+        """One value per run; ``params`` is the embedding layer's size: table entries plus the
+        alignment parameters (``M_i``, ``W_i``), what comparisons at equal size count."""
+        if key == "params":
+            return np.array([r["embedding_params"] + r.get("alignment_params", 0) for r in self.runs],
+                            dtype=float)
         return np.array([r[key] for r in self.runs], dtype=float)
 
     @property
@@ -165,15 +171,18 @@ def markdown_table(groups: list[Group]) -> str:
             for m in models:
                 g = index.get((method, m))
                 cells += [_cell(g, "test_auc", ".4f", mark=True), _cell(g, "test_logloss", ".4f"),
-                          _cell(g, "embedding_params", ",.0f")]
+                          _cell(g, "params", ",.0f")]
             lines.append("| " + " | ".join(cells) + " |")
         seeds = sorted({len(g.runs) for g in gs})
-        lines += ["", f"mean ± sample std over {'/'.join(map(str, seeds))} seed(s) per cell. "
+        lines += ["", f"mean ± sample std over {'/'.join(map(str, seeds))} seed(s) per cell. Params: "
+                  "embedding table entries plus alignment parameters. "
                   f"AUC `*` / `†`: better / worse than the best baseline ({', '.join(BASELINES)}) of "
                   f"the same model, two-sided Welch t-test p < {ALPHA}.", ""]
         ordered = sorted(gs, key=lambda g: (g.method, g.model))
         lines += dims_table(ordered)
         lines += [""] + efficiency_table(ordered)
+        stability = stability_table(ordered)
+        lines += [""] + stability if stability else []
         out.append("\n".join(lines))
     return "\n\n".join(out)
 
@@ -212,6 +221,39 @@ def dims_table(groups: list[Group]) -> list[str]:
             cells.append(values[0] if len(set(values)) == 1 else "/".join(values))
         lines.append(f"| {g.method} | {g.model} | " + " | ".join(cells) + " |")
     return lines
+
+
+def stability_table(groups: list[Group]) -> list[str]:
+    """How much to trust the plans (SSEDS runs, whose plan.json has ``stability``): the overlap of
+    the chosen plan with the plans of other single saliency batches (kept-cell Jaccard, width
+    overlap; mean over batches and seeds), and the width overlap between the seeds' plans (mean
+    over pairs of seeds). 1 = always the same plan."""
+    rows = []
+    for g in groups:
+        batches = [_plan_extra(r).get("stability") for r in g.runs]
+        batches = [b for b in batches if b and b.get("batches")]
+        if not batches:
+            continue
+        jaccard = np.mean([np.mean(b["cell_jaccard"]) for b in batches])
+        widths = np.mean([np.mean(b["width_overlap"]) for b in batches])
+        dims = [list(r["dims"].values()) for r in g.runs if isinstance(r.get("dims"), dict)]
+        pairs = [width_overlap(a, b) for i, a in enumerate(dims) for b in dims[i + 1:]]
+        seeds = f"{np.mean(pairs):.2f}" if pairs else "-"
+        rows.append(f"| {g.method} | {g.model} | {jaccard:.2f} | {widths:.2f} | {seeds} |")
+    if not rows:
+        return []
+    return ["Plan stability (1 = the same plan): against the plans of other single saliency batches "
+            "of the same pretrained model, and between seeds.", "",
+            "| method | model | batches: kept-cell Jaccard | batches: width overlap | seeds: width "
+            "overlap |", "|---|---|---|---|---|", *rows]
+
+
+def _plan_extra(run: dict[str, Any]) -> dict[str, Any]:
+    path = Path(run.get("run", "")) / "plan.json"
+    try:
+        return json.loads(path.read_text()).get("extra") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def csv_table(groups: list[Group]) -> str:

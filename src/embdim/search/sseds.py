@@ -43,7 +43,7 @@ from embdim import distributed
 from embdim.data.loader import BatchLoader
 from embdim.errors import ConfigError, SchemaMismatchError
 from embdim.nn.models import RecModel, build_model
-from embdim.plan import DimensionPlan
+from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.train.trainer import Trainer, resolve_device
 
@@ -228,12 +228,6 @@ def plan_stability(model: RecModel, loader: BatchLoader, chosen: PruneResult, st
         jaccard.append(float((chosen.mask & other.mask).sum() / max(1, (chosen.mask | other.mask).sum())))
         widths.append(width_overlap(chosen.dims, other.dims))
     return {"batches": len(jaccard), "cell_jaccard": jaccard, "width_overlap": widths}
-
-
-def width_overlap(a: list[int], b: list[int]) -> float:
-    """``sum_i min(a_i, b_i) / sum_i max(a_i, b_i)``: 1 for equal widths, 0 for disjoint fields."""
-    top = sum(max(x, y) for x, y in zip(a, b, strict=True))
-    return sum(min(x, y) for x, y in zip(a, b, strict=True)) / top if top else 1.0
 
 
 # ---- pruning (eq. 12) ---------------------------------------------------------------------------
