@@ -137,3 +137,14 @@ def test_sigterm_during_prepare_removes_the_temporary_folder(tmp_path):
     assert proc.returncode == 143, err
     assert err.startswith("embdim: terminated") and err.count("\n") == 1 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.csv"]
+
+
+def test_stream_and_dataset_folders_get_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        prepare_stream("movielens", [_ratings(tmp_path / "ml")], tmp_path / "s", quiet=True)
+        prepare("csv", [_csv(tmp_path / "r.csv")], tmp_path / "p", **CSV_OPTIONS)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "p").stat().st_mode & 0o777 == 0o755
