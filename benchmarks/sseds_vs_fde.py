@@ -14,8 +14,10 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    (``method.pretrain_checkpoint``), so every variant prunes the same pretrained model:
    ``scatter`` (the default: kept columns at their pretrained coordinates, no parameters),
    ``linear-select`` (trainable ``M_i`` of eq. 13 at width 128, starting as the selection; its
-   parameters count against kappa) and ``linear-random`` (``M_i`` at ``d_max``, random, fresh
-   body: the paper's text).
+   parameters count against kappa), ``linear-random`` (``M_i`` at ``d_max``, random, fresh
+   body: the paper's text), ``scatter-avg20`` (the default with ``|g|`` averaged over 20
+   batches instead of the paper's one) and ``scatter-noticket`` (ablation "w/o ticket": the
+   searched widths at the same coordinates, retrained from a fresh initialisation).
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -43,6 +45,8 @@ VARIANTS = {
     "scatter": {},
     "linear-select": {"align": "linear"},
     "linear-random": {"align": "linear", "align_width": "max", "align_init": "random"},
+    "scatter-avg20": {"saliency_batches": 20},
+    "scatter-noticket": {"ticket": False},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
