@@ -73,7 +73,7 @@ def generic_recipe(format: str, inputs: list[Path], *, label: str | None = None,
     for c in wanted:
         if c not in columns:
             raise DataError(f"no column {c!r} (columns are: {', '.join(columns)})",
-                            path=str(inputs[0]), column=c)
+                            path=str(inputs[0]), line=1 if format == "csv" else None, column=c)
     read = [c for c in columns if c in set(wanted)]
 
     casts: dict[str, pl.DataType] = dict.fromkeys(numeric, pl.Float64)

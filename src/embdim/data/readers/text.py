@@ -163,10 +163,13 @@ class _ChunkParser:
         # The slow path: find the bad lines one by one, then validate the good ones and report
         # all bad rows of the block in line order (so an error names the first one).
         good, lines, problems = self._scan_lines(data[:end], first_line)
-        frame = self._read(good, len(lines)) if good else self._empty()
+        frame = self._read(b"".join(good), len(lines)) if good else self._empty()
+        if frame is None:  # polars refuses lines that pass the column count (a stray quote)
+            good, lines, problems = self._unparsable_lines(good, lines, problems)
+            frame = self._read(b"".join(good), len(lines)) if good else self._empty()
         if frame is None:
             raise DataError(f"could not parse lines {first_line}..{first_line + newlines} "
-                            "(a quoted field spanning lines?)", path=str(self.path))
+                            "(a quoted field spanning lines?)", path=str(self.path), line=first_line)
         found = BadRowLog("skip")
         frame = self._validate(frame, lambda rows: lines[rows], found)
         problems += [(b["line"], b["column"], b["message"]) for b in found.first]
@@ -232,7 +235,8 @@ class _ChunkParser:
     def _field_count(self, line: bytes) -> int:
         text = line.rstrip(b"\r").decode("utf-8", errors="replace")
         if self.quote is not None and self.quote in line:
-            row = next(csv.reader([text], delimiter=self.layout.parse_separator,
+            # csv.reader takes a carriage return inside a field for a line end and raises
+            row = next(csv.reader([text.replace("\r", " ")], delimiter=self.layout.parse_separator,
                                   quotechar=self.layout.quote_char))
             return len(row)
         return text.count(self.layout.parse_separator) + 1
@@ -241,25 +245,43 @@ class _ChunkParser:
         return pl.DataFrame({c: pl.Series([], dtype=pl.String) for c in self.rules.read})
 
     def _scan_lines(self, data: bytes, first_line: int
-                    ) -> tuple[bytes, np.ndarray, list[tuple[int, str | None, str]]]:
-        """Check line by line: (the good lines, their line numbers, (line, column, message) of
-        every bad one)."""
+                    ) -> tuple[list[bytes], np.ndarray, list[tuple[int, str | None, str]]]:
+        """Check line by line: (the good lines, each with its line end, as polars reads them on
+        the fast path; their line numbers; (line, column, message) of every bad one)."""
         good: list[bytes] = []
         numbers: list[int] = []
         problems: list[tuple[int, str | None, str]] = []
         for i, raw in enumerate(data.split(b"\n")):
             line = raw[:-1] if raw.endswith(b"\r") else raw
-            if not line.strip():
+            if self._blank(line):
                 continue  # blank lines are ignored
             number = first_line + i
             problem = self._line_problem(line)
             if problem is None:
-                good.append(line)
+                good.append(raw + b"\n")
                 numbers.append(number)
             else:
                 problems.append((number, *problem))
-        joined = b"\n".join(good) + b"\n" if good else b""
-        return joined, np.asarray(numbers, dtype=np.int64), problems
+        return good, np.asarray(numbers, dtype=np.int64), problems
+
+    def _blank(self, line: bytes) -> bool:
+        """Whether a line (without its line end) is blank: empty, or, in a file of several
+        columns, only white space other than the separator (a tab-separated line of empty fields
+        is a row, as the fast path reads it)."""
+        if len(self.names) == 1:
+            return not line
+        return not line.strip(b" \t\x0b\x0c\r".replace(self.sep, b""))
+
+    def _unparsable_lines(self, good: list[bytes], numbers: np.ndarray,
+                          problems: list[tuple[int, str | None, str]]
+                          ) -> tuple[list[bytes], np.ndarray, list[tuple[int, str | None, str]]]:
+        """Move the lines that polars refuses one at a time (an unbalanced quote) from ``good``
+        to ``problems``; a rare path, taken only when a block of good-looking lines fails."""
+        kept = [k for k, line in enumerate(good) if self._read(line, 1) is not None]
+        refused = sorted(set(range(len(good))) - set(kept))
+        problems = problems + [(int(numbers[k]), None, "cannot parse the line (an unbalanced quote?)")
+                               for k in refused]
+        return [good[k] for k in kept], numbers[kept], problems
 
     def _line_problem(self, line: bytes) -> tuple[str | None, str] | None:
         try:
