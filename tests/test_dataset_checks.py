@@ -3,6 +3,7 @@ checks), and ``embdim check DIR`` reads it in full (ids, labels, content hash)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -120,3 +121,43 @@ def test_corrupt_folders_get_one_line_errors(prepared, capsys, damage, message):
     assert main(["check", str(prepared)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("embdim: error: ") and err.count("\n") == 1
+
+
+# ---- content hash stability ------------------------------------------------------------------
+
+TINY_CSV = ("label,a,b,n\n1,x,p,1.5\n0,y,q,2\n1,x,p,3\n0,z,q,\n1,x,r,7\n0,y,p,2.5\n1,z,q,1\n"
+            "0,x,p,9\n")
+
+
+def test_the_content_hash_of_a_tiny_dataset_is_pinned(tmp_path):
+    """Plans and checkpoints name the hash of the data they were made for: re-preparing the same
+    file with the same options must give the same hash in every version (this one is what
+    embdim gave before schema.json recorded max_ids, which are left out of the hash)."""
+    (tmp_path / "t.csv").write_text(TINY_CSV)
+    schema = prepare("csv", [tmp_path / "t.csv"], tmp_path / "p", label="label",
+                     categorical=["a", "b"], numeric=["n"], min_count=1, quiet=True)
+    assert schema.max_ids is not None
+    assert schema.content_hash == "489e300bd9d39f099db190d633a701ca"
+    assert verify_dataset(tmp_path / "p").content_hash == schema.content_hash
+
+
+def test_the_full_check_compares_the_recorded_max_ids_with_the_arrays(prepared):
+    _edit_schema(prepared, lambda d: d.update(max_ids=[7, 4]))  # still below vocab_size
+    _open_all(prepared)
+    with pytest.raises(DataError, match=r"records max_ids \[7, 4\] but the arrays hold ids up to \[8, 4\]"):
+        verify_dataset(prepared)
+
+
+def test_the_full_check_accepts_a_hash_that_counted_max_ids(prepared):
+    from embdim.data.dataset import content_hash
+
+    digests = {}
+    for split in ("train", "valid", "test"):
+        for a in "xy":
+            h = hashlib.blake2b(digest_size=16)
+            h.update(np.ascontiguousarray(np.load(prepared / f"{split}.{a}.npy")).tobytes())
+            digests[split, a] = h.digest()
+    recorded = json.loads((prepared / "schema.json").read_text())
+    older = content_hash(recorded, digests, np.load(prepared / "frequencies.npy"), derived=True)
+    _edit_schema(prepared, lambda d: d.update(content_hash=older))
+    assert verify_dataset(prepared).content_hash == older

@@ -133,6 +133,7 @@ def verify_dataset(path: str | os.PathLike, block_rows: int = 1 << 20) -> Schema
     dataset = PreparedDataset(path)
     schema = dataset.schema
     digests = {}
+    max_ids = np.full(schema.num_fields, -1, dtype=np.int64)
     for name in SPLITS:
         split = dataset.split(name)
         hx, hy = hashlib.blake2b(digest_size=16), hashlib.blake2b(digest_size=16)
@@ -140,15 +141,22 @@ def verify_dataset(path: str | os.PathLike, block_rows: int = 1 << 20) -> Schema
             x = np.ascontiguousarray(split.x[start:start + block_rows])
             y = np.ascontiguousarray(split.y[start:start + block_rows])
             check_ids_and_labels(schema, x, y, f"{name} rows", path=dataset.path, first_row=start)
+            if len(x):
+                np.maximum(max_ids, x.max(axis=0), out=max_ids)
             hx.update(x.tobytes())
             hy.update(y.tobytes())
         digests[name, "x"], digests[name, "y"] = hx.digest(), hy.digest()
     dataset.frequencies()  # checks the shape
     frequencies = dataset._load("frequencies.npy")
     recorded = json.loads((dataset.path / "schema.json").read_text())
-    if content_hash(recorded, digests, frequencies) != schema.content_hash:
+    hashes = {content_hash(recorded, digests, frequencies),
+              content_hash(recorded, digests, frequencies, derived=True)}  # older writers
+    if schema.content_hash not in hashes:
         raise DataError("content hash mismatch: the arrays or schema.json changed after the dataset "
                         "was written (prepare it again)", path=str(dataset.path))
+    if schema.max_ids is not None and schema.max_ids != max_ids.tolist():
+        raise DataError(f"schema.json records max_ids {schema.max_ids} but the arrays hold ids up to "
+                        f"{max_ids.tolist()} (prepare it again)", path=str(dataset.path))
     _verify_vocabulary(dataset.path, schema)
     return schema
 
@@ -168,13 +176,21 @@ def _verify_vocabulary(folder: Path, schema: Schema) -> None:
                         path=str(folder))
 
 
+# Schema entries derived from the arrays (not choices that made them): left out of the content
+# hash, so recording a new statistic never changes the hash of the same data (plans and
+# checkpoints name the hash they were made for). `embdim check` compares them with the arrays.
+DERIVED_SCHEMA_KEYS = ("max_ids",)
+
+
 def content_hash(schema: dict[str, Any], digests: dict[tuple[str, str], bytes],
-                 frequencies: np.ndarray) -> str:
-    """The dataset's ``content_hash``: the schema as a dict (its ``content_hash`` ignored), the
-    BLAKE2b digests of every split's ``x`` and ``y`` bytes (keys ``(split, "x" | "y")``), and the
-    frequencies."""
+                 frequencies: np.ndarray, *, derived: bool = False) -> str:
+    """The dataset's ``content_hash``: the schema as a dict (its ``content_hash`` ignored, and
+    the :data:`DERIVED_SCHEMA_KEYS` left out), the BLAKE2b digests of every split's ``x`` and ``y``
+    bytes (keys ``(split, "x" | "y")``), and the frequencies. ``derived=True``: the hash as the
+    versions that hashed ``max_ids`` too wrote it (only ``embdim check`` still accepts it)."""
+    recorded = {k: v for k, v in schema.items() if derived or k not in DERIVED_SCHEMA_KEYS}
     h = hashlib.blake2b(digest_size=16)
-    h.update(repr({**schema, "content_hash": ""}).encode())
+    h.update(repr({**recorded, "content_hash": ""}).encode())
     for s in SPLITS:
         h.update(digests[s, "x"])
         h.update(digests[s, "y"])
