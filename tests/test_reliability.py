@@ -60,3 +60,35 @@ def test_a_damaged_dataset_is_refused_before_the_run_folder_exists(small, tmp_pa
 def test_a_data_path_that_is_not_a_string_is_a_typed_error(tmp_path, capsys):
     assert main(["--quiet", "run", "--set", "data.path=3", "--out", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err == "embdim: error: data.path: expected a string, got 3\n"
+
+
+def _plan_for(dataset, path):
+    from embdim.data.dataset import PreparedDataset
+    from embdim.plan import DimensionPlan
+
+    DimensionPlan.uniform(PreparedDataset(dataset).schema, 4).save(path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["retrain", "run"])
+def test_a_plan_for_another_dataset_is_refused_before_the_run_folder_exists(small, planted, tmp_path,
+                                                                            capsys, how):
+    plan = _plan_for(planted, tmp_path / "plan.json")
+    out = tmp_path / "run"
+    if how == "retrain":
+        argv = ["retrain", "/dev/null", "--plan", str(plan)]
+    else:
+        argv = ["run", "--set", "method.name=plan", "--set", f"method.path={plan}"]
+    assert main(["--quiet", *argv, "--set", f"data.path={small}", "--out", str(out)]) == 2
+    assert not out.exists()
+    err = capsys.readouterr().err
+    assert err.startswith(f"embdim: error: {plan}: plan does not match the dataset: fields differ")
+    assert err.count("\n") == 1 and str(small) in err
+
+
+def test_a_plan_for_the_same_dataset_retrains(small, tmp_path):
+    plan = _plan_for(small, tmp_path / "plan.json")
+    out = tmp_path / "run"
+    assert main(["--quiet", "retrain", "/dev/null", "--plan", str(plan), "--set", f"data.path={small}",
+                 "--set", "model.name=fm", "--set", "train.epochs=1", "--out", str(out)]) == 0
+    assert (out / "metrics.json").exists()

@@ -173,7 +173,9 @@ def _open(cfg: ExperimentConfig | dict[str, Any]):
         cfg = config_from_dict(cfg)
     if not cfg.data.path:
         raise ConfigError("data.path is not set: point it at a folder written by `embdim prepare`")
-    return cfg, PreparedDataset(cfg.data.path).check_all(), make_method(cfg.method)
+    dataset, method = PreparedDataset(cfg.data.path).check_all(), make_method(cfg.method)
+    method.check_dataset(dataset)  # a given plan made for another dataset, ...
+    return cfg, dataset, method
 
 
 def _context(cfg: ExperimentConfig, out_dir: Path, quiet: bool, log: RunLog) -> SearchContext:

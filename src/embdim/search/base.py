@@ -82,6 +82,11 @@ class SearchMethod(ABC):
     def _search(self, dataset, ctx: SearchContext):
         """The method itself: ``dataset`` + ``ctx`` -> DimensionPlan."""
 
+    def check_dataset(self, dataset) -> None:
+        """Refuse, before the pipeline writes anything, a dataset this method cannot run on (a
+        given plan made for another dataset). The default accepts every dataset."""
+        return None
+
     @property
     def retrains(self) -> bool:
         """Whether the pipeline trains the model built from the plan (False only for ablations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from embdim.errors import ConfigError
+from embdim.errors import ConfigError, SchemaMismatchError
 from embdim.plan import DimensionPlan
 from embdim.search.base import SearchContext, SearchMethod, register
 
@@ -28,7 +28,18 @@ class FixedPlan(SearchMethod):
     Options = FixedPlanOptions
 
     def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
-        plan = DimensionPlan.load(self.options.path)
-        plan.check_schema(dataset.schema)
+        plan = self._load_for(dataset)
         plan.extra.pop("search_seconds", None)  # the retrain run did no search of its own
+        return plan
+
+    def check_dataset(self, dataset) -> None:
+        self._load_for(dataset)
+
+    def _load_for(self, dataset) -> DimensionPlan:
+        """The plan, refused (naming its file and what differs) if made for another dataset."""
+        plan = DimensionPlan.load(self.options.path)
+        try:
+            plan.check_schema(dataset.schema)
+        except SchemaMismatchError as e:
+            raise SchemaMismatchError(f"{self.options.path}: {e} ({dataset.path})") from None
         return plan
