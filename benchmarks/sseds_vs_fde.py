@@ -47,6 +47,7 @@ VARIANTS = {
     "linear-random": {"align": "linear", "align_width": "max", "align_init": "random"},
     "scatter-avg20": {"saliency_batches": 20},
     "scatter-noticket": {"ticket": False},
+    "pad": {"align": "pad", "align_width": "max"},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
@@ -97,35 +98,40 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
             return None
         auc = np.array([m["test_auc"] for m in ms])
         params = np.mean([m["embedding_params"] + m.get("alignment_params", 0) for m in ms])
-        return {"auc": float(auc.mean()), "std": float(auc.std()), "params": float(params), "n": len(ms)}
+        std = float(auc.std(ddof=1)) if len(auc) > 1 else 0.0  # sample std, as embdim report
+        return {"auc": float(auc.mean()), "std": std, "params": float(params), "n": len(ms)}
 
     data, lines = {}, []
-    head = "| kappa | FDE width | FDE AUC | FDE params | " + " | ".join(
-        f"SSEDS {v} AUC | params | vs FDE" for v in variants) + " |"
     for ds in datasets:
         full = stats(f"{ds}/fde-{PRETRAIN_WIDTH}")
         data[ds] = {"fde-128": full, "rows": []}
         lines += [f"### {DATASETS.get(ds, ds)}", "",
                   f"FDE-{PRETRAIN_WIDTH} (the pretrained model): " + (
                       f"test AUC {full['auc']:.4f} ± {full['std']:.4f}, {full['params']:,.0f} params"
-                      if full else "not run"), "", head,
-                  "|" + "---|" * (4 + 3 * len(variants))]
+                      if full else "not run") + ". Cells: test AUC mean ± std over seeds (params; "
+                  "difference to FDE at the same size).", "",
+                  "| method | " + " | ".join(f"kappa {k}" for k in kappas) + " |",
+                  "|---|" + "---|" * len(kappas)]
+        rows = {k: {"kappa": k, "fde_width": fde_width(k), "fde": stats(f"{ds}/fde-{fde_width(k)}")}
+                for k in kappas}
+        cells = []
         for k in kappas:
-            w = fde_width(k)
-            fde = stats(f"{ds}/fde-{w}")
-            row = {"kappa": k, "fde_width": w, "fde": fde}
-            cells_ = [f"{k}", f"{w}", f"{fde['auc']:.4f} ± {fde['std']:.4f}" if fde else "-",
-                      f"{fde['params']:,.0f}" if fde else "-"]
-            for v in variants:
-                s = stats(f"{ds}/sseds-{v}-{k}")
-                row[v] = s
-                if s:
-                    delta = f"{s['auc'] - fde['auc']:+.4f}" if fde else "-"
-                    cells_ += [f"{s['auc']:.4f} ± {s['std']:.4f}", f"{s['params']:,.0f}", delta]
-                else:
-                    cells_ += ["-", "-", "-"]
-            data[ds]["rows"].append(row)
-            lines.append("| " + " | ".join(cells_) + " |")
+            f = rows[k]["fde"]
+            cells.append(f"{f['auc']:.4f} ± {f['std']:.4f} ({f['params']:,.0f})" if f else "-")
+        lines.append(f"| FDE (width {' / '.join(str(fde_width(k)) for k in kappas)}) | "
+                     + " | ".join(cells) + " |")
+        for v in variants:
+            cells = []
+            for k in kappas:
+                st, f = stats(f"{ds}/sseds-{v}-{k}"), rows[k]["fde"]
+                rows[k][v] = st
+                if st is None:
+                    cells.append("-")
+                    continue
+                delta = f"; {st['auc'] - f['auc']:+.4f}" if f else ""
+                cells.append(f"{st['auc']:.4f} ± {st['std']:.4f} ({st['params']:,.0f}{delta})")
+            lines.append(f"| SSEDS {v} | " + " | ".join(cells) + " |")
+        data[ds]["rows"] = [rows[k] for k in kappas]
         lines.append("")
     return "\n".join(lines), data
 

@@ -400,7 +400,7 @@ def test_options_are_validated():
     for bad in ({"budget": 0}, {"budget": 1.5}, {"budget": True}, {"pretrain_width": 0},
                 {"saliency_batches": 0}, {"stability_batches": -1},
                 {"retrain": False, "ticket": False}, {"colour": "red"},
-                {"align": "pad"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
+                {"align": "zeros"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
                 {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"}):
         with pytest.raises(ConfigError):
             make_method({"name": "sseds", **bad})

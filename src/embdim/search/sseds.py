@@ -48,7 +48,7 @@ from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.train.trainer import Trainer, resolve_device
 
-ALIGNS = ("scatter", "linear")
+ALIGNS = ("scatter", "linear", "pad")
 ALIGN_WIDTHS = ("pretrain", "max")
 ALIGN_INITS = ("select", "random")
 
@@ -79,7 +79,8 @@ class SSEDSOptions:
     retrain: bool = True  # false: ablation "w/o retraining", evaluate the pruned pretrained model
     # ---- how the slim model's fields reach one width (sec. 3.2.3) ----
     align: str = "scatter"  # "scatter": each kept column at its pretrained coordinate, no
-    #                         parameters (eq. 8's masked model); "linear": trainable M_i (eq. 13)
+    #                         parameters (eq. 8's masked model); "linear": trainable M_i (eq. 13);
+    #                         "pad": columns packed first, zero padding (AutoDim's), fresh body
     align_width: str = "pretrain"  # the common width: "pretrain" (d, Theta^ always fits) or "max"
     #                                (d_max = max_i d_i, eq. 13; linear only)
     align_init: str = "select"  # linear M_i: "select" (column k -> its pretrained coordinate, the
@@ -127,8 +128,8 @@ class SSEDSOptions:
 
     @property
     def inherits_network(self) -> bool:
-        if self.inherit_network is None:
-            return self.ticket and self.align_width == "pretrain"
+        if self.inherit_network is None:  # the pretrained body reads its own coordinates only
+            return self.ticket and self.align_width == "pretrain" and self.align != "pad"
         return bool(self.inherit_network)
 
     @property
