@@ -7,7 +7,7 @@ import yaml
 
 import embdim.grid as grid_mod
 from embdim.cli import main
-from embdim.errors import ConfigError
+from embdim.errors import ConfigError, EmbdimError
 from embdim.grid import cell_names, expand, load_grid, run_grid
 
 
@@ -75,33 +75,33 @@ def _fake_run(calls):
     return run
 
 
-def test_restart_skips_finished_and_resumes_unfinished(tmp_path, monkeypatch):
+def test_restart_skips_finished_and_resumes_unfinished(small, tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(grid_mod, "run_experiment", _fake_run(calls))
     out = tmp_path / "g"
-    first = run_grid(_spec(tmp_path), out, quiet=True)
+    first = run_grid(_spec(small), out, quiet=True)
     assert sorted(c for c, _ in calls) == ["method-fde_seed-1", "method-fde_seed-2",
                                            "method-random_seed-1", "method-random_seed-2"]
     assert all(not resume for _, resume in calls) and len(first.ran) == 4
     # an interrupted cell: folder without metrics.json -> resumed; the others are skipped
     (out / "method-random_seed-2" / "metrics.json").unlink()
     calls.clear()
-    second = run_grid(_spec(tmp_path), out, quiet=True)
+    second = run_grid(_spec(small), out, quiet=True)
     assert calls == [("method-random_seed-2", True)]
     assert second.skipped == ["method-fde_seed-1", "method-fde_seed-2", "method-random_seed-1"]
     calls.clear()
-    assert run_grid(_spec(tmp_path), out, quiet=True).ran == [] and calls == []
+    assert run_grid(_spec(small), out, quiet=True).ran == [] and calls == []
     report = (out / "report.md").read_text()
     assert "| fde | 0.7150 ± 0.0071 |" in report and "(auc_params_" in report
     assert (out / "report.csv").exists() and yaml.safe_load((out / "grid.yaml").read_text())["grid"]
     # a finished cell whose config no longer matches the grid is refused, not silently reused
-    spec = _spec(tmp_path)
+    spec = _spec(small)
     spec["base"]["train"]["epochs"] = 2
     with pytest.raises(ConfigError, match="finished with another config.*epochs: 1 -> 2"):
         run_grid(spec, out, quiet=True)
 
 
-def test_keep_going_and_cli(tmp_path, monkeypatch, capsys):
+def test_keep_going_and_cli(small, tmp_path, monkeypatch, capsys):
     calls = []
     fake = _fake_run(calls)
 
@@ -112,7 +112,7 @@ def test_keep_going_and_cli(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(grid_mod, "run_experiment", flaky)
     path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(_spec(tmp_path)))
+    path.write_text(yaml.safe_dump(_spec(small)))
     assert main(["--quiet", "grid", str(path), "--out", str(tmp_path / "g")]) == 2  # stops at the error
     assert len(calls) == 3
     calls.clear()
@@ -161,4 +161,51 @@ def test_a_bad_name_in_any_cell_fails_before_the_first_cell_runs(tmp_path, monke
     monkeypatch.setattr(grid_mod, "run_experiment", _fake_run(calls))
     with pytest.raises(ConfigError, match=match):
         run_grid(_spec(tmp_path, **{key: values}), tmp_path / "g", quiet=True)
+    assert calls == [] and not (tmp_path / "g").exists()
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing", "prepared dataset folder does not exist"),
+    ("labels", "test rows: row 0: label 2 is not 0 or 1"),
+    ("array", "valid.x.npy is not a readable .npy array"),
+])
+def test_a_missing_or_damaged_dataset_in_any_cell_fails_before_the_first_cell_runs(
+        small, tmp_path, monkeypatch, capsys, damage, words):
+    import shutil
+
+    import numpy as np
+
+    calls = []
+    monkeypatch.setattr(grid_mod, "run_experiment", _fake_run(calls))
+    bad = tmp_path / "bad"
+    if damage != "missing":
+        shutil.copytree(small, bad)
+    if damage == "labels":
+        y = np.load(bad / "test.y.npy")
+        y[0] = 2.0
+        np.save(bad / "test.y.npy", y)
+    elif damage == "array":
+        (bad / "valid.x.npy").write_bytes(b"\x93NUMPY garbage")
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(_spec(small, **{"data.path": [str(small), str(bad)]})))
+    assert main(["--quiet", "grid", str(path), "--out", str(tmp_path / "g")]) == 2
+    assert calls == [] and not (tmp_path / "g").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("embdim: error: grid cell path-") and err.count("\n") == 1, err
+    assert words in err, err
+
+
+def test_a_plan_for_another_dataset_in_any_cell_fails_before_the_first_cell_runs(
+        small, planted, tmp_path, monkeypatch):
+    from embdim.data.dataset import PreparedDataset
+    from embdim.plan import DimensionPlan
+
+    calls = []
+    monkeypatch.setattr(grid_mod, "run_experiment", _fake_run(calls))
+    plan = tmp_path / "plan.json"
+    DimensionPlan.uniform(PreparedDataset(small).schema, 4).save(plan)
+    spec = _spec(small, **{"data.path": [str(small), str(planted)]})
+    spec["base"]["method"] = {"name": "plan", "path": str(plan)}
+    with pytest.raises(EmbdimError, match="grid cell path-.*plan does not match the dataset"):
+        run_grid(spec, tmp_path / "g", quiet=True)
     assert calls == [] and not (tmp_path / "g").exists()

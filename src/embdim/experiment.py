@@ -167,13 +167,24 @@ def _read_recorded_config(path: Path) -> dict[str, Any]:
     return recorded
 
 
-def _open(cfg: ExperimentConfig | dict[str, Any]):
-    """Validate the config, open its dataset, build its method."""
+def open_experiment(cfg: ExperimentConfig | dict[str, Any],
+                    opened: dict[Path, PreparedDataset] | None = None):
+    """``(config, dataset, method)``: the config validated, its dataset opened with every split
+    checked (:meth:`PreparedDataset.check_all`), its method built and checked against the dataset
+    (a given plan made for another dataset is refused). Raises before anything is written.
+    ``opened``: datasets already opened, by resolved path (a grid opens each once)."""
     if isinstance(cfg, dict):
         cfg = config_from_dict(cfg)
     if not cfg.data.path:
         raise ConfigError("data.path is not set: point it at a folder written by `embdim prepare`")
-    dataset, method = PreparedDataset(cfg.data.path).check_all(), make_method(cfg.method)
+    key = Path(cfg.data.path).resolve()
+    if opened is not None and key in opened:
+        dataset = opened[key]
+    else:
+        dataset = PreparedDataset(cfg.data.path).check_all()
+        if opened is not None:
+            opened[key] = dataset
+    method = make_method(cfg.method)
     method.check_dataset(dataset)  # a given plan made for another dataset, ...
     return cfg, dataset, method
 
@@ -204,7 +215,7 @@ def _describe(plan: DimensionPlan) -> str:
 def run_search(cfg: ExperimentConfig | dict[str, Any], out_dir: str | Path, *,
                quiet: bool = False) -> DimensionPlan:
     """Only the search stage: write ``config.yaml``, ``plan.json`` and ``log.txt`` into ``out_dir``."""
-    cfg, dataset, method = _open(cfg)
+    cfg, dataset, method = open_experiment(cfg)
     out_dir = Path(out_dir)
     if (out_dir / "plan.json").exists():
         raise ConfigError(f"{out_dir} already holds a plan.json; choose another --out")
@@ -220,7 +231,7 @@ def run_search(cfg: ExperimentConfig | dict[str, Any], out_dir: str | Path, *,
 def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, *,
                    resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` and return its metrics (also in metrics.json)."""
-    cfg, dataset, method = _open(cfg)
+    cfg, dataset, method = open_experiment(cfg)
     run_dir = Path(run_dir)
     _prepare_run_dir(run_dir, cfg, resume)
     log = RunLog(run_dir / "log.txt")

@@ -18,9 +18,11 @@ the last part of each key, or the section for ``*.name``; see :func:`cell_names`
 every time the grid is run. On a restart a cell whose folder holds ``metrics.json`` is skipped (after
 checking that its recorded config is still the cell's config), and a cell whose folder holds an
 unfinished run is resumed from its last checkpoint. Before anything runs, every cell's config is
-validated, so a typo fails at once and not hours into the grid. At the end the report of the grid's
-finished cells (:func:`embdim.report.write_report`) is written into ``DIR``, and the grid file
-itself is kept as ``DIR/grid.yaml``. Relative data paths are resolved from the current folder, as for
+validated and every dataset a cell still to run reads is opened and checked (with the cell's
+method: a given plan must fit it), so a typo or a missing or damaged dataset fails at once and not
+hours into the grid. At the end the report of the grid's finished cells
+(:func:`embdim.report.write_report`) is written into ``DIR``, and the grid file itself is kept as
+``DIR/grid.yaml``. Relative data paths are resolved from the current folder, as for
 ``embdim run``.
 """
 
@@ -39,7 +41,7 @@ import yaml
 
 from embdim.config import SECTIONS, config_diff, config_from_dict, recorded_config, set_dotted
 from embdim.errors import ConfigError, EmbdimError
-from embdim.experiment import run_experiment
+from embdim.experiment import open_experiment, run_experiment
 from embdim.io import atomic_write_yaml
 from embdim.plots import slug
 
@@ -167,6 +169,16 @@ def run_grid(spec: str | Path | dict[str, Any], out: str | Path, *, quiet: bool 
                 raise ConfigError(f"grid cell {run_dir} finished with another config "
                                   f"({'; '.join(config_diff(old, new))}); move it away or use another "
                                   "--out")
+    # Open every dataset a cell still to run reads (each once, every split checked) and check
+    # it against the cell's method: a missing or damaged dataset, or a plan made for another
+    # one, fails now, before the first cell runs and before anything is written.
+    opened: dict[Path, Any] = {}
+    for cell in cells:
+        if not (out / cell.name / "metrics.json").exists():
+            try:
+                open_experiment(resolved[cell.name], opened)
+            except EmbdimError as e:
+                raise type(e)(f"grid cell {cell.name}: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(out / "grid.yaml", {"base": base, "grid": grid})
 
