@@ -92,3 +92,40 @@ def test_a_plan_for_the_same_dataset_retrains(small, tmp_path):
     assert main(["--quiet", "retrain", "/dev/null", "--plan", str(plan), "--set", f"data.path={small}",
                  "--set", "model.name=fm", "--set", "train.epochs=1", "--out", str(out)]) == 0
     assert (out / "metrics.json").exists()
+
+
+def test_sigterm_during_run_is_one_line_and_resume_gives_the_uninterrupted_metrics(planted, tmp_path,
+                                                                                 capsys):
+    """``kill`` (SIGTERM) during training: exit 143 with one line, no traceback, no metrics.json;
+    ``--resume`` then ends with exactly the metrics of a run that was never interrupted."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = [f"data.path={planted}", "model.name=fm", "method.name=fde", "method.dim=4",
+            "train.epochs=4", "train.batch_size=256", "train.early_stop=0", "train.threads=1",
+            "train.seed=3"]
+    args = [a for s in sets for a in ("--set", s)]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "embdim", "--quiet", "run", *args, "--out", str(cut)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (cut / "checkpoints" / "last.pt").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if (cut / "metrics.json").exists():
+        pytest.skip("the run finished before it could be signalled")
+    assert proc.returncode == 143, err
+    assert err.startswith("embdim: terminated") and err.count("\n") == 1 and "Traceback" not in err
+
+    assert main(["--quiet", "run", *args, "--out", str(cut), "--resume"]) == 0
+    assert "resumed from" in (cut / "log.txt").read_text()
+    assert main(["--quiet", "run", *args, "--out", str(tmp_path / "full")]) == 0
+    resumed, full = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("cut", "full"))
+    for key in ("test_auc", "test_logloss", "valid_auc", "best_epoch", "epochs_run"):
+        assert resumed[key] == full[key], key
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
