@@ -161,3 +161,27 @@ def test_the_full_check_accepts_a_hash_that_counted_max_ids(prepared):
     older = content_hash(recorded, digests, np.load(prepared / "frequencies.npy"), derived=True)
     _edit_schema(prepared, lambda d: d.update(content_hash=older))
     assert verify_dataset(prepared).content_hash == older
+
+
+# ---- rows read during training are checked (issue 15 item 7 leftovers) -----------------------
+
+@pytest.mark.parametrize("column, value, words", [(1, -3, "field 'b': id -3 outside 0..4"),
+                                                  (0, 60, "field 'a': id 60 outside 0..8")])
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_bad_id_in_the_middle_of_a_split_stops_training_with_one_line(prepared, tmp_path, capsys,
+                                                                        monkeypatch, column, value, words,
+                                                                        in_memory):
+    """Opening reads only both ends of a split; the loader checks every block it reads, so an id
+    out of range in the middle is an error, not a silently wrong embedding row (a negative id
+    would index another field's table: field 'b' here) or an IndexError traceback."""
+    import embdim.data.dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "SAMPLE_ROWS", 8)
+    _edit_array(prepared, "train.x.npy", lambda a: a.__setitem__((100, column), value))
+    limit = [] if in_memory else ["--set", "train.in_memory_limit_gb=0.000001"]
+    code = main(["--quiet", "run", "--set", f"data.path={prepared}", "--set", "model.name=fm",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=16", *limit,
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("embdim: error: ") and "train rows: row 100, " + words in err

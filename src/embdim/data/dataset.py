@@ -17,10 +17,12 @@ something that looks like a finished dataset.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +41,16 @@ SAMPLE_ROWS = 4096  # rows at each end of a split whose ids and labels are check
 
 @dataclass
 class SplitArrays:
-    """The arrays of one split: ``x`` int32 [rows, fields], ``y`` float32 [rows] (memory-mapped)."""
+    """The arrays of one split: ``x`` int32 [rows, fields], ``y`` float32 [rows] (memory-mapped).
+
+    ``check(x, y, first_row)``, when set, raises a DataError for rows read from the split whose
+    ids or labels are out of range: :class:`~embdim.data.loader.BatchLoader` calls it on every
+    block it reads, so a damaged row in the middle of a split is an error, never a silently
+    wrong embedding row (opening the folder checks only both ends)."""
 
     x: np.ndarray
     y: np.ndarray
+    check: Callable[[np.ndarray, np.ndarray, int], None] | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -77,7 +85,8 @@ class PreparedDataset:
             for rows_ in (slice(0, SAMPLE_ROWS), slice(max(0, rows - SAMPLE_ROWS), rows)):
                 check_ids_and_labels(self.schema, x[rows_], y[rows_], f"{name} rows",
                                      path=self.path, first_row=rows_.start)
-            self._splits[name] = SplitArrays(x=x, y=y)
+            check = functools.partial(_check_rows, self.schema, f"{name} rows", self.path)
+            self._splits[name] = SplitArrays(x=x, y=y, check=check)
         return self._splits[name]
 
     def check_all(self) -> PreparedDataset:
@@ -106,13 +115,20 @@ class PreparedDataset:
             raise DataError(f"{name} is not a readable .npy array ({e})", path=str(self.path)) from None
 
 
+def _check_rows(schema: Schema, what: str, path: Path, x: np.ndarray, y: np.ndarray,
+                first_row: int) -> None:
+    check_ids_and_labels(schema, x, y, what, path=path, first_row=first_row)
+
+
 def check_ids_and_labels(schema: Schema, x: np.ndarray, y: np.ndarray, what: str, *,
                          path: Path, first_row: int = 0) -> None:
     """Every id of ``x`` [rows, fields] in ``0 .. vocab_size - 1`` of its field and every label of
-    ``y`` [rows] 0 or 1, else a DataError naming the first bad row (``first_row`` + position)."""
+    ``y`` [rows] 0 or 1, else a DataError naming the first bad row (``first_row`` + position).
+    Per-field minima and maxima first (no temporary as large as ``x``); the rows are searched
+    only when one is out of range."""
     vocab = np.asarray(schema.vocab_sizes)
-    bad = (x < 0) | (x >= vocab)
-    if bad.any():
+    if len(x) and ((x.min(axis=0) < 0).any() or (x.max(axis=0) >= vocab).any()):
+        bad = (x < 0) | (x >= vocab)
         r, c = np.argwhere(bad)[0]
         raise DataError(f"{what}: row {first_row + r}, field {schema.fields[c].name!r}: id "
                         f"{x[r, c]} outside 0..{vocab[c] - 1} (vocab_size {vocab[c]})",

@@ -82,8 +82,16 @@ class BatchLoader:
         self._split = split
         if self.in_memory:
             # The rows are read into RAM once (on the training device).
-            self._x = torch.from_numpy(read_rows(split.x, self.first_row, last_row)).to(self.device)
-            self._y = torch.from_numpy(read_rows(split.y, self.first_row, last_row)).to(self.device)
+            x, y = self._read(self.first_row, last_row)
+            self._x, self._y = x.to(self.device), y.to(self.device)
+
+    def _read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``[start, stop)`` of the split in RAM, checked by ``split.check`` when set (ids
+        within their fields' vocabularies, labels 0/1): a damaged row is a DataError."""
+        x, y = read_rows(self._split.x, start, stop), read_rows(self._split.y, start, stop)
+        if self._split.check is not None:
+            self._split.check(x, y, start)
+        return torch.from_numpy(x), torch.from_numpy(y)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -124,8 +132,7 @@ class BatchLoader:
         carry_y: torch.Tensor | None = None
         for s in starts:
             end = min(s + self.block_rows, stop)
-            x = torch.from_numpy(read_rows(self._split.x, s, end))
-            y = torch.from_numpy(read_rows(self._split.y, s, end))
+            x, y = self._read(s, end)
             if self.shuffle:
                 p = torch.randperm(len(y), generator=g)
                 x, y = x.index_select(0, p), y.index_select(0, p)
