@@ -139,6 +139,7 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
 def plot(data: dict, variants, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(5 * len(data), 4))
     FigureCanvasAgg(fig)
@@ -148,12 +149,14 @@ def plot(data: dict, variants, path: Path) -> None:
         fde.sort(key=lambda s: s["params"])
         ax.errorbar([s["params"] for s in fde], [s["auc"] for s in fde], [s["std"] for s in fde],
                     marker="o", label="FDE (uniform)", color="black")
-        for v in variants:
+        for v in variants:  # one colour per variant in every panel
             pts = sorted((r[v] for r in d["rows"] if r.get(v)), key=lambda s: s["params"])
             if pts:
                 ax.errorbar([s["params"] for s in pts], [s["auc"] for s in pts],
-                            [s["std"] for s in pts], marker="s", label=f"SSEDS {v}")
+                            [s["std"] for s in pts], marker="s", label=f"SSEDS {v}", capsize=2,
+                            color=f"C{list(VARIANTS).index(v)}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("embedding parameters (tables + alignment)")
         ax.set_ylabel("test AUC")
         ax.set_title(f"{DATASETS.get(ds, ds)}, DeepFM")
@@ -181,6 +184,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     kappas = [float(k) for k in args.kappas.split(",")]
     work = args.work.resolve()
+    out = args.out.resolve() if args.out else None
 
     import os
 
@@ -202,13 +206,18 @@ def main() -> None:
             run(cfg, work / "sseds-vs-fde" / name, args.threads)
     text, data = summarise(work, datasets, seeds, kappas, variants)
     print(text)
-    if args.out:
-        png = args.out.with_suffix(".png")
+    if out:
+        png = out.with_suffix(".png")
         plot(data, variants, png)
-        args.out.write_text(
-            f"<!-- written by: python benchmarks/sseds_vs_fde.py {' '.join(sys.argv[1:])} -->\n\n"
-            + text + f"\n![AUC against embedding parameters]({png.name})\n")
-        (args.out.with_suffix(".json")).write_text(json.dumps(data, indent=1))
+        command = " ".join(["python benchmarks/sseds_vs_fde.py",
+                            *(a for a in sys.argv[1:] if a != "--summary-only")])
+        out.write_text(
+            f"<!-- written by benchmarks/sseds_vs_fde.py -->\n\n# SSEDS against uniform widths at "
+            f"equal size\n\n`{command}` runs every cell that is missing under "
+            f"`WORK/sseds-vs-fde/` (finished runs are kept; with `--summary-only` nothing runs) and "
+            f"writes this page. Setting: the docstring of benchmarks/sseds_vs_fde.py. A `-` is a "
+            f"cell that was not run.\n\n" + text + f"\n![AUC against embedding parameters]({png.name})\n")
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1))
 
 
 if __name__ == "__main__":
