@@ -84,3 +84,22 @@ def test_parquet_with_duplicate_or_nested_columns_is_one_line(tmp_path, capsys, 
                  str(tmp_path / "o"), "--label", "label", "--categorical", "a"]) == 2
     _one_line_error(capsys, *words)
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "a list"])
+def test_a_corrupt_checkpoint_on_resume_is_one_line(small, tmp_path, capsys, damage):
+    import torch
+
+    out = tmp_path / "run"
+    argv = ["--quiet", "run", "--set", f"data.path={small}", "--set", "model.name=fm", "--set",
+            "train.epochs=1", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "metrics.json").unlink()  # as if killed before the end
+    last = out / "checkpoints" / "last.pt"
+    if damage == "a list":
+        torch.save([1, 2], last)
+    else:
+        last.write_bytes({"garbage": b"garbage" * 9, "empty": b"",
+                          "truncated": last.read_bytes()[:300]}[damage])
+    assert main([*argv, "--resume"]) == 2
+    _one_line_error(capsys, "last.pt")

@@ -323,10 +323,14 @@ class Trainer:
     def _read(self, path: Path) -> dict[str, Any]:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # a corrupt or foreign file
-            raise EmbdimError(f"{path}: cannot read checkpoint: {e}") from e
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise EmbdimError(f"{path}: unsupported checkpoint format {state.get('format')!r}")
+        except Exception as e:  # a corrupt or foreign file; torch's own message runs to many lines
+            text = str(e).split("WeightsUnpickler error:")[-1]  # not torch's weights_only advice
+            first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+            raise EmbdimError(f"{path}: cannot read checkpoint ({first[:160]}); the run "
+                              "folder is damaged: choose another --out") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise EmbdimError(f"{path}: unsupported checkpoint format {found!r}")
         theirs = state.get("fingerprint", {})
         diff = {k: (theirs.get(k), v) for k, v in self.fingerprint.items() if theirs.get(k) != v}
         if diff:
