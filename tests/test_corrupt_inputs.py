@@ -103,3 +103,59 @@ def test_a_corrupt_checkpoint_on_resume_is_one_line(small, tmp_path, capsys, dam
                           "truncated": last.read_bytes()[:300]}[damage])
     assert main([*argv, "--resume"]) == 2
     _one_line_error(capsys, "last.pt")
+
+
+def _plan_with(small, change) -> bytes:
+    from embdim.data.dataset import PreparedDataset
+    from embdim.plan import DimensionPlan
+
+    d = DimensionPlan.uniform(PreparedDataset(small).schema, 4).to_dict()
+    change(d)
+    return json.dumps(d).encode()
+
+
+def _blocks(d, blocks):
+    """MDE's frequency blocks: ``blocks`` as given, or ``blocks(vocab_size)`` per field."""
+    if callable(blocks):
+        blocks = [blocks(f["vocab_size"]) for f in d["fields"]]
+    d["value_dim_rule"] = {"kind": "frequency_blocks", "blocks": blocks}
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d["fields"][0].update(dim=2.5), "fields[0].dim: expected an integer, got 2.5"),
+    (lambda d: d["fields"][1].update(dim=True), "fields[1].dim: expected an integer, got True"),
+    (lambda d: d["fields"][0].update(dim=None), "fields[0].dim: expected an integer, got None"),
+    (lambda d: d.update(full_dim=0), "full_dim and vocab sizes must be >= 1"),
+    (lambda d: d.update(fields=["f0"]), "fields[0]: expected a mapping, got 'f0'"),
+    (lambda d: d.update(fields=[]), "the plan lists no field"),
+    (lambda d: d.update(extra=[1]), "extra: expected a mapping, got [1]"),
+    (lambda d: d.update(options="x"), "options: expected a mapping, got 'x'"),
+    (lambda d: d.update(value_dim_rule="x"), "value_dim_rule: expected a mapping, got 'x'"),
+    (lambda d: _blocks(d, "x"), "value_dim_rule.blocks: expected a list"),
+    (lambda d: _blocks(d, [[{"start": 0}]] * 4), "KeyError('stop')"),
+    (lambda d: _blocks(d, [[{"start": 0, "stop": 1, "dim": 2}]] * 4), "field 'f0' must hold each id 0.."),
+    (lambda d: _blocks(d, lambda v: [{"start": 0, "stop": v, "dim": 2.5}]),
+     "value_dim_rule.blocks[0][0].dim: expected an integer, got 2.5"),
+    (lambda d: _blocks(d, lambda v: [{"start": 0, "stop": v, "dim": 10**9}]),
+     "value_dim_rule.blocks[0][0].dim: expected 1..65,536"),
+    (lambda d: _blocks(d, lambda v: [{"start": 0, "stop": v - 1, "dim": 2}, {"start": v - 2, "stop": v,
+                                                                            "dim": 2}]),
+     "must hold each id"),
+])
+def test_a_plan_with_values_of_the_wrong_type_is_refused_before_the_run_folder_exists(
+        small, tmp_path, capsys, change, words):
+    plan = tmp_path / "plan.json"
+    plan.write_bytes(_plan_with(small, change))
+    out = tmp_path / "run"
+    assert main(["--quiet", "retrain", "--set", f"data.path={small}", "--set", "model.name=fm",
+                 "--plan", str(plan), "--out", str(out), "/dev/null"]) == 2
+    assert not out.exists()
+    _one_line_error(capsys, str(plan), "malformed plan" if "must be >= 1" not in words else "", words)
+
+
+def test_a_plan_with_frequency_blocks_that_tile_the_ids_loads(small):
+    from embdim.plan import DimensionPlan
+
+    d = json.loads(_plan_with(small, lambda d: _blocks(d, lambda v: [
+        {"start": 2, "stop": v, "dim": 4}, {"start": 0, "stop": 0, "dim": 2, "reserved_ids": [0, 1]}])))
+    assert DimensionPlan.from_dict(d).value_dim_rule["blocks"][0][1]["reserved_ids"] == [0, 1]

@@ -107,7 +107,8 @@ def _dataclass_from(cls, d: dict[str, Any], section: str):
 def typed_fields(cls: type, values: dict[str, Any], section: str) -> dict[str, Any]:
     """``values`` with each key that names a field of the dataclass ``cls`` coerced to the field's
     annotated type (``int``, ``float``, ``bool``, ``str``, ``list[...]``, ``X | None``; ``Any`` is
-    left as it is); other keys are passed through for ``cls`` to refuse by name.
+    left as it is; ``dict`` is checked to be a mapping); other keys are passed through for ``cls``
+    to refuse by name.
 
     A number written as ``1e-3`` (a string to YAML) is a float; an integral float is an int; a
     bool is never a number. A value of the wrong type is a ConfigError
@@ -132,6 +133,8 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             _refuse(value, _expected(annotation), where)
         item = args[0] if args else Any
         return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is dict or origin is dict:
+        return value if isinstance(value, dict) else _refuse(value, "a mapping", where)
     if annotation is int:
         return _as_int(value, where)
     if annotation is float:

@@ -22,11 +22,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embdim.errors import EmbdimError, SchemaMismatchError
+from embdim.config import coerce
+from embdim.errors import ConfigError, EmbdimError, SchemaMismatchError
 from embdim.io import atomic_write_json
 
 PLAN_FORMAT_VERSION = 1
 MAX_DIM = 1 << 16  # the widest embedding a plan may ask for (a larger one is a corrupt plan)
+
+
+def _check_value_blocks(blocks: Any, names: list[str], vocab_sizes: list[int]) -> None:
+    """MDE's ``value_dim_rule["blocks"]``: per field, blocks ``{"start", "stop", "dim"[,
+    "reserved_ids"]}`` of integers that hold each id ``0 .. vocab_size - 1`` exactly once, widths
+    ``1 .. MAX_DIM``; else a ConfigError naming the place."""
+    blocks = coerce(blocks, list[list[dict]], "value_dim_rule.blocks")
+    if len(blocks) != len(names):
+        raise ConfigError(f"value_dim_rule.blocks: {len(blocks)} fields of blocks for {len(names)} "
+                          "fields")
+    for f, (name, vocab, field_blocks) in enumerate(zip(names, vocab_sizes, blocks, strict=True)):
+        where = f"value_dim_rule.blocks[{f}]"
+        spans = []
+        for k, b in enumerate(field_blocks):
+            at = f"{where}[{k}]"
+            start, stop = coerce(b["start"], int, f"{at}.start"), coerce(b["stop"], int, f"{at}.stop")
+            dim = coerce(b["dim"], int, f"{at}.dim")
+            if not 1 <= dim <= MAX_DIM:
+                raise ConfigError(f"{at}.dim: expected 1..{MAX_DIM:,}, got {dim}")
+            reserved = coerce(b.get("reserved_ids", []), list[int], f"{at}.reserved_ids")
+            if stop < start or stop - start + len(reserved) < 1:
+                raise ConfigError(f"{at}: an empty block (start {start}, stop {stop})")
+            spans += [(start, stop)] if stop > start else []
+            spans += [(i, i + 1) for i in reserved]
+        covered = 0
+        for start, stop in sorted(spans):
+            if start != covered:
+                raise ConfigError(f"{where}: the blocks of field {name!r} must hold each id "
+                                  f"0..{vocab - 1} exactly once")
+            covered = stop
+        if covered != vocab:
+            raise ConfigError(f"{where}: the blocks of field {name!r} must hold each id "
+                              f"0..{vocab - 1} exactly once")
 
 
 def width_overlap(a: list[int], b: list[int]) -> float:
@@ -59,6 +93,9 @@ class DimensionPlan:
                               f"{len(self.dims)} dims: they must match")
         if any(d < 0 for d in self.dims):
             raise EmbdimError(f"plan dims must be >= 0, got {self.dims}")
+        if self.full_dim < 1 or any(v < 1 for v in self.vocab_sizes):
+            raise EmbdimError(f"plan full_dim and vocab sizes must be >= 1 (full_dim {self.full_dim}, "
+                              f"vocab sizes {self.vocab_sizes})")
         if max(self.dims, default=0) > MAX_DIM or self.full_dim > MAX_DIM:
             raise EmbdimError(f"plan widths must be at most {MAX_DIM:,} (dims {self.dims}, full_dim "
                               f"{self.full_dim}): refused before allocating the tables")
@@ -170,18 +207,35 @@ class DimensionPlan:
         if d.get("format_version") != PLAN_FORMAT_VERSION:
             raise EmbdimError(f"unsupported plan format_version {d.get('format_version')!r}")
         try:
-            fields = d["fields"]
-            kept = None
-            if fields and "kept_indices" in fields[0]:
-                kept = [list(map(int, f["kept_indices"])) for f in fields]
-            return cls(method=d["method"], field_names=[f["name"] for f in fields],
-                       vocab_sizes=[int(f["vocab_size"]) for f in fields],
-                       dims=[int(f["dim"]) for f in fields], full_dim=int(d["full_dim"]),
-                       schema_hash=d.get("schema_hash", ""), options=d.get("options") or {},
-                       kept_indices=kept, value_dim_rule=d.get("value_dim_rule"),
-                       extra=d.get("extra") or {})
+            return cls._typed_from_dict(d)
+        except ConfigError as e:  # a value of the wrong type, named by its place in the file
+            raise EmbdimError(f"malformed plan: {e}") from None
         except (KeyError, TypeError, ValueError) as e:
             raise EmbdimError(f"malformed plan: {e!r}") from e
+
+    @classmethod
+    def _typed_from_dict(cls, d: dict[str, Any]) -> DimensionPlan:
+        """Every value typed as the dataclass says (``dim: 2.5`` or ``true`` is not a width), the
+        mappings checked to be mappings, MDE's frequency blocks checked against the fields."""
+        fields = coerce(d["fields"], list[dict], "fields")
+        if not fields:
+            raise ConfigError("fields: the plan lists no field")
+        names = [coerce(f["name"], str, f"fields[{i}].name") for i, f in enumerate(fields)]
+        vocab_sizes = [coerce(f["vocab_size"], int, f"fields[{i}].vocab_size")
+                       for i, f in enumerate(fields)]
+        dims = [coerce(f["dim"], int, f"fields[{i}].dim") for i, f in enumerate(fields)]
+        kept = None
+        if "kept_indices" in fields[0]:
+            kept = [coerce(f["kept_indices"], list[int], f"fields[{i}].kept_indices")
+                    for i, f in enumerate(fields)]
+        rule = coerce(d.get("value_dim_rule"), dict | None, "value_dim_rule")
+        if rule is not None and "blocks" in rule:
+            _check_value_blocks(rule["blocks"], names, vocab_sizes)
+        return cls(method=coerce(d["method"], str, "method"), field_names=names,
+                   vocab_sizes=vocab_sizes, dims=dims, full_dim=coerce(d["full_dim"], int, "full_dim"),
+                   schema_hash=coerce(d.get("schema_hash") or "", str, "schema_hash"),
+                   options=coerce(d.get("options") or {}, dict, "options"), kept_indices=kept,
+                   value_dim_rule=rule, extra=coerce(d.get("extra") or {}, dict, "extra"))
 
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_dict())
