@@ -56,12 +56,24 @@ def _stream(tmp_path):
     return out
 
 
+def _edit_stream_meta(stream, **values):
+    meta = json.loads((stream / "stream.json").read_text())
+    meta.update(values)
+    (stream / "stream.json").write_text(json.dumps(meta))
+
+
 @pytest.mark.parametrize("damage, words", [
     (lambda s: (s / "stream.json").write_text("{broken"), ("stream.json", "not a valid stream")),
     (lambda s: (s / "stream.json").write_text("[1, 2]"), ("stream.json", "not a valid stream")),
     (lambda s: (s / "items.npy").unlink(), ("missing array items.npy",)),
     (lambda s: (s / "users.npy").write_bytes(b"garbage"), ("users.npy", "not a readable .npy")),
     (lambda s: np.save(s / "ratings.npy", np.zeros(3, np.float32)), ("ratings.npy", "expected 100")),
+    (lambda s: np.save(s / "items.npy", np.where(np.arange(100) == 40, -1, np.load(s / "items.npy"))
+                       .astype(np.int32)), ("items.npy", "interaction 40: id -1 outside 0..10")),
+    (lambda s: np.save(s / "users.npy", np.load(s / "users.npy") + 50), ("users.npy", "outside 0..6")),
+    (lambda s: _edit_stream_meta(s, users="x"), ("stream.json", "'users' must be a positive integer")),
+    (lambda s: _edit_stream_meta(s, items=-1), ("stream.json", "'items' must be a positive integer")),
+    (lambda s: _edit_stream_meta(s, items=None), ("stream.json", "'items' must be a positive integer")),
 ])
 def test_a_corrupt_stream_folder_is_one_line(tmp_path, capsys, damage, words):
     stream = _stream(tmp_path)

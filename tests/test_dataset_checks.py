@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,33 @@ def test_a_bad_id_in_the_middle_of_a_split_stops_training_with_one_line(prepared
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert err.startswith("embdim: error: ") and "train rows: row 100, " + words in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["fields"][0].update(kind="bogus"), "fields[0].kind: expected one of"),
+    (lambda d: d["fields"][1].update(name=5), "fields[1].name: expected a string, got 5"),
+    (lambda d: d["fields"][1].update(name="a"), "the name 'a' is used twice"),
+    (lambda d: d["fields"][0].update(vocab_size=9.5), "fields[0].vocab_size: expected an integer"),
+    (lambda d: d["fields"][0].update(frequency="junk"), "fields[0].frequency: expected a mapping"),
+    (lambda d: d.update(label=[1]), "label: expected a string, got [1]"),
+    (lambda d: d.update(fields=[]), "the schema lists no field"),
+    (lambda d: d.update(fields=["a"]), "fields[0]: expected a mapping, got 'a'"),
+    (lambda d: d["splits"].pop("valid"), "splits: no size for the 'valid' split"),
+    (lambda d: d["splits"].update(train="many"), "splits.train: expected an integer"),
+    (lambda d: d.update(options=[1]), "options: expected a mapping, got [1]"),
+    (lambda d: d.update(max_ids="x"), "max_ids: expected a list of integers, got 'x'"),
+])
+def test_a_schema_with_values_of_the_wrong_type_is_one_line(prepared, capsys, edit, message):
+    _edit_schema(prepared, edit)
+    with pytest.raises(DataError, match=re.escape(message)):
+        PreparedDataset(prepared)
+    assert main(["check", str(prepared)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("embdim: error: ") and "malformed schema" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("counts", [lambda a: a.astype(np.float64), lambda a: a - 5])
+def test_frequencies_that_are_not_counts_are_refused_on_open(prepared, counts):
+    np.save(prepared / "frequencies.npy", counts(np.load(prepared / "frequencies.npy")))
+    with pytest.raises(DataError, match=r"frequencies.npy holds .*expected counts \(integers >= 0\)"):
+        PreparedDataset(prepared).check_all()

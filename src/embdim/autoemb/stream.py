@@ -62,6 +62,7 @@ from embdim.errors import (
     DiskFullError,
     EmbdimError,
     disk_full_message,
+    short_repr,
 )
 from embdim.folders import (
     check_output_folder,
@@ -298,6 +299,11 @@ class InteractionStream:
                               "object with an integer 'interactions')")
         if meta.get("format_version") != STREAM_FORMAT:
             raise EmbdimError(f"{meta_path}: unsupported stream format {meta.get('format_version')!r}")
+        for key in ("users", "items"):
+            count = meta.get(key)
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise EmbdimError(f"{meta_path}: not a valid stream description ({key!r} must be a "
+                                  f"positive integer, got {short_repr(count)})")
         arrays = {}
         for name, dtype in ARRAYS.items():
             try:
@@ -310,6 +316,13 @@ class InteractionStream:
                 raise EmbdimError(f"{path / f'{name}.npy'}: expected {meta['interactions']:,} "
                                   f"values of {np.dtype(dtype).name}, found {len(a):,} of {a.dtype}")
             arrays[name] = a
+        for name in ("users", "items"):  # dense ids index the tables: one pass over each array
+            a, count = arrays[name], meta[name]
+            if len(a) and (int(a.min()) < 0 or int(a.max()) >= count):
+                row = int(np.flatnonzero((a < 0) | (a >= count))[0])
+                raise EmbdimError(f"{path / f'{name}.npy'}: interaction {row}: id {int(a[row])} outside "
+                                  f"0..{count - 1} ({count:,} {name} in {META_FILE}); prepare the stream "
+                                  "again")
         return cls(arrays, meta, path)
 
     @classmethod

@@ -103,6 +103,10 @@ class PreparedDataset:
         if counts.shape != (sum(self.schema.vocab_sizes),):
             raise DataError(f"frequencies.npy has shape {counts.shape}; expected "
                             f"({sum(self.schema.vocab_sizes)},)", path=str(self.path))
+        if counts.dtype.kind not in "iu" or (counts.size and int(counts.min()) < 0):
+            raise DataError(f"frequencies.npy holds {counts.dtype} values"
+                            + (f" down to {counts.min()}" if counts.size else "")
+                            + "; expected counts (integers >= 0)", path=str(self.path))
         bounds = np.cumsum([0] + self.schema.vocab_sizes)
         return [np.asarray(counts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 

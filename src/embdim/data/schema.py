@@ -13,13 +13,15 @@ Id conventions shared by every reader, model and search method:
 from __future__ import annotations
 
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from embdim.errors import DataError
+from embdim.config import coerce, typed_fields
+from embdim.errors import ConfigError, DataError, short_repr
 from embdim.io import atomic_write_json
 
 SCHEMA_FORMAT_VERSION = 1
@@ -104,16 +106,43 @@ class Schema:
             raise DataError(f"unsupported schema format_version {version!r} "
                             f"(this embdim reads {SCHEMA_FORMAT_VERSION})", path=source)
         try:
-            fields = [FieldSpec(**f) for f in d["fields"]]
-            max_ids = d.get("max_ids")
-            schema = cls(label=d["label"], fields=fields, splits=dict(d["splits"]),
-                         options=dict(d.get("options", {})), content_hash=d.get("content_hash", ""),
-                         format_version=version,
-                         max_ids=None if max_ids is None else [int(m) for m in max_ids])
+            schema = cls._typed_from_dict(d)
+        except ConfigError as e:  # a value of the wrong type, named by its place in the file
+            raise DataError(f"malformed schema: {e}", path=source) from None
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"malformed schema: {e}", path=source) from e
         schema.check_max_ids(source)
         return schema
+
+    @classmethod
+    def _typed_from_dict(cls, d: dict[str, Any]) -> Schema:
+        """Every value typed as the dataclasses say (a field's ``vocab_size`` an integer, its
+        ``kind`` one of :data:`FieldKind`, names unique strings, split sizes integers >= 0)."""
+        entries = coerce(d["fields"], list[dict], "fields")
+        if not entries:
+            raise ConfigError("fields: the schema lists no field")
+        fields = [FieldSpec(**typed_fields(FieldSpec, f, f"fields[{i}]")) for i, f in enumerate(entries)]
+        kinds = typing.get_args(FieldKind)
+        for i, f in enumerate(fields):
+            if f.kind not in kinds:
+                raise ConfigError(f"fields[{i}].kind: expected one of {list(kinds)}, got "
+                                  f"{short_repr(f.kind)}")
+        names = [f.name for f in fields]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(f"fields: the name {twice[0]!r} is used twice")
+        splits = coerce(d["splits"], dict, "splits")
+        missing = [name for name in SPLITS if name not in splits]
+        if missing:
+            raise ConfigError(f"splits: no size for the {missing[0]!r} split")
+        sizes = {name: coerce(splits[name], int, f"splits.{name}") for name in SPLITS}
+        if any(n < 0 for n in sizes.values()):
+            raise ConfigError(f"splits: sizes must be >= 0, got {sizes}")
+        return cls(label=coerce(d["label"], str, "label"), fields=fields, splits=sizes,
+                   options=coerce(d.get("options") or {}, dict, "options"),
+                   content_hash=coerce(d.get("content_hash") or "", str, "content_hash"),
+                   format_version=d["format_version"],
+                   max_ids=coerce(d.get("max_ids"), list[int] | None, "max_ids"))
 
     def check_max_ids(self, source: str = "schema") -> None:
         """Every field's recorded largest id must lie below its ``vocab_size`` (a schema.json
