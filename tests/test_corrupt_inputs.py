@@ -171,3 +171,18 @@ def test_a_plan_with_frequency_blocks_that_tile_the_ids_loads(small):
     d = json.loads(_plan_with(small, lambda d: _blocks(d, lambda v: [
         {"start": 2, "stop": v, "dim": 4}, {"start": 0, "stop": 0, "dim": 2, "reserved_ids": [0, 1]}])))
     assert DimensionPlan.from_dict(d).value_dim_rule["blocks"][0][1]["reserved_ids"] == [0, 1]
+
+
+def test_parquet_bytes_that_are_not_utf8_are_bad_rows(tmp_path, capsys):
+    from embdim.data.preparation import prepare
+
+    labels = pa.array([1, 0, 1, 0, 2, 1, 0, 1, 0, 1])
+    values = pa.array([b"x", b"y", b"\xff\xfe", b"x", b"y", b"x", b"y", b"x", b"y", b"x"])
+    pq.write_table(pa.table({"label": labels, "a": values}), tmp_path / "t.parquet")
+    assert main(["--quiet", "prepare", "parquet", str(tmp_path / "t.parquet"), "--out",
+                 str(tmp_path / "o"), "--label", "label", "--categorical", "a"]) == 2
+    _one_line_error(capsys, "line 3, column 'a': undecodable bytes")  # Parquet: 1-based row
+    schema = prepare("parquet", [tmp_path / "t.parquet"], tmp_path / "o", label="label",
+                     categorical=["a"], on_bad_row="skip", min_count=1, quiet=True)
+    assert schema.options["bad_rows"] == 2 and sum(schema.splits.values()) == 8
+    assert [b["line"] for b in schema.options["first_bad_rows"]] == [3, 5]  # row 5: label 2

@@ -17,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embdim.data.readers.base import (
+    MAX_REPORTED_BAD_ROWS,
     BadRowLog,
     Chunk,
     ColumnRules,
@@ -35,7 +37,7 @@ from embdim.data.readers.base import (
     require_file,
 )
 from embdim.data.readers.text import TextLayout, read_header, read_text_chunks, validate_frame
-from embdim.errors import ConfigError, DataError
+from embdim.errors import ConfigError, DataError, short_repr
 
 BUCKETINGS = ("quantile", "log2")
 
@@ -171,14 +173,50 @@ def _parquet_chunks(path: Path, rules: ColumnRules, na_values: list[str], chunk_
         for batch in pf.iter_batches(batch_size=chunk_rows, columns=rules.read):
             frame = pl.from_arrow(batch)
             assert isinstance(frame, pl.DataFrame)
+            frame, numbers = _binary_as_text(frame, bad, path, first_row)
             frame = frame.with_columns(_na_to_null(frame, c, na_values) for c in frame.columns)
-            start = first_row
-            frame = validate_frame(frame, rules, bad, path, lambda rows, s=start: s + rows)
+            frame = validate_frame(frame, rules, bad, path, lambda rows, n=numbers: n[rows])
             first_row += batch.num_rows
             yield Chunk(frame, batch.num_rows)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"cannot read Parquet data near row {first_row}: {e}",
                         path=str(path)) from None
+
+
+def _binary_as_text(frame: pl.DataFrame, bad: BadRowLog, path: Path, first_row: int
+                    ) -> tuple[pl.DataFrame, np.ndarray]:
+    """Binary columns as UTF-8 text, as a CSV's bytes are read: a value that is not UTF-8 makes its
+    row bad ("undecodable bytes"), reported and dropped like any bad row. Returns ``frame`` with
+    only the good rows and the binary columns as String, and the good rows' 1-based row numbers."""
+    numbers = first_row + np.arange(frame.height)
+    binary = [c for c, t in frame.schema.items() if t == pl.Binary]
+    if not binary:
+        return frame, numbers
+    try:  # the common case: every value is UTF-8
+        return frame.with_columns(pl.col(c).cast(pl.String) for c in binary), numbers
+    except pl.exceptions.PolarsError:  # else decode value by value (invalid -> null)
+        text = frame.with_columns(pl.Series(c, [_utf8_or_none(v) for v in frame[c]], dtype=pl.String)
+                                  for c in binary)
+    flags = pl.DataFrame([(frame[c].is_not_null() & text[c].is_null()).alias(c) for c in binary])
+    rows = np.flatnonzero(flags.select(pl.any_horizontal(pl.all())).to_series().to_numpy())
+    if len(rows):
+        details = []
+        for r in rows[:MAX_REPORTED_BAD_ROWS]:
+            column = binary[int(np.argmax(flags.row(int(r))))]
+            details.append((first_row + int(r), column, f"undecodable bytes "
+                            f"{short_repr(frame[column][int(r)])} (not UTF-8)"))
+        bad.report_rows(path, details, count=len(rows))
+        keep = np.ones(frame.height, dtype=bool)
+        keep[rows] = False
+        text, numbers = text.filter(pl.Series(keep)), numbers[keep]
+    return text, numbers
+
+
+def _utf8_or_none(value: bytes | None) -> str | None:
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _na_to_null(frame: pl.DataFrame, column: str, na_values: list[str]) -> pl.Expr:
