@@ -85,7 +85,11 @@ def _config_cases(small: Path) -> list[Case]:
            "train.amp=1", "train.max_steps_per_epoch=-1", "train.log_every=0", "model.mlp=[64,x]",
            "model.mlp=64", "model.dropout=abc", "model.name=bogus", "method.name=bogus",
            "method.dim=2.5", "method.name=sseds --set method.budget=true", "data.path=3",
-           "train.device=tpu", "train.threads=-1", "train.weight_decay=-1"]
+           "train.device=tpu", "train.threads=-1", "train.weight_decay=-1",
+           "method.name=autodim --set method.candidates=[2,x]",
+           "method.name=autodim --set method.candidates=[2.5]",
+           "method.name=autodim --set method.candidates=[2,true]",
+           "method.name=autodim --set method.candidates=8"]
     cases: list[Case] = []
     for override in bad:
         parts = override.split(" --set ")

@@ -254,3 +254,36 @@ def test_inherit_copies_the_searched_weights_into_the_retrained_model(small):
         expected = searched.embedding(ids)
         got = model.embedding(ids)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("[2, x]", "method.candidates[1]: expected an integer, got 'x'"),
+    ("[2.5]", "method.candidates[0]: expected an integer, got 2.5"),
+    ("[2, true]", "method.candidates[1]: expected an integer, got True"),
+    ("[0, 4]", "method.candidates[0]: expected a positive integer, got 0"),
+    ("[]", "method.candidates: expected at least one width, got []"),
+    ("8", "method.candidates: expected a list of widths, one list per field or a mapping"),
+    ("[[2, 4], [8.5]]", "method.candidates[1][0]: expected an integer, got 8.5"),
+    ("{f1: [2, x]}", "method.candidates.f1[1]: expected an integer, got 'x'"),
+])
+def test_candidates_that_are_not_positive_integer_widths_are_one_typed_line(tmp_path, capsys, value,
+                                                                            message):
+    from embdim.cli import main
+
+    out = tmp_path / "run"
+    assert main(["--quiet", "run", "--set", "method.name=autodim", "--set",
+                 f"method.candidates={value}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"embdim: error: {message}") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_candidates_are_typed_like_every_config_value():
+    from embdim.errors import ConfigError
+    from embdim.search.autodim import AutoDim
+
+    assert make_method({"name": "autodim", "candidates": [2.0, "8", 16]}).options.candidates == [2, 8, 16]
+    options = AutoDim.make_options({"candidates": {"default": [4], "f1": [2, 8]}})
+    assert options.field_candidates(["f0", "f1"]) == [[4], [2, 8]]
+    with pytest.raises(ConfigError, match=r"method.candidates\[0\]: expected an integer, got 2.5"):
+        AutoDim(candidates=[2.5])

@@ -34,8 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 from embdim import distributed
+from embdim.config import coerce
 from embdim.data.loader import BatchLoader
-from embdim.errors import ConfigError, TrainingDivergedError
+from embdim.errors import ConfigError, TrainingDivergedError, short_repr
 from embdim.nn.models import ModelOptions, RecModel, build_model
 from embdim.nn.supernet import GUMBEL_SCOPES, LOOKUPS, UNIFIERS, SupernetEmbedding, normalise_candidates
 from embdim.plan import DimensionPlan
@@ -52,6 +53,32 @@ from embdim.train.metrics import binary_metrics
 from embdim.train.trainer import make_adam, resolve_device
 
 RETRAIN_ALIGN = ("largest_candidate", "plan")
+
+
+def typed_candidates(value: Any, where: str = "method.candidates"
+                     ) -> list[int] | list[list[int]] | dict[str, list[int]]:
+    """``candidates`` typed: a list of positive integer widths (every field), one such list per
+    field, or a mapping field name (or ``default``) -> list. Integral numbers are integers (``8.0``
+    is 8); anything else is a ConfigError naming the place (``method.candidates[1]: expected an
+    integer, got 'x'``)."""
+    if isinstance(value, dict):
+        return {str(k): _widths(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple) and value and all(isinstance(c, list | tuple) for c in value):
+        return [_widths(c, f"{where}[{i}]") for i, c in enumerate(value)]
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list of widths, one list per field or a mapping "
+                          f"field -> list, got {short_repr(value)}")
+    return _widths(value, where)
+
+
+def _widths(value: Any, where: str) -> list[int]:
+    widths = coerce(value, list[int], where)
+    if not widths:
+        raise ConfigError(f"{where}: expected at least one width, got []")
+    for i, d in enumerate(widths):
+        if d < 1:
+            raise ConfigError(f"{where}[{i}]: expected a positive integer, got {d}")
+    return widths
 
 
 @dataclass
@@ -99,15 +126,7 @@ class AutoDimOptions:
             raise ConfigError("method: need alpha_lr > 0, tau_start >= tau_min > 0, tau_decay >= 0")
         if self.xi is not None and self.xi < 0:
             raise ConfigError(f"method.xi must be >= 0, got {self.xi}")
-        if isinstance(self.candidates, dict):
-            lists = list(self.candidates.values())
-        elif self.candidates and all(isinstance(c, list) for c in self.candidates):
-            lists = self.candidates
-        else:
-            lists = [self.candidates]
-        for c in lists:
-            if not c or not all(isinstance(d, int) and d > 0 for d in c):
-                raise ConfigError(f"method.candidates must be positive integer widths, got {c!r}")
+        self.candidates = typed_candidates(self.candidates)
 
     def field_candidates(self, field_names: list[str]) -> list[list[int]]:
         """One sorted candidate list per field (a mapping by field name may cover only some fields;
