@@ -17,7 +17,9 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    parameters count against kappa), ``linear-random`` (``M_i`` at ``d_max``, random, fresh
    body: the paper's text), ``scatter-avg20`` (the default with ``|g|`` averaged over 20
    batches instead of the paper's one) and ``scatter-noticket`` (ablation "w/o ticket": the
-   searched widths at the same coordinates, retrained from a fresh initialisation).
+   searched widths at the same coordinates, retrained from a fresh initialisation), ``pad``
+   (columns packed first, zero padding, fresh body) and ``per-entry`` (cells ranked by saliency per
+   table entry instead of saliency).
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -48,6 +50,7 @@ VARIANTS = {
     "scatter-avg20": {"saliency_batches": 20},
     "scatter-noticket": {"ticket": False},
     "pad": {"align": "pad", "align_width": "max"},
+    "per-entry": {"rank": "per_entry"},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}

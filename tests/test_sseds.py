@@ -83,6 +83,9 @@ def test_budget_arithmetic_is_exact_and_fill_packs_cheaper_cells():
     assert tight.dims == [1, 0] and tight.kept_params == 1
     filled = prune_to_budget(s, [1, 10], 0.4, fill=True)  # ... fill goes on to (0,1)
     assert filled.dims == [2, 0] and filled.kept_params == 2
+    # per entry: (0,0) 3/1, (0,1) 0.5/1, (1,0) 0.2, (1,1) 0.1 -> both cheap cells first
+    cheap = prune_to_budget(s, [1, 10], 0.5, per_entry=True)
+    assert cheap.dims == [2, 0] and cheap.kept_params == 2 and cheap.next_cell_cost == 10
 
 
 # ---- eq. 9-11: saliency ------------------------------------------------------------------------

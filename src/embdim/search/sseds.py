@@ -51,6 +51,7 @@ from embdim.train.trainer import Trainer, resolve_device
 ALIGNS = ("scatter", "linear", "pad")
 ALIGN_WIDTHS = ("pretrain", "max")
 ALIGN_INITS = ("select", "random")
+RANKS = ("saliency", "per_entry")
 
 
 @dataclass
@@ -73,6 +74,8 @@ class SSEDSOptions:
     stability_batches: int = 4  # after the search, the plans of this many other single batches are
     #                             compared with the chosen one (plan.json "stability"); 0: skip
     fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
+    rank: str = "saliency"  # "saliency" (eq. 12) or "per_entry": saliency / vocab_i (a knapsack's
+    #                         greedy order; not in the paper)
     ticket: bool = True  # copy the kept pretrained columns into the slim tables ("w/o ticket": false)
     inherit_network: bool | None = None  # start the rest of the network from the pretrained one
     #                     (Algorithm 1); None: the same as ``ticket`` (when the aligned width fits)
@@ -108,7 +111,8 @@ class SSEDSOptions:
                 and self.stability_batches >= 0):
             problems.append(f"method.stability_batches must be an integer >= 0, got "
                             f"{self.stability_batches!r}")
-        for key, valid in (("align", ALIGNS), ("align_width", ALIGN_WIDTHS), ("align_init", ALIGN_INITS)):
+        for key, valid in (("align", ALIGNS), ("align_width", ALIGN_WIDTHS), ("align_init", ALIGN_INITS),
+                           ("rank", RANKS)):
             if getattr(self, key) not in valid:
                 problems.append(f"method.{key} must be one of {', '.join(valid)}, got "
                                 f"{getattr(self, key)!r}")
@@ -277,7 +281,8 @@ def alignment_params(dims: list[int], align_cost: int | str) -> int:
 
 
 def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, *,
-                    fill: bool = False, align_cost: int | str = 0) -> PruneResult:
+                    fill: bool = False, align_cost: int | str = 0,
+                    per_entry: bool = False) -> PruneResult:
     """Keep cells most-salient-first while their cost stays ``<= floor(kappa x total)``.
 
     ``saliency [F, d]``; ``total`` is the full table, ``sum_i vocab_i x d``. A cell of field ``i``
@@ -286,12 +291,15 @@ def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, 
     ``"max"`` also the growth of every ``M_j`` when the cell raises ``d_max``). Ties are broken by
     field, then dimension index (a stable sort). The selection stops at the first ranked cell that
     does not fit; with ``fill`` it skips that cell and goes on with the cheaper ones that still fit.
+    ``per_entry`` ranks by saliency per table entry, ``s_ij / vocab_i`` (not in the paper: the
+    greedy order of a knapsack over the cells), instead of by saliency (eq. 12).
     """
     num_fields, d = saliency.shape
     vocab = [int(v) for v in vocab_sizes]
     total = sum(vocab) * d
     budget = budget_entries(kappa, total)
-    order = np.argsort(-saliency.reshape(-1), kind="stable")
+    score = saliency / np.asarray(vocab, dtype=np.float64)[:, None] if per_entry else saliency
+    order = np.argsort(-score.reshape(-1), kind="stable")
     mask = np.zeros(num_fields * d, dtype=bool)
     widths = [0] * num_fields
     kept, next_cost, aligned = 0, None, 0
@@ -511,7 +519,7 @@ class SSEDS(SearchMethod):
         saliency = distributed.all_reduce_mean(compute_saliency(model, loader, o.saliency_batches))
         def prune(scores: np.ndarray) -> PruneResult:
             return prune_to_budget(scores, schema.vocab_sizes, o.budget, fill=o.fill,
-                                   align_cost=o.align_cost)
+                                   align_cost=o.align_cost, per_entry=o.rank == "per_entry")
 
         pruned = prune(saliency)
         prune_seconds = time.perf_counter() - t0
