@@ -19,7 +19,7 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    batches instead of the paper's one) and ``scatter-noticket`` (ablation "w/o ticket": the
    searched widths at the same coordinates, retrained from a fresh initialisation), ``pad``
    (columns packed first, zero padding, fresh body) and ``per-entry`` (cells ranked by saliency per
-   table entry instead of saliency).
+   table entry instead of saliency) and ``per-entry-avg20`` (both changes).
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -51,6 +51,7 @@ VARIANTS = {
     "scatter-noticket": {"ticket": False},
     "pad": {"align": "pad", "align_width": "max"},
     "per-entry": {"rank": "per_entry"},
+    "per-entry-avg20": {"rank": "per_entry", "saliency_batches": 20},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
