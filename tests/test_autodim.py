@@ -11,13 +11,14 @@ from torch import nn
 from embdim.config import config_from_dict
 from embdim.data.dataset import PreparedDataset
 from embdim.data.synthetic import SyntheticSpec, write_synthetic_dataset
+from embdim.errors import ConfigError
 from embdim.experiment import run_experiment
 from embdim.nn.models import build_model
 from embdim.nn.supernet import SupernetEmbedding
 from embdim.plan import DimensionPlan
 from embdim.search import SearchContext, make_method
 from embdim.search.autodim import AutoDimSearch
-from embdim.search.bilevel import batch_loss, second_order_alpha_grad
+from embdim.search.bilevel import batch_loss, second_order_alpha_grad, w_step
 from embdim.train.trainer import seed_everything
 
 # Two high-cardinality pure-noise fields (they can only overfit), two 2-dim and two 16-dim fields.
@@ -279,7 +280,6 @@ def test_candidates_that_are_not_positive_integer_widths_are_one_typed_line(tmp_
 
 
 def test_candidates_are_typed_like_every_config_value():
-    from embdim.errors import ConfigError
     from embdim.search.autodim import AutoDim
 
     assert make_method({"name": "autodim", "candidates": [2.0, "8", 16]}).options.candidates == [2, 8, 16]
@@ -287,3 +287,49 @@ def test_candidates_are_typed_like_every_config_value():
     assert options.field_candidates(["f0", "f1"]) == [[4], [2, 8]]
     with pytest.raises(ConfigError, match=r"method.candidates\[0\]: expected an integer, got 2.5"):
         AutoDim(candidates=[2.5])
+
+
+# ---- paper elements that the defaults must keep (issue: AutoDim faithful in every regime) --------
+@pytest.mark.parametrize("variant,align", [("ad-1", "pad"), ("ad-2", "linear"), ("ad-3", "pad"),
+                                           ("ad-4", "linear"), ("autodim", "linear")])
+def test_retraining_keeps_the_searchs_unifying_method(small, variant, align):
+    """Sec. 2.4.2: the retrained model unifies the widths as the search did — zero padding for
+    AD-1 / AD-3 (``unify: pad``), the linear transform for AD-2 / AD-4."""
+    cfg = _cfg(small, {"name": variant})
+    schema = PreparedDataset(small).schema
+    plan = DimensionPlan(method=variant, field_names=schema.field_names, vocab_sizes=schema.vocab_sizes,
+                         dims=[2, 8, 16, 32], full_dim=32, schema_hash=schema.content_hash)
+    options = make_method(cfg.method).retrain_model_options(cfg.model, plan)
+    model = build_model("deepfm", schema, plan, options=options)
+    assert options.align == align and model.embedding.align == align
+    assert model.embedding.out_dim == 32 and (model.embedding.alignment_params == 0) == (align == "pad")
+
+
+def test_a_search_in_which_alpha_never_moves_is_refused(small):
+    """Argmax over equal weights would report the smallest width for every field as a result."""
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 10}, epochs=1, max_steps_per_epoch=6)
+    seed_everything(0)
+    with pytest.raises(ConfigError, match=r"alpha was never updated: the search ran 6 W-step\(s\)"):
+        make_method(cfg.method).search(PreparedDataset(small), _ctx(cfg))
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_alpha_steps_leave_the_weights_and_batchnorm_statistics_untouched(small, order):
+    """An alpha update reads a validation batch; neither W nor the BatchNorm running statistics
+    (of the supernet's unify step and the MLP) may keep anything of it, in either order."""
+    cfg = _cfg(small, {"name": "autodim", "order": order, "pretrain_steps": 0, "update_every": 1},
+               epochs=1, max_steps_per_epoch=2)
+    seed_everything(0)
+    search = AutoDimSearch(PreparedDataset(small), _ctx(cfg), make_method(cfg.method).options)
+    search.model.train()
+    batches = iter(search.train_loader.epoch(0))
+    for _ in range(2):  # give the running statistics something to differ from
+        w_step(search.model, search.w_params, search.w_optimizer, next(batches))
+    state = {k: v.detach().clone() for k, v in search.model.state_dict().items()}
+    alpha = [a.detach().clone() for a in search.alpha_params]
+    search._alpha_update(next(batches), iter(search.valid_loader.epoch(0)))
+    assert any(not torch.equal(a, b) for a, b in zip(alpha, search.alpha_params, strict=True))
+    after = search.model.state_dict()
+    changed = [k for k, v in state.items() if not torch.equal(v, after[k])
+               and not k.endswith("alpha_logits")]
+    assert not changed, changed

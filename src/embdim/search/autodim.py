@@ -287,6 +287,12 @@ class AutoDimSearch:
             history.append(entry)
             self._log(f"search epoch {epoch + 1}: train_loss={mean_loss:.5f} valid_auc={valid['auc']:.5f} "
                       f"tau={net.tau:.3f} dims={entry['dims']}")
+        if alpha_updates == 0:  # argmax over equal weights would pick the smallest width everywhere
+            raise ConfigError(
+                f"autodim: alpha was never updated: the search ran {step} W-step(s), all of them "
+                f"pre-training ({self.pretrain_steps} steps, alpha fixed); give the search more "
+                f"steps (method.epochs, train.max_steps_per_epoch) or fewer pre-training steps "
+                f"(method.pretrain_steps)")
         return SearchResult(model=model, supernet=net, history=history, steps=step,
                             alpha_updates=alpha_updates, seconds=time.perf_counter() - t_start)
 
@@ -385,11 +391,15 @@ class AutoDim(SearchMethod):
         return derive_plan(self.result, dataset.schema, self.name, opts)
 
     def retrain_model_options(self, model_options: ModelOptions, plan: DimensionPlan) -> ModelOptions:
-        """Align the retrained fields to the largest candidate (sec. 2.4.2) unless the model config
-        sets ``aligned_dim`` itself or ``retrain_align: plan``."""
+        """The retrained model keeps the search's unifying method (sec. 2.4.2): ``unify: pad``
+        (AD-1, AD-3) retrains with zero padding, ``linear`` with the linear alignment; it aligns
+        to the largest candidate unless the model config sets ``aligned_dim`` itself or
+        ``retrain_align: plan``."""
+        align = "pad" if self.options.unify == "pad" else "linear"
+        options = dataclasses.replace(model_options, align=align)
         if self.options.retrain_align != "largest_candidate" or model_options.aligned_dim is not None:
-            return model_options
-        return dataclasses.replace(model_options, aligned_dim=int(plan.full_dim))
+            return options
+        return dataclasses.replace(options, aligned_dim=int(plan.full_dim))
 
     def init_retrain_model(self, model, plan, ctx: SearchContext) -> None:
         if not self.options.inherit:

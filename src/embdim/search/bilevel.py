@@ -70,9 +70,18 @@ def joint_step(model: nn.Module, w_params: Sequence[Tensor], alpha_params: Seque
 
 def first_order_alpha_grad(model: nn.Module, alpha_params: Sequence[Tensor],
                            valid_batch: Batch) -> tuple[list[Tensor], Tensor]:
-    """``grad_alpha L_val(W, alpha)`` (eq. 12 with ``xi = 0``) and the validation loss."""
-    loss = batch_loss(model, valid_batch)
-    grads = torch.autograd.grad(loss, list(alpha_params))
+    """``grad_alpha L_val(W, alpha)`` (eq. 12 with ``xi = 0``) and the validation loss.
+
+    ``W`` is not touched, and neither are the model's buffers: the forward on the validation batch
+    runs in train mode (batch statistics, as the W-steps) but its BatchNorm running statistics are
+    put back, as the second-order step does, so validation rows never enter the model's state.
+    """
+    saved_buffers = _buffers(model)
+    try:
+        loss = batch_loss(model, valid_batch)
+        grads = torch.autograd.grad(loss, list(alpha_params))
+    finally:
+        _restore_buffers(model, saved_buffers)
     return list(grads), loss.detach()
 
 
