@@ -231,8 +231,11 @@ def test_end_to_end_run_writes_a_plan_with_alpha_and_retrains_without_batchnorm(
     assert model.embedding.out_dim == 32  # aligned to the largest candidate
 
 
-def test_inherit_copies_the_searched_weights_into_the_retrained_model(small):
-    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 2, "inherit": True, "unify_bias": True},
+@pytest.mark.parametrize("variant", ["autodim", "ad-1"])
+def test_inherit_copies_the_searched_weights_into_the_retrained_model(small, variant):
+    """AD-2 (linear unify) and AD-1 (pad: retrained with zero padding): the retrained embedding
+    computes what the supernet computes with alpha pinned to the derived choice."""
+    cfg = _cfg(small, {"name": variant, "pretrain_steps": 2, "inherit": True, "unify_bias": True},
                epochs=1)
     cfg.model.align_bias = True
     seed_everything(0)
