@@ -336,3 +336,15 @@ def test_alpha_steps_leave_the_weights_and_batchnorm_statistics_untouched(small,
     changed = [k for k, v in state.items() if not torch.equal(v, after[k])
                and not k.endswith("alpha_logits")]
     assert not changed, changed
+
+
+def test_temperature_anneals_from_the_first_alpha_update(small):
+    """tau is tau_start at the first alpha update however long the pre-training was, and anneals
+    over the alpha-learning steps only: 6 W-steps, 4 of them pre-training, decay 0.1 -> the last
+    step (the 2nd searching one) has tau = 1 - 0.1 x 1."""
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 4, "update_every": 1, "tau_decay": 0.1},
+               epochs=1, max_steps_per_epoch=6)
+    seed_everything(0)
+    plan = make_method(cfg.method).search(PreparedDataset(small), _ctx(cfg))
+    assert plan.extra["alpha_updates"] == 2
+    assert plan.extra["final_tau"] == pytest.approx(0.9)

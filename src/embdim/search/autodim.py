@@ -145,7 +145,8 @@ class AutoDimOptions:
             raise ConfigError(f"method.candidates: {e}") from None
 
     def tau(self, step: int) -> float:
-        """The annealed Gumbel temperature at W-step ``step`` (sec. 3.2)."""
+        """The annealed Gumbel temperature ``max(tau_min, tau_start - tau_decay t)`` (sec. 3.2) at
+        search step ``t``, counted from the end of the pre-training (the first alpha update)."""
         return max(self.tau_min, self.tau_start - self.tau_decay * step)
 
 
@@ -258,7 +259,9 @@ class AutoDimSearch:
                     break
                 searching = step >= self.pretrain_steps
                 net.sampling = searching or opts.pretrain_noise
-                net.tau = opts.tau(step)
+                # tau anneals over the alpha-learning steps: t = 0 at the first alpha update, so
+                # alpha sees the whole schedule however long the pre-training is (sec. 3.2)
+                net.tau = opts.tau(max(0, step - self.pretrain_steps))
                 update = searching and (step - self.pretrain_steps) % opts.update_every == 0
                 if self.joint and update:
                     loss = joint_step(model, self.w_params, self.alpha_params, self.w_optimizer,
