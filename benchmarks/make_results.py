@@ -317,7 +317,8 @@ def write_results(work: Path, steps: Steps, out_md: Path, assets: Path, total_se
     rel = os.path.relpath(assets, out_md.parent)
     assets.mkdir(parents=True, exist_ok=True)
     for old in assets.glob("*.png"):
-        old.unlink()
+        if not old.name.startswith("sseds_vs_fde"):  # that page's plot is benchmarks/sseds_vs_fde.py's
+            old.unlink()
     for png in sorted(report.glob("*.png")):
         shutil.copyfile(png, assets / png.name)
         body = body.replace(f"]({png.name})", f"]({rel}/{png.name})")
