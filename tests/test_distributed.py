@@ -161,7 +161,10 @@ RESUME_WORKER = textwrap.dedent("""
             return real(self, epoch)
 
         Trainer.train_epoch = train_epoch
-    run_experiment(cfg, out, resume=(mode == "resume"), quiet=True)
+    try:
+        run_experiment(cfg, out, resume=(mode == "resume"), quiet=True)
+    except SystemExit:  # the simulated interruption (both ranks at the same epoch): close the
+        pass            # process group, or gloo's threads may abort the exiting interpreter
     distributed.shutdown()
 """)
 
