@@ -330,7 +330,7 @@ def copy_ticket_(slim: RecModel, pretrained: RecModel, kept_indices: list[list[i
             slim.embedding.field_weight(i).copy_(src.index_select(1, idx))
 
 
-def scatter_alignment_(slim: RecModel, kept_indices: list[list[int]], width: int) -> bool:
+def select_alignment_(slim: RecModel, kept_indices: list[list[int]], width: int) -> bool:
     """Set each ``M_i`` so the kept column ``k`` lands at its pretrained position
     ``kept_indices[i][k]`` (``W_i [d_i, d]`` with one 1 per row). Needs the slim model aligned to
     the pretrain width; returns False (nothing changed) when it is not."""
@@ -612,7 +612,7 @@ class SSEDS(SearchMethod):
             else:
                 ctx.log("sseds: first-order weights and body inherited from the pretrained model")
         if o.align == "linear" and o.align_init == "select":
-            if not scatter_alignment_(model, plan.kept_indices, o.pretrain_width):
+            if not select_alignment_(model, plan.kept_indices, o.pretrain_width):
                 raise ConfigError("sseds: align_init=select needs the slim model aligned to the "
                                   "pretrain width")
             ctx.log("sseds: each M_i places its kept columns at their pretrained coordinates")
