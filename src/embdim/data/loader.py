@@ -98,6 +98,19 @@ class BatchLoader:
             return self.rows // self.batch_size
         return -(-self.rows // self.batch_size)
 
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of epoch 0, then epoch 1, ... (each pass shuffled by its own epoch); ends
+        only if a pass is empty."""
+        epoch = 0
+        while True:
+            empty = True
+            for batch in self.epoch(epoch):
+                empty = False
+                yield batch
+            if empty:
+                return
+            epoch += 1
+
     def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.in_memory:
             yield from self._epoch_in_memory(epoch)

@@ -318,25 +318,26 @@ def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: Dime
             raise SchemaMismatchError(f"plan vocabulary sizes {plan.vocab_sizes} differ from the "
                                       f"model's {vocab_sizes}")
     dims = plan.dims if plan is not None else [int(dim)] * len(vocab_sizes)
-    linear_fields = (list(range(len(dims))) if options.linear_fields == "all"
-                     else [i for i, d in enumerate(dims) if d])
+
+    def first_order_fields(kept: list[int]) -> list[int]:
+        return list(range(len(dims))) if options.linear_fields == "all" else list(kept)
 
     body_cls = MODELS[key]
     if not getattr(body_cls, "uses_embedding", True):
         if embedding is not None:
             raise ConfigError(f"model {key!r} has no embedding layer to replace")
-        return RecModel(None, None, FeaturesLinear(vocab_sizes, linear_fields), name=key)
+        kept = [i for i, d in enumerate(dims) if d]
+        return RecModel(None, None, FeaturesLinear(vocab_sizes, first_order_fields(kept)), name=key)
     if embedding is None and plan is not None and "blocks" in (plan.value_dim_rule or {}):
         embedding = BlockFieldEmbedding.from_plan(plan, align=options.align, out_dim=options.aligned_dim,
                                                   bias=options.align_bias)  # MDE frequency blocks
+    if embedding is None and plan is not None:
+        embedding = FieldEmbedding.from_plan(plan, align=options.align, out_dim=options.aligned_dim,
+                                             bias=options.align_bias, always_align=options.align_always)
     if embedding is None:
-        positions = plan.kept_indices if plan is not None and options.align == "scatter" else None
         embedding = FieldEmbedding(vocab_sizes, dims, align=options.align, out_dim=options.aligned_dim,
-                                   bias=options.align_bias, positions=positions,
-                                   always_align=options.align_always)
+                                   bias=options.align_bias, always_align=options.align_always)
     body = body_cls(int(embedding.num_output_fields), int(embedding.out_dim), options)
     wide = getattr(body_cls, "wide", False)
-    if options.linear_fields == "kept":
-        linear_fields = list(embedding.kept_fields)
-    linear = FeaturesLinear(vocab_sizes, linear_fields) if wide else None
+    linear = FeaturesLinear(vocab_sizes, first_order_fields(embedding.kept_fields)) if wide else None
     return RecModel(embedding, body, linear, name=key)

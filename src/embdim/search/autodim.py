@@ -23,10 +23,8 @@ variants of sec. 3.5: ``ad-1`` (shared + pad), ``ad-2`` (shared + linear), ``ad-
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,11 +160,6 @@ class SearchResult:
     seconds: float
 
 
-def _cycle(loader: BatchLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for epoch in itertools.count():
-        yield from loader.epoch(epoch)
-
-
 @torch.no_grad()
 def _validate(model: RecModel, loader: BatchLoader) -> dict[str, float]:
     """AUC and Logloss on the validation split with the mixture weights ``alpha`` (no noise)."""
@@ -241,7 +234,7 @@ class AutoDimSearch:
 
     def run(self) -> SearchResult:
         opts, model, net = self.options, self.model, self.supernet
-        valid_iter = _cycle(self.valid_loader)
+        valid_iter = self.valid_loader.batches()
         history: list[dict[str, Any]] = []
         step, alpha_updates, t_start = 0, 0, time.perf_counter()
         model.train()

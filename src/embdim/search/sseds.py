@@ -28,7 +28,6 @@ See docs/sseds.md for every option and for the choices the paper leaves open.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -193,17 +192,6 @@ def loss_gradient_wrt_alpha(model: RecModel, ids: Tensor, labels: Tensor,
     return loss.detach(), grad.detach()
 
 
-def _successive_batches(loader: BatchLoader):
-    """The batches of ``loader``'s shuffled passes, epoch 0, then 1, ... (ends on an empty pass)."""
-    for epoch in itertools.count():
-        empty = True
-        for batch in loader.epoch(epoch):
-            empty = False
-            yield batch
-        if empty:
-            return
-
-
 def batch_gradient_magnitudes(model: RecModel, loader: BatchLoader, start: int, count: int):
     """``|dL/d alpha|`` at ``alpha = 1`` of batches ``start .. start + count - 1`` of ``loader``'s
     successive shuffled passes, one ``[F, d]`` tensor each (the model in eval mode: no dropout,
@@ -211,7 +199,7 @@ def batch_gradient_magnitudes(model: RecModel, loader: BatchLoader, start: int, 
     was_training = model.training
     model.eval()
     try:
-        for b, (ids, labels) in enumerate(_successive_batches(loader)):
+        for b, (ids, labels) in enumerate(loader.batches()):
             if b >= start + count:
                 break
             if b >= start:
