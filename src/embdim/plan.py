@@ -12,6 +12,15 @@ Optional parts, filled by the methods that need them:
   ``{"start", "stop", "dim"[, "reserved_ids"]}`` (see :mod:`embdim.nn.block_embedding`): the model then
   has one table per block, ``dims[i]`` is field ``i``'s largest block width and
   ``embedding_params`` counts ``sum n_k * d_k`` over the blocks;
+* ``embedding`` (pruning and quantisation methods: PEP, DeepLight, DPQ, MGQE): an embedding that
+  is not a set of dense per-field tables, ``{"kind": ..., "embedding_params": N, "params_note": ...,
+  <the kind's options>}``. ``kind`` names a builder registered in :mod:`embdim.nn.plan_embeddings`;
+  ``embedding_params`` is the method's honest count on the common basis (non-zero entries of a
+  pruned table; codebooks plus code bits in 32-bit parameters) and ``params_note`` says how it was
+  counted. Arrays the embedding needs (a pruning mask, initial weights) are the plan's ``payload``,
+  saved beside ``plan.json`` as ``plan.payload.npz`` (plain arrays, read with
+  ``allow_pickle=False``; ``embedding["payload"]`` names the file), so a plan stays one artefact that
+  loads without executing anything;
 * ``extra``: method-specific results (final architecture weights, saliency matrix, ...).
 """
 
@@ -22,9 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embdim.config import coerce
 from embdim.errors import ConfigError, EmbdimError, SchemaMismatchError
-from embdim.io import atomic_write_json
+from embdim.io import atomic_write, atomic_write_json
 
 PLAN_FORMAT_VERSION = 1
 MAX_DIM = 1 << 16  # the widest embedding a plan may ask for (a larger one is a corrupt plan)
@@ -85,6 +96,8 @@ class DimensionPlan:
     value_dim_rule: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     format_version: int = PLAN_FORMAT_VERSION
+    embedding: dict[str, Any] | None = None
+    payload: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.field_names)
@@ -107,6 +120,8 @@ class DimensionPlan:
             for name, d, idx in zip(self.field_names, self.dims, self.kept_indices, strict=True):
                 if len(idx) != d:
                     raise EmbdimError(f"field {name!r}: dim {d} but {len(idx)} kept indices")
+        if self.embedding is not None:
+            _check_embedding_entry(self.embedding)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -134,7 +149,10 @@ class DimensionPlan:
     @property
     def embedding_params(self) -> int:
         """Number of embedding-table entries: sum over fields of vocab_size x dim (with frequency
-        blocks in ``value_dim_rule``: sum over blocks of n_k x d_k)."""
+        blocks in ``value_dim_rule``: sum over blocks of n_k x d_k; with an ``embedding`` entry: the
+        count its method recorded, see ``embedding["params_note"]``)."""
+        if self.embedding is not None:
+            return int(self.embedding["embedding_params"])
         if self.value_dim_rule and "blocks" in self.value_dim_rule:
             return sum((int(b["stop"]) - int(b["start"]) + len(b.get("reserved_ids", []))) * int(b["dim"])
                        for field in self.value_dim_rule["blocks"] for b in field)
@@ -194,6 +212,7 @@ class DimensionPlan:
             "dropped_fields": self.dropped_fields,
             "fields": fields,
             "value_dim_rule": self.value_dim_rule,
+            "embedding": self.embedding,
             "extra": self.extra,
         }
 
@@ -235,9 +254,20 @@ class DimensionPlan:
                    vocab_sizes=vocab_sizes, dims=dims, full_dim=coerce(d["full_dim"], int, "full_dim"),
                    schema_hash=coerce(d.get("schema_hash") or "", str, "schema_hash"),
                    options=coerce(d.get("options") or {}, dict, "options"), kept_indices=kept,
-                   value_dim_rule=rule, extra=coerce(d.get("extra") or {}, dict, "extra"))
+                   value_dim_rule=rule, extra=coerce(d.get("extra") or {}, dict, "extra"),
+                   embedding=coerce(d.get("embedding"), dict | None, "embedding"))
 
     def save(self, path: str | Path) -> None:
+        """Write ``plan.json`` (and, for a plan with a payload, ``plan.payload.npz`` beside it,
+        written first so the JSON never names a missing file)."""
+        path = Path(path)
+        if self.payload:
+            if self.embedding is None:
+                raise EmbdimError("a plan payload needs an embedding entry that names its kind")
+            name = payload_path(path).name
+            atomic_write(payload_path(path), lambda f: np.savez_compressed(f, **self.payload),
+                         mode="wb")
+            self.embedding["payload"] = name
         atomic_write_json(path, self.to_dict())
 
     @classmethod
@@ -249,6 +279,38 @@ class DimensionPlan:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise EmbdimError(f"{path}: not valid JSON: {e}") from None
         try:
-            return cls.from_dict(d)
+            plan = cls.from_dict(d)
+            if plan.embedding is not None and "payload" in plan.embedding:
+                plan.payload = _load_payload(Path(path).parent / str(plan.embedding["payload"]))
+            return plan
         except EmbdimError as e:
             raise type(e)(f"{path}: {e}") from None
+
+
+def payload_path(plan_path: str | Path) -> Path:
+    """Where the payload arrays of the plan saved at ``plan_path`` go: ``<stem>.payload.npz``."""
+    plan_path = Path(plan_path)
+    return plan_path.with_name(f"{plan_path.stem}.payload.npz")
+
+
+def _load_payload(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a plan payload file (plain arrays only: nothing is executed)."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except FileNotFoundError:
+        raise EmbdimError(f"the plan's payload file {path.name} is missing (it belongs beside "
+                          "plan.json)") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise EmbdimError(f"the plan's payload file {path.name} is corrupt: {e}") from None
+
+
+def _check_embedding_entry(entry: dict[str, Any]) -> None:
+    """A plan's ``embedding`` entry: a mapping with a ``kind`` name and an ``embedding_params`` count."""
+    kind = coerce(entry.get("kind"), str, "embedding.kind")
+    if not kind:
+        raise ConfigError("embedding.kind: a non-empty name is required")
+    if coerce(entry.get("embedding_params"), int, "embedding.embedding_params") < 0:
+        raise ConfigError("embedding.embedding_params: expected >= 0")

@@ -40,6 +40,7 @@ from embdim.nn.layers import (
     Linear,
     SelfAttentionLayer,
 )
+from embdim.nn.plan_embeddings import build_plan_embedding
 from embdim.plan import DimensionPlan
 
 if TYPE_CHECKING:
@@ -293,7 +294,9 @@ def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: Dime
             per-field vocabulary sizes.
         plan: per-field widths (``0`` drops a field); ``None``: every field at ``dim``. A plan with
             frequency blocks in ``value_dim_rule`` (MDE ``blocks: K``) gets a
-            :class:`~embdim.nn.block_embedding.BlockFieldEmbedding`.
+            :class:`~embdim.nn.block_embedding.BlockFieldEmbedding`; one with an ``embedding``
+            entry (pruned or quantised) the module its kind registered in
+            :mod:`embdim.nn.plan_embeddings`.
         dim: the uniform width when there is no plan.
         options: :class:`ModelOptions` or a ``model:`` config mapping (``name`` may be omitted).
         embedding: a ready embedding module (a search supernet) used instead of building one from
@@ -328,6 +331,8 @@ def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: Dime
             raise ConfigError(f"model {key!r} has no embedding layer to replace")
         kept = [i for i, d in enumerate(dims) if d]
         return RecModel(None, None, FeaturesLinear(vocab_sizes, first_order_fields(kept)), name=key)
+    if embedding is None and plan is not None and plan.embedding is not None:
+        embedding = build_plan_embedding(plan, options)  # pruned / quantised (PEP, DPQ, ...)
     if embedding is None and plan is not None and "blocks" in (plan.value_dim_rule or {}):
         embedding = BlockFieldEmbedding.from_plan(plan, align=options.align, out_dim=options.aligned_dim,
                                                   bias=options.align_bias)  # MDE frequency blocks
