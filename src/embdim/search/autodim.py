@@ -7,7 +7,9 @@
   (sec. 2.3.1): the first ``pretrain_steps`` W-steps run with ``alpha`` fixed and equal (no noise).
   Gumbel temperature ``tau = max(tau_min, tau_start - tau_decay * t)`` (sec. 3.2), ``t`` the W-step.
 * derive (sec. 2.4.1, eq. 13): per field the candidate with the largest ``alpha`` -> ``plan.json``
-  (``extra``: final ``alpha`` per field, the candidates, the search history).
+  (``extra``: final ``alpha`` per field, the candidates, the search history). With ``budget: kappa``
+  (beyond the paper, :mod:`embdim.search.budget`): the plan of largest ``sum_i log alpha_i(d_i)``
+  (the most probable architecture under the learned alpha) whose tables fit ``kappa`` x FDE.
 * retrain (sec. 2.4.2, Alg. 2): done by the pipeline (``embdim.experiment``) with the base
   :class:`~embdim.nn.embedding.FieldEmbedding` — no BatchNorm in the embedding path, aligned by the
   model's ``align`` (linear by default) to the largest candidate; fresh weights unless
@@ -46,6 +48,7 @@ from embdim.search.bilevel import (
     second_order_alpha_grad,
     w_step,
 )
+from embdim.search.budget import best_widths_under_budget, budget_params, check_feasible, check_kappa
 from embdim.search.fde import DEFAULT_CANDIDATES
 from embdim.train.metrics import binary_metrics
 from embdim.train.trainer import make_adam, resolve_device
@@ -105,6 +108,7 @@ class AutoDimOptions:
     hard: bool = False  # straight-through Gumbel-softmax
     inherit: bool = False  # retrain from the searched weights instead of a fresh initialisation
     retrain_align: str = "largest_candidate"  # retrained aligned width: "largest_candidate" | "plan"
+    budget: float | None = None  # kappa: best plan from alpha with tables <= kappa * FDE (d_max)
 
     def validate(self) -> None:
         choices = {"lookup": LOOKUPS, "unify": UNIFIERS, "order": ("first", "second"),
@@ -124,6 +128,7 @@ class AutoDimOptions:
             raise ConfigError("method: need alpha_lr > 0, tau_start >= tau_min > 0, tau_decay >= 0")
         if self.xi is not None and self.xi < 0:
             raise ConfigError(f"method.xi must be >= 0, got {self.xi}")
+        check_kappa(self.budget)
         self.candidates = typed_candidates(self.candidates)
 
     def field_candidates(self, field_names: list[str]) -> list[list[int]]:
@@ -293,10 +298,22 @@ class AutoDimSearch:
                             alpha_updates=alpha_updates, seconds=time.perf_counter() - t_start)
 
 
-def derive_plan(result: SearchResult, schema, method: str, options: dict[str, Any]) -> DimensionPlan:
-    """Eq. 13: per field the candidate with the largest alpha; alpha and candidates in ``extra``."""
+def derive_plan(result: SearchResult, schema, method: str, options: dict[str, Any],
+                budget: float | None = None) -> DimensionPlan:
+    """Eq. 13: per field the candidate with the largest alpha; alpha and candidates in ``extra``.
+    With ``budget`` (kappa), the most probable plan under alpha whose tables fit the budget."""
     net = result.supernet
     dims = net.selected_widths()
+    budget_record = None
+    if budget is not None:
+        log_alpha = net.log_alpha().detach().cpu().double()
+        scores = [[float(log_alpha[i, net.widths.index(w)]) for w in cands]
+                  for i, cands in enumerate(net.field_candidates)]
+        limit = budget_params(schema.vocab_sizes, net.out_dim, budget)
+        budget_record = {"kappa": float(budget), "max_params": limit, "argmax_dims": dims,
+                         "argmax_params": sum(v * d for v, d in zip(schema.vocab_sizes, dims,
+                                                                    strict=True))}
+        dims = best_widths_under_budget(scores, net.field_candidates, schema.vocab_sizes, limit)
     alpha = net.alpha().detach().cpu()
     names = schema.field_names
     extra = {
@@ -310,6 +327,8 @@ def derive_plan(result: SearchResult, schema, method: str, options: dict[str, An
         "search_embedding_params": net.embedding_params,
         "search_transform_params": net.transform_params,
     }
+    if budget_record is not None:
+        extra["budget"] = budget_record
     return DimensionPlan(method=method, field_names=names, vocab_sizes=schema.vocab_sizes, dims=dims,
                          full_dim=net.out_dim, schema_hash=schema.content_hash, options=options,
                          extra=extra)
@@ -384,7 +403,18 @@ class AutoDim(SearchMethod):
         searcher = AutoDimSearch(dataset, ctx, self.options, joint=self.joint)
         self.result = searcher.run()
         opts = dataclasses.asdict(self.options)
-        return derive_plan(self.result, dataset.schema, self.name, opts)
+        return derive_plan(self.result, dataset.schema, self.name, opts, budget=self.options.budget)
+
+    def check_dataset(self, dataset) -> None:
+        """Refuse, before anything is written, a budget below the narrowest plan."""
+        if self.options.budget is None:
+            return
+        schema = dataset.schema
+        widths = self.options.field_candidates(schema.field_names)
+        full = max(max(w) for w in widths)
+        check_feasible(schema.vocab_sizes, widths, budget_params(schema.vocab_sizes, full,
+                                                                 self.options.budget),
+                       self.options.budget, full, self.name)
 
     def retrain_model_options(self, model_options: ModelOptions, plan: DimensionPlan) -> ModelOptions:
         """The retrained model keeps the search's unifying method (sec. 2.4.2): ``unify: pad``

@@ -1,5 +1,7 @@
 """MDE (Ginart et al., "Mixed Dimension Embeddings with Application to Memory-Efficient Recommendation
-Systems", 2021), the field-level form used as a baseline by AutoDim (sec. 3.4 (ii)).
+Systems", 2021), the baseline of AutoDim's Table 2 (sec. 3.4 (ii): "assigns highly-frequent feature
+values with larger embedding dimensions"): by default per frequency block of values (``blocks: 4``,
+below); ``blocks: null`` is the field-level form (one width per field).
 
 MDE sizes a block of embedding vectors by its popularity ``p`` (the probability that a query reads
 one of its vectors): ``d = lambda * p ** alpha`` with a temperature ``alpha`` in [0, 1] (0: uniform
@@ -14,7 +16,8 @@ linear alignment, MDE's projection). As in AutoDim's evaluation, a small grid of
 base widths (default 4 x 4 = 16 settings) is trained and the setting with the best validation AUC
 is returned; every setting's result is kept in ``plan.extra["trials"]``.
 
-Per frequency block inside a field (option ``blocks: K``): each field's ids are cut into at most
+Per frequency block inside a field (option ``blocks: K``, default 4: the AutoDim paper does not say
+how many blocks its MDE uses, Ginart et al. leave it to the user): each field's ids are cut into at most
 ``K`` blocks of about equal training-frequency mass (:func:`~embdim.nn.block_embedding.frequency_blocks`:
 the value ids are already in descending-frequency order, so a block is a contiguous id range; the
 reserved ids 0 = OOV and 1 = missing join the block their own counts place them in, the least frequent
@@ -29,6 +32,10 @@ field-level rule exactly (``p_i = 1 / n_i``). Each block has its own table ``[n_
 projection ``[d_k, D]`` to the common width (:class:`~embdim.nn.block_embedding.BlockFieldEmbedding`);
 the blocks are stored in ``plan.value_dim_rule["blocks"]`` and ``plan.dims`` holds each field's largest
 block width.
+
+With ``budget: kappa`` (:mod:`embdim.search.budget`) the grid is one setting per temperature: the
+widest base width (up to ``max(base_dims, candidates)``) whose tables fit ``kappa`` x the FDE
+parameters at the largest candidate; the best of those by validation AUC is returned.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from embdim.nn.block_embedding import block_size, blocks_to_ranges, frequency_bl
 from embdim.nn.models import ModelOptions
 from embdim.plan import DimensionPlan
 from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.budget import budget_params, check_kappa
 from embdim.search.fde import DEFAULT_CANDIDATES
 from embdim.search.random import align_to_largest, score_plans
 
@@ -73,7 +81,8 @@ class MDEOptions:
     min_dim: int = 1
     candidates: list[int] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))  # FDE = the largest
     trial_epochs: int | None = None  # epochs per setting; None = train.epochs
-    blocks: int | None = None  # K frequency blocks per field (equal mass); None = one width per field
+    blocks: int | None = 4  # K frequency blocks per field (equal mass); None = one width per field
+    budget: float | None = None  # kappa: per temperature the widest base with tables <= kappa * FDE
 
     def validate(self) -> None:
         if not self.temperatures or not all(0.0 <= float(a) <= 1.0 for a in self.temperatures):
@@ -84,6 +93,7 @@ class MDEOptions:
             raise ConfigError("method.min_dim and method.candidates must be >= 1")
         if self.blocks is not None and not (isinstance(self.blocks, int) and self.blocks >= 1):
             raise ConfigError(f"method.blocks must be a positive integer or null, got {self.blocks!r}")
+        check_kappa(self.budget)
 
 
 @register
@@ -100,32 +110,48 @@ class MDE(SearchMethod):
             freqs = dataset.frequencies()
             id_blocks = [frequency_blocks(c, opts.blocks, RESERVED_IDS) for c in freqs]
             ranges = [blocks_to_ranges(f, RESERVED_IDS) for f in id_blocks]
-        plans, seen = [], set()
-        for base in opts.base_dims:
+        def plan_for(alpha: float, base: int) -> tuple[tuple, DimensionPlan]:
+            setting = {"temperature": float(alpha), "base_dim": int(base)}
+            rule: dict[str, Any]
+            if opts.blocks:
+                block_dims = mde_block_dims(freqs, id_blocks, float(alpha), int(base), opts.min_dim)
+                dims = [max(d) for d in block_dims]
+                key = tuple(map(tuple, block_dims))
+                rule = {"rule": "d_k = round(base * (p_k / p_max) ** alpha), p_k = c_k / (N n_k)",
+                        "per": "block", "num_blocks": opts.blocks, "split": "equal frequency mass",
+                        **setting, "min_dim": opts.min_dim,
+                        "blocks": [[{**r, "dim": d} for r, d in zip(rf, df, strict=True)]
+                                   for rf, df in zip(ranges, block_dims, strict=True)]}
+            else:
+                dims = mde_dims(schema.vocab_sizes, float(alpha), int(base), opts.min_dim)
+                key = tuple(dims)
+                rule = {"rule": "d_i = round(base * (n_min / n_i) ** alpha)", "per": "field",
+                        **setting, "min_dim": opts.min_dim}
+            return key, DimensionPlan(method=self.name, field_names=schema.field_names,
+                                      vocab_sizes=schema.vocab_sizes, dims=dims, full_dim=full,
+                                      schema_hash=schema.content_hash, value_dim_rule=rule,
+                                      extra={"setting": setting})
+
+        if opts.budget is None:
+            settings = [(alpha, base) for base in opts.base_dims for alpha in opts.temperatures]
+        else:  # per temperature, the widest base width whose tables fit the budget
+            full = max(opts.candidates)
+            limit = budget_params(schema.vocab_sizes, full, opts.budget)
+            settings = []
             for alpha in opts.temperatures:
-                setting = {"temperature": float(alpha), "base_dim": int(base)}
-                rule: dict[str, Any]
-                if opts.blocks:
-                    block_dims = mde_block_dims(freqs, id_blocks, float(alpha), int(base), opts.min_dim)
-                    dims = [max(d) for d in block_dims]
-                    key = tuple(map(tuple, block_dims))
-                    rule = {"rule": "d_k = round(base * (p_k / p_max) ** alpha), p_k = c_k / (N n_k)",
-                            "per": "block", "num_blocks": opts.blocks, "split": "equal frequency mass",
-                            **setting, "min_dim": opts.min_dim,
-                            "blocks": [[{**r, "dim": d} for r, d in zip(rf, df, strict=True)]
-                                       for rf, df in zip(ranges, block_dims, strict=True)]}
-                else:
-                    dims = mde_dims(schema.vocab_sizes, float(alpha), int(base), opts.min_dim)
-                    key = tuple(dims)
-                    rule = {"rule": "d_i = round(base * (n_min / n_i) ** alpha)", "per": "field",
-                            **setting, "min_dim": opts.min_dim}
-                if key in seen:  # two settings giving the same widths are trained once
-                    continue
-                seen.add(key)
-                plans.append(DimensionPlan(method=self.name, field_names=schema.field_names,
-                                           vocab_sizes=schema.vocab_sizes, dims=dims, full_dim=full,
-                                           schema_hash=schema.content_hash, value_dim_rule=rule,
-                                           extra={"setting": setting}))
+                fitting = [b for b in range(1, max(*opts.base_dims, full) + 1)
+                           if plan_for(alpha, b)[1].embedding_params <= limit]
+                settings += [(alpha, max(fitting))] if fitting else []
+            if not settings:
+                raise ConfigError(f"mde: no setting fits method.budget {opts.budget} ({limit:,} "
+                                  f"entries) even at base width 1 (min_dim {opts.min_dim})")
+        plans, seen = [], set()
+        for alpha, base in settings:
+            key, plan = plan_for(alpha, base)
+            if key in seen:  # two settings giving the same widths are trained once
+                continue
+            seen.add(key)
+            plans.append(plan)
         trials = score_plans(dataset, ctx, plans, epochs=opts.trial_epochs, label="mde")
         if opts.blocks:  # the block widths of every setting, for the record
             for t, p in zip(trials, plans, strict=True):

@@ -5,6 +5,8 @@ model with that plan (the library's Trainer: Adam, early stopping on validation 
 by its best validation AUC; the best trial's plan is returned and the pipeline retrains and tests
 it like any plan. Every trial (its dims, validation AUC / Logloss, parameters, seconds) is logged
 and kept in ``plan.extra["trials"]``. :func:`score_plans` is shared with MDE's grid search.
+With ``budget: kappa`` every trial is drawn among the assignments whose tables fit ``kappa`` x FDE
+(:func:`draw_under_budget`; :mod:`embdim.search.budget`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from embdim.errors import ConfigError
 from embdim.nn.models import ModelOptions, build_model
 from embdim.plan import DimensionPlan
 from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.budget import budget_params, check_feasible, check_kappa
 from embdim.search.fde import DEFAULT_CANDIDATES
 from embdim.train.trainer import Trainer, seed_everything
 
@@ -59,6 +62,7 @@ class RandomSearchOptions:
     trials: int = 10  # K random assignments, each trained
     trial_epochs: int | None = None  # epochs per trial; None = train.epochs
     seed: int | None = None  # draws the assignments; None = train.seed
+    budget: float | None = None  # kappa: only assignments with tables <= kappa * FDE are drawn
 
     def validate(self) -> None:
         if not self.candidates or not all(isinstance(c, int) and c > 0 for c in self.candidates):
@@ -67,6 +71,7 @@ class RandomSearchOptions:
             raise ConfigError(f"method.trials must be a positive integer, got {self.trials!r}")
         if self.trial_epochs is not None and self.trial_epochs < 1:
             raise ConfigError(f"method.trial_epochs must be positive, got {self.trial_epochs}")
+        check_kappa(self.budget)
 
 
 @register
@@ -82,7 +87,11 @@ class RandomSearch(SearchMethod):
         cands = sorted(set(opts.candidates))
         plans = []
         for _ in range(opts.trials):
-            dims = [int(d) for d in rng.choice(cands, size=schema.num_fields)]
+            if opts.budget is None:
+                dims = [int(d) for d in rng.choice(cands, size=schema.num_fields)]
+            else:
+                dims = draw_under_budget(rng, cands, schema.vocab_sizes,
+                                         budget_params(schema.vocab_sizes, max(cands), opts.budget))
             plans.append(DimensionPlan(method=self.name, field_names=schema.field_names,
                                        vocab_sizes=schema.vocab_sizes, dims=dims, full_dim=max(cands),
                                        schema_hash=schema.content_hash))
@@ -95,6 +104,28 @@ class RandomSearch(SearchMethod):
 
     def retrain_model_options(self, model_options: ModelOptions, plan: DimensionPlan) -> ModelOptions:
         return align_to_largest(model_options, plan)
+
+    def check_dataset(self, dataset) -> None:
+        """Refuse, before anything is written, a budget below the narrowest plan."""
+        if self.options.budget is None:
+            return
+        vocab, cands = dataset.schema.vocab_sizes, sorted(set(self.options.candidates))
+        check_feasible(vocab, [cands] * len(vocab), budget_params(vocab, cands[-1], self.options.budget),
+                       self.options.budget, cands[-1], self.name)
+
+
+def draw_under_budget(rng: np.random.Generator, candidates: list[int], vocab_sizes: list[int],
+                      budget: int) -> list[int]:
+    """A random assignment whose tables fit ``budget``: the fields in a random order, each drawn
+    uniformly from the candidates that leave room for the narrowest width of every later field."""
+    dims = [0] * len(vocab_sizes)
+    order = rng.permutation(len(vocab_sizes))
+    room = budget - sum(vocab_sizes) * candidates[0]  # what is left above the narrowest plan
+    for i in order:
+        fitting = [c for c in candidates if vocab_sizes[i] * (c - candidates[0]) <= room]
+        dims[i] = int(rng.choice(fitting))
+        room -= vocab_sizes[i] * (dims[i] - candidates[0])
+    return dims
 
 
 @register
