@@ -292,7 +292,7 @@ def test_candidates_are_typed_like_every_config_value():
         AutoDim(candidates=[2.5])
 
 
-# ---- paper elements that the defaults must keep (issue: AutoDim faithful in every regime) --------
+# ---- paper elements that the defaults must keep ---------------------------------------------------
 @pytest.mark.parametrize("variant,align", [("ad-1", "pad"), ("ad-2", "linear"), ("ad-3", "pad"),
                                            ("ad-4", "linear"), ("autodim", "linear")])
 def test_retraining_keeps_the_searchs_unifying_method(small, variant, align):
@@ -306,6 +306,10 @@ def test_retraining_keeps_the_searchs_unifying_method(small, variant, align):
     model = build_model("deepfm", schema, plan, options=options)
     assert options.align == align and model.embedding.align == align
     assert model.embedding.out_dim == 32 and (model.embedding.alignment_params == 0) == (align == "pad")
+    if align == "linear":  # eq. 1: x W_n + b_n, unless retrain_bias: false leaves it to the model
+        assert all(g.bias is not None for g in model.embedding.groups)
+        no_bias = make_method({**cfg.method, "retrain_bias": False}).retrain_model_options(cfg.model, plan)
+        assert build_model("deepfm", schema, plan, options=no_bias).embedding.groups[0].bias is None
 
 
 def test_a_search_in_which_alpha_never_moves_is_refused(small):

@@ -108,6 +108,7 @@ class AutoDimOptions:
     hard: bool = False  # straight-through Gumbel-softmax
     inherit: bool = False  # retrain from the searched weights instead of a fresh initialisation
     retrain_align: str = "largest_candidate"  # retrained aligned width: "largest_candidate" | "plan"
+    retrain_bias: bool = True  # the retrained linear alignment has eq. 1's b_n (false: model.align_bias)
     budget: float | None = None  # kappa: best plan from alpha with tables <= kappa * FDE (d_max)
 
     def validate(self) -> None:
@@ -420,9 +421,12 @@ class AutoDim(SearchMethod):
         """The retrained model keeps the search's unifying method (sec. 2.4.2): ``unify: pad``
         (AD-1, AD-3) retrains with zero padding, ``linear`` with the linear alignment; it aligns
         to the largest candidate unless the model config sets ``aligned_dim`` itself or
-        ``retrain_align: plan``."""
+        ``retrain_align: plan``; the linear alignment has eq. 1's bias ``b_n`` unless
+        ``retrain_bias: false`` (then ``model.align_bias`` decides)."""
         align = "pad" if self.options.unify == "pad" else "linear"
         options = dataclasses.replace(model_options, align=align)
+        if align == "linear" and self.options.retrain_bias:  # eq. 1: x W_n + b_n
+            options = dataclasses.replace(options, align_bias=True)
         if self.options.retrain_align != "largest_candidate" or model_options.aligned_dim is not None:
             return options
         return dataclasses.replace(options, aligned_dim=int(plan.full_dim))
