@@ -1,4 +1,5 @@
-"""The ``embdim`` command line: prepare, check, run, search, retrain, report, grid, export, demo."""
+"""The ``embdim`` command line: prepare, check, run, search, retrain, report, grid, export,
+case-study, demo."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embdim {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from embdim import case_study
     from embdim.autoemb import cli as autoemb_cli
     from embdim.data import prepare_cli
     from embdim.export import torchrec as torchrec_export
@@ -26,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare_cli.register(sub)
     torchrec_export.register(sub)
     autoemb_cli.register(sub)
+    case_study.register(sub)
 
     run = sub.add_parser("run", help="run one experiment described by a YAML config",
                          description="Run one experiment: search a dimension plan, retrain, evaluate.")
