@@ -72,3 +72,24 @@ def test_python_api_search_by_class(data, tmp_path):
     assert build_model("fm", ds.schema, plan).embedding_params == plan.embedding_params
     with pytest.raises(ConfigError, match="budgett"):
         SSEDS(budgett=0.1)
+
+
+@pytest.mark.parametrize("method, alignment", [("ad-1", "pad"), ("autodim", "linear"), ("fde", "none")])
+def test_retrain_of_a_saved_plan_trains_the_model_its_method_retrains(config, data, tmp_path, method,
+                                                                      alignment):
+    """`embdim retrain --plan` applies the retraining options of the method that made the plan
+    (AD-1 zero-pads to the largest candidate; AutoDim aligns linearly with eq. 1's bias)."""
+    from embdim.data.dataset import PreparedDataset
+    from embdim.plan import DimensionPlan
+
+    schema = PreparedDataset(data).schema
+    dims = [2, 8] + [16] * (schema.num_fields - 2)
+    DimensionPlan(method=method, field_names=schema.field_names, vocab_sizes=schema.vocab_sizes,
+                  dims=dims, full_dim=32, schema_hash=schema.content_hash).save(tmp_path / "plan.json")
+    assert main(["--quiet", "retrain", str(config), "--plan", str(tmp_path / "plan.json"), "--out",
+                 str(tmp_path / "r")]) == 0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    kept = [d for d in dims if d]
+    expected = {"pad": 0, "none": sum(d * 16 for d in kept) if len(set(kept)) > 1 else 0,
+                "linear": sum(d * 32 + 32 for d in kept)}[alignment]
+    assert metrics["alignment_params"] == expected

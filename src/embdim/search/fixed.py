@@ -1,6 +1,11 @@
 """``plan``: retrain with a plan that already exists (the second stage of ``embdim retrain``).
 
 The plan is loaded from JSON and refused, with what differs, if it was searched on another dataset.
+The model is retrained as the method that made the plan retrains it (the options that method
+gives the retrained model: AutoDim's unifying method, bias and largest-candidate width, SSEDS'
+alignment, ...), read from the plan's ``method`` and ``options``, so ``embdim retrain --plan``
+trains the same model as the retraining stage of ``embdim run``. Weights a search hands over
+(SSEDS' winning ticket, AutoDim's ``inherit``) exist only in the run that searched.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from dataclasses import dataclass
 
 from embdim.errors import ConfigError, SchemaMismatchError
 from embdim.plan import DimensionPlan
-from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.base import METHODS, SearchContext, SearchMethod, register
 
 
 @dataclass
@@ -43,3 +48,16 @@ class FixedPlan(SearchMethod):
         except SchemaMismatchError as e:
             raise SchemaMismatchError(f"{self.options.path}: {e} ({dataset.path})") from None
         return plan
+
+    def retrain_model_options(self, model_options, plan: DimensionPlan):
+        """The options the plan's own method gives its retrained model (see the module docstring);
+        the experiment's options for a plan of an unknown method or with options that no longer
+        parse."""
+        source = METHODS.get(plan.method)
+        if source is None or source is FixedPlan:
+            return model_options
+        try:
+            method = source(source.make_options(dict(plan.options)))
+        except (ConfigError, TypeError):
+            return model_options
+        return method.retrain_model_options(model_options, plan)
