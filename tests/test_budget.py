@@ -16,7 +16,7 @@ from embdim.errors import ConfigError
 from embdim.experiment import run_experiment
 from embdim.nn.supernet import SupernetEmbedding
 from embdim.search import SearchContext, make_method
-from embdim.search.autodim import SearchResult, derive_plan
+from embdim.search.autodim import SearchResult, derive_plan, plan_under_budget
 from embdim.search.budget import best_widths_under_budget, budget_params
 from embdim.search.random import draw_under_budget
 from embdim.train.trainer import seed_everything
@@ -82,6 +82,17 @@ def test_autodim_budget_keeps_the_widths_alpha_prefers_most():
                                     "argmax_params": 19200}
     swapped = _searched([logits[1], logits[0], logits[2]], cands, vocab)
     assert derive_plan(swapped, _Schema(vocab), "autodim", {}, budget=0.25).dims == [8, 16, 2]
+
+
+def test_a_saved_autodim_plan_is_re_derived_for_a_budget_as_the_search_would():
+    vocab, cands = [100, 100, 1000], [2, 8, 16]
+    result = _searched([[0.0, 0.0, 5.0], [0.0, 1.0, 4.0], [0.0, 0.0, 0.5]], cands, vocab)
+    argmax = derive_plan(result, _Schema(vocab), "autodim", {})
+    for kappa in (0.15, 0.25, 0.6):
+        direct = derive_plan(result, _Schema(vocab), "autodim", {}, budget=kappa)
+        again = plan_under_budget(argmax, kappa)
+        assert again.dims == direct.dims and again.extra["budget"] == direct.extra["budget"]
+        assert again.options["budget"] == kappa and argmax.dims == [16, 16, 16]
 
 
 def test_random_search_draws_only_assignments_inside_the_budget():

@@ -335,6 +335,31 @@ def derive_plan(result: SearchResult, schema, method: str, options: dict[str, An
                          extra=extra)
 
 
+def plan_under_budget(plan: DimensionPlan, kappa: float) -> DimensionPlan:
+    """The plan an AutoDim search with ``budget: kappa`` derives, re-derived from the final alpha
+    and candidates an (argmax or budget) AutoDim plan records in ``extra``: one search, plans at
+    several budgets (alpha is stored to 6 decimals, enough for the same choices but in exact ties)."""
+    import copy
+
+    if "alpha" not in plan.extra or "candidates" not in plan.extra:
+        raise ConfigError(f"plan of method {plan.method!r} records no alpha: only AutoDim plans can "
+                          "be re-derived for a budget")
+    check_kappa(kappa)
+    names = plan.field_names
+    widths = [list(plan.extra["candidates"][n]) for n in names]
+    scores = [[math.log(max(float(a), 1e-300)) for a in plan.extra["alpha"][n]] for n in names]
+    limit = budget_params(plan.vocab_sizes, plan.full_dim, kappa)
+    check_feasible(plan.vocab_sizes, widths, limit, kappa, plan.full_dim, plan.method)
+    out = copy.deepcopy(plan)
+    out.dims = best_widths_under_budget(scores, widths, plan.vocab_sizes, limit)
+    previous = plan.extra.get("budget") or {}
+    out.extra["budget"] = {"kappa": float(kappa), "max_params": limit,
+                           "argmax_dims": previous.get("argmax_dims", list(plan.dims)),
+                           "argmax_params": previous.get("argmax_params", plan.embedding_params)}
+    out.options = {**plan.options, "budget": float(kappa)}
+    return out
+
+
 @torch.no_grad()
 def inherit_searched_weights(model: RecModel, searched: RecModel, plan: DimensionPlan) -> None:
     """Copy the searched weights into the retraining ``model`` (the ``inherit`` option).
