@@ -83,6 +83,29 @@ def test_per_field_candidates_mask_the_other_widths():
     assert p.shape == (10, 2, 4) and torch.all(p[:, 0, 1] == 0) and torch.all(p[:, 1, 0] == 0)
 
 
+def test_gumbel_softmax_samples_the_architecture_per_example():
+    """Eq. 6: p = softmax((log alpha + g) / tau) with Gumbel noise g drawn per example: at tau = 1 the
+    largest weight falls on candidate n with probability alpha_n (the Gumbel-max property); at a
+    small tau the weights are nearly one-hot; pre-training (``sampling`` off) and evaluation mix
+    with alpha itself."""
+    net = SupernetEmbedding([5], [2, 8])
+    with torch.no_grad():
+        net.alpha_logits.copy_(torch.log(torch.tensor([[0.7, 0.3]])))
+    net.train()
+    net.tau = 1.0
+    p = net.mixing_weights(20_000)
+    assert p.shape == (20_000, 1, 2)
+    assert (p[:, 0, 0] > p[:, 0, 1]).float().mean().item() == pytest.approx(0.7, abs=0.02)
+    net.tau = 0.01
+    assert (net.mixing_weights(2_000).max(-1).values > 0.99).float().mean().item() > 0.95
+    net.sampling = False
+    assert torch.allclose(net.mixing_weights(3), torch.tensor([[0.7, 0.3]]))
+    net.sampling, net.gumbel = True, "batch"  # one draw for the whole batch
+    assert net.mixing_weights(3).shape == (1, 2)
+    net.eval()
+    assert torch.allclose(net.mixing_weights(3), torch.tensor([[0.7, 0.3]]))
+
+
 def test_temperature_follows_the_papers_schedule():
     opts = make_method({"name": "autodim"}).options
     assert opts.tau(0) == 1.0
