@@ -15,8 +15,9 @@ for Recommendations", sec. 2.2):
 
 It is a drop-in ``embedding`` for :func:`embdim.nn.models.build_model` (attributes ``kept_fields``,
 ``num_output_fields``, ``out_dim``, ``embedding_params``): ids ``[B, F]`` -> ``[B, F, D]`` with
-``D = d_N``, so it works under every base model. Fields are vectorised (one gather per table, one
-batched einsum per candidate); the only Python loop is over the few candidates.
+``D = d_N``, so it works under every base model. Fields and candidates are vectorised: one gather
+per table, one batched matrix product for the linear unify of all candidates (shared lookup), one
+BatchNorm over every (field, candidate, channel), one weighted sum.
 
 Candidates may differ per field: the supernet works on the sorted union of all candidate widths and
 masks, per field, the widths that are not its candidates (their weight is exactly 0).
@@ -121,9 +122,23 @@ class SupernetEmbedding(nn.Module):
         else:
             self.weights, self.biases = None, None
             bn_widths = list(self.widths)
-        # BatchNorm without affine parameters per (field, candidate, channel): eq. 2 and eq. 3.
-        self.norms = nn.ModuleList(nn.BatchNorm1d(nf * w, eps=bn_eps, momentum=bn_momentum, affine=False)
-                                   for w in bn_widths)
+        # BatchNorm without affine parameters per (field, candidate, channel): eq. 2 and eq. 3. Its
+        # channels, field-major: (field, candidate, coordinate), the coordinates of candidate n
+        # being 0..D-1 after the linear unify (eq. 1) or 0..d_n-1 before the padding (eq. 4).
+        # ``channel_candidate`` / ``channel_coordinate`` say, per channel of one field, which
+        # candidate it belongs to and which output coordinate it lands on.
+        candidate = [n for n, w in enumerate(bn_widths) for _ in range(w)]
+        coordinate = [j for w in bn_widths for j in range(w)]
+        self.register_buffer("channel_candidate", torch.tensor(candidate), persistent=False)
+        self.register_buffer("channel_coordinate", torch.tensor(coordinate), persistent=False)
+        self.channels = len(candidate)  # per field
+        self.norm = nn.BatchNorm1d(nf * self.channels, eps=bn_eps, momentum=bn_momentum, affine=False)
+        # the shared lookup's training step: per (candidate, coordinate < d_n), its candidate and
+        # coordinate in the concatenation of the candidates' prefixes
+        prefix_candidates = [n for n, d in enumerate(self.widths) for _ in range(d)]
+        prefix_coordinates = [j for d in self.widths for j in range(d)]
+        self.register_buffer("_prefix_candidates", torch.tensor(prefix_candidates), persistent=False)
+        self.register_buffer("_prefix_coordinates", torch.tensor(prefix_coordinates), persistent=False)
         # A per-field scale after the mixture (shared by the field's candidates, so it keeps them
         # comparable): BatchNorm makes every candidate unit-variance, which in FM-type bodies gives
         # pairwise terms of std ~sqrt(D); the scale lets the model choose the magnitude.
@@ -148,8 +163,7 @@ class SupernetEmbedding(nn.Module):
                         nn.init.uniform_(w, -bound, bound)
             for b in self.biases or []:
                 nn.init.zeros_(b)
-        for bn in self.norms:
-            bn.reset_running_stats()
+        self.norm.reset_running_stats()
         with torch.no_grad():
             self.alpha_logits.zero_()
 
@@ -190,16 +204,36 @@ class SupernetEmbedding(nn.Module):
 
     def mixing_weights(self, batch: int) -> Tensor:
         """``p`` of eq. 6: ``[B, F, N]`` (per-sample Gumbel), ``[F, N]`` (per-batch or no noise)."""
-        log_alpha = self.log_alpha()
+        q = self._weights_fnb(batch)
+        return q.permute(2, 0, 1) if self._per_example else q[..., 0]
+
+    @property
+    def _per_example(self) -> bool:
+        return self.training and self.sampling and self.gumbel == "sample"
+
+    def _weights_fnb(self, batch: int) -> Tensor:
+        """Eq. 6's weights laid out ``[F, N, B]`` (per-example noise) or ``[F, N, 1]``: the softmax
+        runs over the candidate axis with the batch contiguous (much faster than over a last axis
+        of N = 4-6 entries), the Gumbel noise is ``-log(-log U)``."""
+        log_alpha = self.log_alpha().unsqueeze(-1)  # [F, N, 1]
         if not self.training:
             if self.eval_weights == "argmax":  # the derived architecture (eq. 13)
-                return F.one_hot(log_alpha.argmax(-1), log_alpha.shape[-1]).to(log_alpha.dtype)
+                return F.one_hot(log_alpha.squeeze(-1).argmax(-1), log_alpha.shape[1]).to(
+                    log_alpha.dtype).unsqueeze(-1)
             return log_alpha.exp()
         if not self.sampling:
             return log_alpha.exp()
-        if self.gumbel == "sample":
-            log_alpha = log_alpha.expand(batch, *log_alpha.shape)
-        return F.gumbel_softmax(log_alpha, tau=self.tau, hard=self.hard, dim=-1)
+        cols = batch if self.gumbel == "sample" else 1
+        u = torch.empty(*log_alpha.shape[:2], cols, dtype=log_alpha.dtype, device=log_alpha.device)
+        u.uniform_(torch.finfo(log_alpha.dtype).tiny, 1.0)
+        y = (log_alpha - u.log_().neg_().log_()) / self.tau  # (log alpha + g) / tau
+        y = y - y.detach().amax(1, keepdim=True)  # masked widths: log alpha = -inf -> weight 0
+        e = y.exp()
+        soft = e / e.sum(1, keepdim=True)
+        if not self.hard:
+            return soft
+        hard = F.one_hot(soft.argmax(1), soft.shape[1]).movedim(-1, 1).to(soft.dtype)
+        return hard - soft.detach() + soft  # straight-through
 
     def selected_widths(self) -> list[int]:
         """Eq. 13: per field, the candidate width with the largest ``alpha``."""
@@ -207,39 +241,133 @@ class SupernetEmbedding(nn.Module):
         return [self.widths[k] for k in idx]
 
     # ---- forward ------------------------------------------------------------------------------
-    def candidate_embeddings(self, ids: Tensor) -> list[Tensor]:
-        """Unified candidate embeddings ``xhat^n`` (eq. 2 or 4), one ``[B, F, D]`` per width."""
-        rows = (ids + self.offsets).view(-1)
+    # One pass over all candidates: the rows are gathered field-major, the linear unify of every
+    # candidate is one batched matrix product per field (candidate n reads the first d_n columns of
+    # the shared row, so its W_n is zero-padded to D rows and the N transforms are concatenated), and
+    # one BatchNorm normalises the channels of every (field, candidate) at once. Layout [F, C, B]
+    # keeps each channel's batch contiguous for the BatchNorm.
+    def _normalised_channels(self, ids: Tensor) -> Tensor:
+        """Eq. 1-2 (linear) or eq. 3 (pad) for every candidate: ``[F, C, B]``, C = ``channels``."""
         b, nf = ids.shape
+        rows = (ids.t() + self.offsets[:, None]).reshape(-1)  # field-major: [F * B]
         if self.lookup == "shared":
-            full = self.table.weight.index_select(0, rows).view(b, nf, self.out_dim)
+            full = self.table.weight.index_select(0, rows).view(nf, b, self.out_dim)  # [F, B, D]
             raw = [full[..., :d] for d in self.widths]
         else:
-            raw = [t.weight.index_select(0, rows).view(b, nf, d)
+            raw = [t.weight.index_select(0, rows).view(nf, b, d)
                    for t, d in zip(self.tables, self.widths, strict=True)]
-        out = []
-        for n, (x, d) in enumerate(zip(raw, self.widths, strict=True)):
-            if self.weights is not None:  # eq. 1 then eq. 2
-                x = torch.einsum("bfd,fde->bfe", x, self.weights[n])
-                if self.biases is not None:
-                    x = x + self.biases[n]
-                x = self.norms[n](x.reshape(b, -1)).view(b, nf, self.out_dim)
-            else:  # eq. 3 then eq. 4
-                x = self.norms[n](x.reshape(b, -1)).view(b, nf, d)
-                if d < self.out_dim:
-                    x = F.pad(x, (0, self.out_dim - d))
-            out.append(x)
+        if self.weights is not None:  # eq. 1: x W_n + b_n, all candidates
+            if self.lookup == "shared":
+                d_max = self.out_dim
+                w = torch.cat([F.pad(w_n, (0, 0, 0, d_max - w_n.shape[1])) for w_n in self.weights],
+                              dim=2)  # [F, D, N * D]
+                y = torch.bmm(w.transpose(1, 2), full.transpose(1, 2))  # [F, N * D, B]
+            else:
+                y = torch.cat([torch.bmm(w_n.transpose(1, 2), x.transpose(1, 2))
+                               for w_n, x in zip(self.weights, raw, strict=True)], dim=1)
+            if self.biases is not None:
+                y = y + torch.cat(list(self.biases), dim=1).unsqueeze(-1)
+        else:  # eq. 3 normalises the raw candidate embeddings
+            y = torch.cat(raw, dim=2).transpose(1, 2)  # [F, sum d_n, B]
+        return self.norm(y.reshape(1, nf * self.channels, b)).view(nf, self.channels, b)
+
+    def _mix(self, y: Tensor, q: Tensor) -> Tensor:
+        """Eq. 7 on ``[F, C, B]`` channels with weights ``q`` (``[F, N, B]`` or ``[F, N, 1]``):
+        ``[F, D, B]`` (eq. 4's zero padding is where a candidate has no channel)."""
+        nf, _, b = y.shape
+        q = q.to(y.dtype)
+        if self.weights is not None:  # every candidate fills all D coordinates
+            return (y.view(nf, len(self.widths), self.out_dim, b) * q.unsqueeze(2)).sum(1)
+        weighted = y * q.index_select(1, self.channel_candidate)
+        out = y.new_zeros(nf, self.out_dim, b)
+        return out.index_add(1, self.channel_coordinate, weighted)
+
+    def candidate_embeddings(self, ids: Tensor) -> list[Tensor]:
+        """Unified candidate embeddings ``xhat^n`` (eq. 2 or 4), one ``[B, F, D]`` per width."""
+        y = self._normalised_channels(ids)
+        eye = torch.eye(len(self.widths), dtype=y.dtype, device=y.device)
+        return [self._mix(y, eye[n].expand(ids.shape[1], -1).unsqueeze(-1)).permute(2, 0, 1)
+                for n in range(len(self.widths))]
+
+    def candidate_statistics(self, n: int) -> tuple[Tensor, Tensor]:
+        """The BatchNorm running mean and variance of candidate ``n``'s channels, ``[F, w]`` each
+        (``w`` = D after the linear unify, ``d_n`` with padding)."""
+        mask = self.channel_candidate == n
+        mean = self.norm.running_mean.view(self.num_fields, self.channels)[:, mask]
+        var = self.norm.running_var.view(self.num_fields, self.channels)[:, mask]
+        return mean, var
+
+    # ---- the training step of the shared lookup, from input statistics ---------------------------
+    # With weight sharing every candidate reads a prefix of the same row x, so BatchNorm's batch
+    # statistics of every candidate follow from x's mean mu and covariance S (per field):
+    #   linear (eq. 1-2): xhat_n = (x_n W_n + b_n - mean) / sd = (x - mu)_{:d_n} W_n / sd_n,
+    #                     sd_n^2 = diag(W_n^T S_{:d_n,:d_n} W_n) + eps   (b_n cancels, as in BatchNorm)
+    #   pad (eq. 3-4):    xhat_n = ((x - mu) / sqrt(diag S + eps))_{:d_n}   (the same for every n)
+    # and eq. 7 becomes one product: sum_n p_n xhat_n = [p_n (x - mu)_{:d_n}]_n  @  [W_n / sd_n]_n.
+    # Exactly BatchNorm's training-mode output and gradient (tests/test_autodim.py compares both with
+    # the equations written out per candidate), without ever forming the N candidate embeddings.
+    def _shared_training_forward(self, ids: Tensor, p: Tensor) -> Tensor:
+        """``[F, D, B]`` mixed embeddings, training mode, shared lookup; updates running stats."""
+        b, nf = ids.shape
+        d_max, eps = self.out_dim, self.norm.eps
+        rows = (ids.t() + self.offsets[:, None]).reshape(-1)
+        x = self.table.weight.index_select(0, rows).view(nf, b, d_max)  # [F, B, D]
+        mu = x.mean(1, keepdim=True)
+        xc = (x - mu).transpose(1, 2)  # [F, D, B]
+        q = p.to(x.dtype)  # [F, N, B | 1]
+        if self.weights is None:  # pad: one normalisation, weighted by the candidates covering j
+            var = xc.square().mean(2, keepdim=True)  # [F, D, 1]
+            xhat = xc * torch.rsqrt(var + eps)
+            covers = (torch.arange(d_max, device=x.device)[None, :]
+                      < torch.tensor(self.widths, device=x.device)[:, None]).to(x.dtype)  # [N, D]
+            out = xhat * torch.einsum("nd,fnb->fdb", covers, q)
+            self._update_running_stats(mu.squeeze(1), var.squeeze(-1), b)
+            return out
+        cov = torch.bmm(xc, xc.transpose(1, 2)) / b  # [F, D, D]
+        scaled, stats = [], []
+        for w_n in self.weights:  # [F, d_n, D]
+            d = w_n.shape[1]
+            var_n = (torch.bmm(cov[:, :d, :d], w_n) * w_n).sum(1)  # [F, D]: diag(W^T S W)
+            scaled.append(w_n * torch.rsqrt(var_n + eps).unsqueeze(1))
+            stats.append((var_n, d))
+        w_all = torch.cat(scaled, dim=1)  # [F, sum d_n, D]
+        z = xc.index_select(1, self._prefix_coordinates) * q.index_select(1, self._prefix_candidates)
+        out = torch.bmm(w_all.transpose(1, 2), z)  # [F, D, B]
+        with torch.no_grad():
+            mu_x = mu.squeeze(1)
+            means = [torch.einsum("fd,fde->fe", mu_x[:, :d], w_n)
+                     for w_n, (_, d) in zip(self.weights, stats, strict=True)]
+            if self.biases is not None:
+                means = [m + b_n for m, b_n in zip(means, self.biases, strict=True)]
+            self._update_running_stats(torch.cat(means, dim=1),
+                                       torch.cat([v for v, _ in stats], dim=1), b)
         return out
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, batch: int) -> None:
+        """BatchNorm's running-statistics update (unbiased variance) from per-field channel
+        statistics: ``[F, C]``, or ``[F, D]`` for the padding (every candidate's channels of
+        coordinate j share the statistics of column j)."""
+        if mean.shape[1] != self.channels:  # pad: coordinate j of every candidate covering it
+            mean = mean.index_select(1, self.channel_coordinate)
+            var = var.index_select(1, self.channel_coordinate)
+        norm, m = self.norm, self.norm.momentum
+        norm.running_mean.mul_(1 - m).add_(mean.reshape(-1).detach(), alpha=m)
+        unbiased = var.reshape(-1).detach() * (batch / max(batch - 1, 1))
+        norm.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        norm.num_batches_tracked.add_(1)
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids [B, F] -> field embeddings [B, F, D] (eq. 7)."""
-        xhat = torch.stack(self.candidate_embeddings(ids), dim=2)  # [B, F, N, D]
-        p = self.mixing_weights(ids.shape[0])
-        if p.dim() == 2:
-            out = torch.einsum("bfnd,fn->bfd", xhat, p.to(xhat.dtype))
+        p = self._weights_fnb(ids.shape[0])  # [F, N, B | 1]
+        if (self.training and self.lookup == "shared" and self.norm.momentum is not None
+                and ids.shape[0] > 1):
+            out = self._shared_training_forward(ids, p)
         else:
-            out = torch.einsum("bfnd,bfn->bfd", xhat, p.to(xhat.dtype))
-        return out if self.field_scale is None else out * self.field_scale
+            out = self._mix(self._normalised_channels(ids), p)
+        if self.field_scale is not None:
+            out = out * self.field_scale.unsqueeze(-1)
+        return out.permute(2, 0, 1).contiguous()
 
     def extra_repr(self) -> str:
         return (f"fields={self.num_fields}, widths={self.widths}, lookup={self.lookup}, "

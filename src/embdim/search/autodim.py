@@ -375,16 +375,14 @@ def inherit_searched_weights(model: RecModel, searched: RecModel, plan: Dimensio
     emb = model.embedding
     if emb is None:
         return
-    nf = net.num_fields
     for i in emb.kept_fields:
         d = plan.dims[i]
         n = net.widths.index(d)
         lo, hi = int(net.offsets[i]), int(net.offsets[i]) + net.vocab_sizes[i]
         table = net.table.weight[lo:hi, :d] if net.lookup == "shared" else net.tables[n].weight[lo:hi]
-        bn = net.norms[n]
-        width = bn.num_features // nf
-        mu = bn.running_mean.view(nf, width)[i]
-        s = torch.sqrt(bn.running_var.view(nf, width)[i] + bn.eps)
+        means, variances = net.candidate_statistics(n)
+        mu = means[i]
+        s = torch.sqrt(variances[i] + net.norm.eps)
         if net.field_scale is not None:  # the per-field output scale folds into the normalisation
             s = s / net.field_scale[i]
         target = emb.field_weight(i)
