@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from embdim.data.dataset import PreparedDataset
 from embdim.data.loader import BatchLoader
 from embdim.errors import EmbdimError, SchemaMismatchError, TrainingDivergedError
 from embdim.io import atomic_torch_save
+from embdim.train.host import cpu_has_fast_bf16, keep_memory_in_process
 from embdim.train.metrics import binary_metrics
 
 CHECKPOINT_FORMAT = 1
@@ -92,11 +94,21 @@ class Trainer:
         self.distributed = distributed.is_distributed()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cpu":
+            keep_memory_in_process()  # no page-fault storm from per-step buffers (embdim.train.host)
+        self._log = log or (lambda msg: None)
+        self.quiet = quiet
+        # bf16 autocast only where the CPU computes bf16 in hardware (else it is ~8x slower)
+        self.amp = bool(cfg.amp)
+        if self.amp and self.device.type == "cpu" and not cpu_has_fast_bf16():
+            self.amp = False
+            message = ("train.amp: this CPU has neither AVX512-BF16 nor AMX, where bf16 autocast is "
+                       "several times slower than fp32; training in fp32")
+            warnings.warn(message, stacklevel=2)
+            self._log(message)
         self.model = model.to(self.device)
         self.dataset = dataset
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.quiet = quiet
-        self._log = log or (lambda msg: None)
         # Identifies what a checkpoint belongs to; a resume with anything different is refused.
         self.fingerprint = {"schema_hash": dataset.schema.content_hash, **(fingerprint or {})}
         # On CUDA the whole training step is captured once as a CUDA graph and replayed
@@ -135,7 +147,7 @@ class Trainer:
     def _autocast(self):
         """bfloat16 autocast when ``train.amp`` is on, else a no-op context. (Autocast's weight
         cache is off with CUDA graphs: cached casts must not outlive the capture.)"""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp,
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp,
                               cache_enabled=not self._use_graphs)
 
     # ---- one step -----------------------------------------------------------------------------
