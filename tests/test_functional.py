@@ -32,3 +32,20 @@ def test_follows_the_torch_seed():
     torch.manual_seed(3)
     assert torch.equal(a, dropout(x, 0.3, True))
 
+
+
+def test_fm_interaction_is_the_pairwise_sum_with_an_exact_gradient():
+    """FM's term with the closed-form backward: values and first and second derivatives (float64
+    gradcheck / gradgradcheck) equal sum_{i<j} <v_i, v_j> written out."""
+    from embdim.nn.functional import fm_interaction
+
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, 3, dtype=torch.float64, requires_grad=True)
+    pairs = sum((x[:, i] * x[:, j]).sum(-1) for i in range(5) for j in range(i + 1, 5))
+    assert torch.allclose(fm_interaction(x), pairs)
+    g = torch.randn(7, dtype=torch.float64)
+    (want,) = torch.autograd.grad((pairs * g).sum(), x)
+    (got,) = torch.autograd.grad((fm_interaction(x) * g).sum(), x)
+    assert torch.allclose(got, want)
+    assert torch.autograd.gradcheck(fm_interaction, (x,))
+    assert torch.autograd.gradgradcheck(fm_interaction, (x,))
