@@ -57,6 +57,16 @@ def _offsets(vocab_sizes: list[int]) -> Tensor:
     return torch.tensor([0, *vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
 
 
+def gather_rows(weight: Tensor, rows: Tensor, sparse: bool) -> Tensor:
+    """``weight[rows]``: ``index_select`` (its backward is an ``index_add_`` into a dense gradient,
+    several times faster on CPU than ``F.embedding``'s dense backward), or with ``sparse`` an
+    embedding lookup whose gradient is sparse (only the rows read; for lazy Adam,
+    ``train.optimizer: sparse_adam``)."""
+    if sparse:
+        return F.embedding(rows, weight, sparse=True)
+    return weight.index_select(0, rows)
+
+
 class WidthGroup(nn.Module):
     """The fields sharing one embedding width: one table, their offsets and their alignment.
 
@@ -71,6 +81,7 @@ class WidthGroup(nn.Module):
         self.register_buffer("fields", torch.tensor(fields, dtype=torch.long), persistent=False)
         self.register_buffer("offsets", _offsets(vocab_sizes), persistent=False)
         self.table = nn.Embedding(sum(vocab_sizes), width)
+        self.sparse_rows = False  # sparse table gradients (embdim.train.optim)
         if align == "linear":
             self.weight = nn.Parameter(torch.empty(len(fields), width, out_dim))  # [F_g, w, D]
             self.bias = nn.Parameter(torch.empty(len(fields), out_dim)) if bias else None  # [F_g, D]
@@ -92,6 +103,9 @@ class WidthGroup(nn.Module):
             if self.bias is not None:
                 nn.init.zeros_(self.bias)
 
+    def row_table(self) -> nn.Parameter:
+        return self.table.weight
+
     def extra_repr(self) -> str:
         return (f"fields={self.fields.tolist()}, width={self.width}, out_dim={self.out_dim}, "
                 f"align={self.align}")
@@ -101,7 +115,8 @@ class WidthGroup(nn.Module):
         if select:
             ids = ids.index_select(1, self.fields)
         rows = ids + self.offsets  # int64 whatever the ids' dtype
-        emb = self.table.weight.index_select(0, rows.view(-1)).view(*rows.shape, self.width)
+        emb = gather_rows(self.table.weight, rows.view(-1), self.sparse_rows).view(*rows.shape,
+                                                                                  self.width)
         if self.align == "linear":
             emb = torch.einsum("bfw,fwd->bfd", emb, self.weight)
             return emb if self.bias is None else emb + self.bias
@@ -286,11 +301,16 @@ class FeaturesLinear(nn.Module):
         self.register_buffer("offsets", _offsets(kept_vocab), persistent=False)
         self.weight = nn.Embedding(sum(kept_vocab), 1)
         self.bias = nn.Parameter(torch.zeros(1))
+        self.sparse_rows = False  # sparse table gradients (embdim.train.optim)
         init_embedding_(self.weight.weight)
+
+    def row_table(self) -> nn.Parameter:
+        return self.weight.weight
 
     def forward(self, ids: Tensor) -> Tensor:
         """ids [B, F_all] -> [B]."""
         if self._select:
             ids = ids.index_select(1, self.fields)
         rows = ids + self.offsets
-        return self.weight.weight.index_select(0, rows.view(-1)).view(rows.shape).sum(1) + self.bias
+        return (gather_rows(self.weight.weight, rows.view(-1), self.sparse_rows).view(rows.shape).sum(1)
+                + self.bias)

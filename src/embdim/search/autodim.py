@@ -51,7 +51,8 @@ from embdim.search.bilevel import (
 from embdim.search.budget import best_widths_under_budget, budget_params, check_feasible, check_kappa
 from embdim.search.fde import DEFAULT_CANDIDATES
 from embdim.train.metrics import binary_metrics
-from embdim.train.trainer import make_adam, resolve_device
+from embdim.train.optim import make_adam
+from embdim.train.trainer import resolve_device
 
 RETRAIN_ALIGN = ("largest_candidate", "plan")
 
