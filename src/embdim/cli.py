@@ -21,10 +21,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from embdim.autoemb import cli as autoemb_cli
     from embdim.data import prepare_cli
-    from embdim.export import torchrec as torchrec_export
+    from embdim.export import command as export_command
 
     prepare_cli.register(sub)
-    torchrec_export.register(sub)
+    export_command.register(sub)
     autoemb_cli.register(sub)
 
     run = sub.add_parser("run", help="run one experiment described by a YAML config",
