@@ -21,7 +21,6 @@ from embdim.data.preparation import prepare
 from embdim.errors import EmbdimError
 from embdim.experiment import run_experiment
 from embdim.export.serving import (
-    ServingModel,
     export_onnx,
     export_program,
     export_run,
@@ -77,8 +76,10 @@ def _randomised(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _eager(model, ids):
+    """What the exported model must compute: the eval-mode model's logits through a sigmoid."""
+    model.eval()
     with torch.no_grad():
-        return ServingModel(model).eval()(ids).numpy()
+        return torch.sigmoid(model(ids)).numpy()
 
 
 def _onnx_parity(ort, model, path) -> float:
