@@ -108,7 +108,8 @@ def main() -> None:
     print(f"{'batch':>6} " + " ".join(f"{name:>14}" for name in paths))
     for b in BATCHES:
         ids = np.stack([rng.integers(0, v, b) for v in vocab], axis=1).astype(np.int64)
-        row = {name: samples_per_second(fn, ids, args.repeats, args.min_seconds) for name, fn in paths.items()}
+        row = {name: samples_per_second(fn, ids, args.repeats, args.min_seconds)
+               for name, fn in paths.items()}
         results["samples_per_second"][str(b)] = row
         print(f"{b:>6} " + " ".join(f"{row[name]:>14,.0f}" for name in paths))
     tmp.cleanup()

@@ -427,7 +427,8 @@ def cli_export(args: argparse.Namespace) -> int:
         raise EmbdimError(f"{source}: no such run folder or plan file")
     plan = DimensionPlan.load(plan_path)
     schema = _run_schema(run_dir, args.data)
-    export = torchrec_export(plan, schema, round_to=DEFAULT_ROUND_TO if args.round_to is None else args.round_to)
+    round_to = DEFAULT_ROUND_TO if args.round_to is None else args.round_to
+    export = torchrec_export(plan, schema, round_to=round_to)
 
     if args.out is None:
         raise EmbdimError("--format torchrec needs --out FILE (the JSON of table configs)")
