@@ -117,7 +117,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         stem = Path(args.config).stem if args.config else "run"
-        out = f"runs/{stem}-{cfg.method['name']}-{cfg.model.name}"
+        model = cfg.model.name.rsplit(":", 1)[-1]  # a body named by import path: its class name
+        out = f"runs/{stem}-{cfg.method['name']}-{model}"
     if not _join_process_group(cfg.train.device, args):
         run_experiment(cfg, out, resume=args.resume, quiet=True)
         return 0
