@@ -2,7 +2,7 @@
 ``embdim.nn.PlanEmbedding``, trained with a plain PyTorch loop.
 
     python examples/own_model.py                      # makes a small synthetic dataset and searches a
-                                                      # plan with SSEDS first (~20 s on 2 CPU cores)
+                                                      # plan with a short SSEDS run first
     python examples/own_model.py PLAN.json DATA_DIR   # your plan and the prepared dataset it was
                                                       # searched on (`embdim prepare`)
 
