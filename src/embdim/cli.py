@@ -23,10 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     from embdim import case_study
     from embdim.autoemb import cli as autoemb_cli
     from embdim.data import prepare_cli
-    from embdim.export import torchrec as torchrec_export
+    from embdim.export import command as export_command
 
     prepare_cli.register(sub)
-    torchrec_export.register(sub)
+    export_command.register(sub)
     autoemb_cli.register(sub)
     case_study.register(sub)
 
@@ -120,7 +120,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         stem = Path(args.config).stem if args.config else "run"
-        out = f"runs/{stem}-{cfg.method['name']}-{cfg.model.name}"
+        model = cfg.model.name.rsplit(":", 1)[-1]  # a body named by import path: its class name
+        out = f"runs/{stem}-{cfg.method['name']}-{model}"
     if not _join_process_group(cfg.train.device, args):
         run_experiment(cfg, out, resume=args.resume, quiet=True)
         return 0

@@ -292,6 +292,10 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         "versions": versions(),
         "environment": environment(cfg),
     }
+    if "unrounded_embedding_params" in plan.extra:  # method.round_to: what the rounding cost
+        metrics["round_to"] = int(plan.options.get("round_to", 1))
+        metrics["unrounded_embedding_params"] = int(plan.extra["unrounded_embedding_params"])
+        metrics["unrounded_dims"] = dict(zip(plan.field_names, plan.extra["unrounded_dims"], strict=True))
     if distributed.is_main():
         atomic_write_json(run_dir / "metrics.json", metrics)
     log(f"test_auc={test['auc']:.5f} test_logloss={test['logloss']:.5f} "

@@ -176,6 +176,42 @@ class DimensionPlan:
 
         return embedding_bag_configs(self, schema, round_to=round_to)
 
+    def rounded(self, multiple: int) -> DimensionPlan:
+        """This plan with every kept width rounded **up** to a multiple of ``multiple`` (the widths
+        FBGEMM's sharded TorchRec kernels accept: 4; docs/serving.md), to retrain at those widths.
+
+        Dropped fields stay dropped; MDE frequency blocks are rounded block by block; SSEDS's
+        ``kept_indices`` gain the lowest pretrained columns not yet kept (a field that would need
+        more than ``full_dim`` columns is refused). The result records ``options["round_to"]``,
+        ``extra["unrounded_dims"]`` and ``extra["unrounded_embedding_params"]``; ``multiple=1`` (or
+        widths already at multiples) returns an equal plan.
+        """
+        from embdim.export.torchrec import round_up
+
+        round_up(1, multiple)  # validates multiple
+        dims = [round_up(d, multiple) if d else 0 for d in self.dims]
+        if dims == self.dims and not (self.value_dim_rule and "blocks" in self.value_dim_rule):
+            return DimensionPlan.from_dict(self.to_dict())
+        kept = None
+        if self.kept_indices is not None:
+            kept = []
+            for name, idx, d in zip(self.field_names, self.kept_indices, dims, strict=True):
+                spare = [c for c in range(self.full_dim) if c not in set(idx)]
+                if d - len(idx) > len(spare):
+                    raise EmbdimError(f"round_to {multiple}: field {name!r} would need {d} of the "
+                                      f"{self.full_dim} pretrained columns")
+                kept.append(sorted([*idx, *spare[:d - len(idx)]]))
+        rule = self.value_dim_rule
+        if rule and "blocks" in rule:
+            rule = {**rule, "blocks": [[{**b, "dim": round_up(int(b["dim"]), multiple)} for b in field]
+                                       for field in rule["blocks"]]}
+        extra = {**self.extra, "unrounded_dims": list(self.dims),
+                 "unrounded_embedding_params": int(self.embedding_params)}
+        return DimensionPlan(method=self.method, field_names=list(self.field_names),
+                             vocab_sizes=list(self.vocab_sizes), dims=dims, full_dim=self.full_dim,
+                             schema_hash=self.schema_hash, options={**self.options, "round_to": multiple},
+                             kept_indices=kept, value_dim_rule=rule, extra=extra)
+
     # ---- validation against a dataset ---------------------------------------------------------
     def check_schema(self, schema) -> None:
         """Refuse a plan made for another dataset, saying what differs."""

@@ -1,5 +1,5 @@
 """TorchRec export: a :class:`~embdim.plan.DimensionPlan` as ``EmbeddingBagConfig``s, a run's trained
-embedding tables as an ``EmbeddingBagCollection`` state dict, and the ``embdim export`` command.
+embedding tables as an ``EmbeddingBagCollection`` state dict, and ``embdim export --format torchrec``.
 
 Tables
 ------
@@ -394,35 +394,7 @@ def load_weights(path: str | Path) -> dict[str, Any]:
     return weights
 
 
-# ---- the `embdim export` command ---------------------------------------------------------------
-FORMATS = ("torchrec",)
-
-
-def register(sub) -> None:
-    """Add ``embdim export`` to the CLI's subparsers."""
-    p = sub.add_parser(
-        "export", help="export a plan (and a run's trained tables) for TorchRec",
-        description="Write the TorchRec EmbeddingBagConfigs of a plan as JSON (one table per kept "
-                    "field at its searched width, rounded up to a multiple of --round-to); with "
-                    "--weights also the run's trained tables as an EmbeddingBagCollection state dict. "
-                    "See docs/torchrec.md.")
-    p.add_argument("source", metavar="RUN_OR_PLAN", help="a run folder, or a plan.json")
-    p.add_argument("--format", choices=FORMATS, default="torchrec", help="export format (torchrec)")
-    p.add_argument("--out", required=True, metavar="FILE",
-                   help="the JSON file of table configs (load it with "
-                        "embdim.export.torchrec.load_configs)")
-    p.add_argument("--round-to", type=int, default=DEFAULT_ROUND_TO, metavar="N",
-                   help="round each width up to a multiple of N (default 4: FBGEMM's sharded kernels "
-                        "need it; 1 keeps the exact widths)")
-    p.add_argument("--weights", action="store_true",
-                   help="also write the run's trained tables (checkpoints/best.pt) beside FILE, as "
-                        "FILE with the suffix .pt")
-    p.add_argument("--data", metavar="DIR",
-                   help="prepared dataset to check the plan against (default: the run's data.path, "
-                        "when it exists)")
-    p.set_defaults(handler=_cmd_export)
-
-
+# ---- the `embdim export --format torchrec` command -------------------------------------------
 def _run_schema(run_dir: Path | None, data: str | None):
     """The schema to check against: ``--data``, else the run's ``data.path`` if it is still there."""
     from embdim.data.schema import Schema
@@ -440,7 +412,8 @@ def _run_schema(run_dir: Path | None, data: str | None):
     return None
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def cli_export(args: argparse.Namespace) -> int:
+    """``embdim export RUN_OR_PLAN --format torchrec`` (the parser: :mod:`embdim.export.command`)."""
     from embdim.plan import DimensionPlan
 
     source = Path(args.source)
@@ -454,8 +427,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise EmbdimError(f"{source}: no such run folder or plan file")
     plan = DimensionPlan.load(plan_path)
     schema = _run_schema(run_dir, args.data)
-    export = torchrec_export(plan, schema, round_to=args.round_to)
+    round_to = DEFAULT_ROUND_TO if args.round_to is None else args.round_to
+    export = torchrec_export(plan, schema, round_to=round_to)
 
+    if args.out is None:
+        raise EmbdimError("--format torchrec needs --out FILE (the JSON of table configs)")
     out = Path(args.out)
     weights_path = None
     if args.weights:

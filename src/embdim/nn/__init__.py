@@ -11,9 +11,10 @@ from embdim.nn.layers import (
     SelfAttentionLayer,
 )
 from embdim.nn.models import MODEL_NAMES, ModelOptions, RecModel, build_model, register_model
+from embdim.nn.plan_embedding import PlanEmbedding
 
 __all__ = [
     "MLP", "MODEL_NAMES", "BiInteraction", "BlockFieldEmbedding", "Dropout", "FactorizationMachine",
-    "FeaturesLinear", "FieldEmbedding", "InnerProduct", "ModelOptions", "RecModel", "SelfAttentionLayer",
-    "build_model", "register_model",
+    "FeaturesLinear", "FieldEmbedding", "InnerProduct", "ModelOptions", "PlanEmbedding", "RecModel",
+    "SelfAttentionLayer", "build_model", "register_model",
 ]

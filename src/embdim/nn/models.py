@@ -74,6 +74,9 @@ class ModelOptions:
     residual: bool = True
     attention_scaled: bool = False  # divide scores by sqrt(attention_dim) (the paper does not)
     use_mlp: bool = False  # AutoInt+: add an MLP over the flattened embeddings
+    # Free-form options of a user-defined body (``name: mypkg.module:Class``); the built-in bodies
+    # ignore them. The body reads them as ``opts.body_options``.
+    body_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mlp = list(self.mlp)
@@ -92,6 +95,8 @@ class ModelOptions:
         for key in ("attention_layers", "attention_heads", "attention_dim"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) > 0):
                 problems.append(f"{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not isinstance(self.body_options, dict):
+            problems.append(f"body_options must be a mapping, got {self.body_options!r}")
         if problems:
             raise ConfigError("model options: " + "; ".join(problems))
 
@@ -117,9 +122,13 @@ ALIASES: dict[str, str] = {}
 def register_model(name: str, *aliases: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator: make a body available to :func:`build_model` as ``name`` (and aliases).
 
-    A body is built as ``cls(num_fields, dim, options)`` and maps ``[B, F, D]`` to logits ``[B]``.
-    Class attributes: ``wide = True`` adds the first-order :class:`FeaturesLinear` (default: no);
-    ``uses_embedding = False`` marks a linear-only model (``lr``).
+    A body is built as ``cls(num_fields, dim, options)`` — ``num_fields`` = the kept fields ``F``
+    (a plan's dropped fields are gone), ``dim`` = the aligned width ``D``, ``options`` the
+    :class:`ModelOptions` (a user-defined body reads its own settings from ``options.body_options``)
+    — and maps ``[B, F, D]`` to logits ``[B]`` (pre-sigmoid). Class attributes: ``wide = True`` adds
+    the first-order :class:`FeaturesLinear` (default: no); ``uses_embedding = False`` marks a
+    linear-only model (``lr``). A body can also be named by import path in a config
+    (``model.name: mypkg.module:ClassName``, :func:`import_body`) without registering it.
     """
     def register(cls: type[nn.Module]) -> type[nn.Module]:
         MODELS[name] = cls
@@ -129,12 +138,87 @@ def register_model(name: str, *aliases: str) -> Callable[[type[nn.Module]], type
 
 
 def resolve_model_name(name: str) -> str:
+    """The registered name of model ``name``: a built-in or registered name or alias
+    (case-insensitive, ``-`` = ``_``), or ``module.path:ClassName``, a body class imported by path
+    (:func:`import_body`)."""
+    if ":" in str(name):
+        return import_body(str(name).strip())
     key = name.strip().lower().replace("-", "_")
     key = ALIASES.get(key, key)
     if key not in MODELS:
         raise ConfigError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}"
-                          f" (aliases: {', '.join(f'{a}={n}' for a, n in ALIASES.items())})")
+                          f" (aliases: {', '.join(f'{a}={n}' for a, n in ALIASES.items())}), or a "
+                          "body class by import path, module.path:ClassName")
     return key
+
+
+def import_body(path: str) -> str:
+    """Import the body class ``module.path:ClassName`` and register it under ``path`` itself.
+
+    The module must be importable: installed, on ``PYTHONPATH``, or a ``.py`` file (or package) in
+    the current folder. Importing it runs its code, as any Python import does: name only modules you
+    trust in a config. The class must be a ``torch.nn.Module`` built as ``cls(num_fields, dim,
+    options)`` that maps ``[B, F, D]`` to logits ``[B]`` (see :func:`register_model`).
+    """
+    if path in MODELS:
+        return path
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr or ":" in attr:
+        raise ConfigError(f"model {path!r}: expected module.path:ClassName")
+    try:
+        module = _import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"model {path!r}: cannot import {module_name!r} ({e}); the module must be "
+                          "installed, on PYTHONPATH, or a file in the current folder") from None
+    except Exception as e:  # the user's module failed while importing
+        raise ConfigError(f"model {path!r}: importing {module_name!r} failed: {type(e).__name__}: {e}"
+                          ) from e
+    cls = getattr(module, attr, None)
+    if cls is None:
+        raise ConfigError(f"model {path!r}: module {module_name!r} has no {attr!r}")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ConfigError(f"model {path!r}: {attr} is not a torch.nn.Module class")
+    MODELS[path] = cls
+    return path
+
+
+def _import_module(module_name: str):
+    """``importlib.import_module``, retried with the current folder on the path (the ``embdim``
+    console script does not put it there, ``python -m embdim`` does)."""
+    import importlib
+    import os
+    import sys
+
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        cwd = os.getcwd()
+        if e.name != module_name.split(".")[0] or cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            sys.path.remove(cwd)
+
+
+def check_body(body: nn.Module, num_fields: int, dim: int, name: str) -> None:
+    """Run a user-defined body once on ``[2, F, D]`` zeros (eval mode, no grad) and refuse, naming
+    the model, one that does not return logits ``[2]``."""
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            out = body(torch.zeros(2, num_fields, dim))
+    except Exception as e:
+        raise ConfigError(f"model {name!r}: its body fails on embeddings of shape [2, {num_fields}, "
+                          f"{dim}]: {type(e).__name__}: {e}") from e
+    finally:
+        body.train(was_training)
+    if not isinstance(out, Tensor) or tuple(out.shape) != (2,):
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ConfigError(f"model {name!r}: its body maps [2, {num_fields}, {dim}] to {shape}; a body "
+                          "must return one logit per example, shape [B]")
 
 
 # ---- the model --------------------------------------------------------------------------------
@@ -343,6 +427,8 @@ def build_model(name: str, vocab_sizes_or_schema: Schema | list[int], plan: Dime
         embedding = FieldEmbedding(vocab_sizes, dims, align=options.align, out_dim=options.aligned_dim,
                                    bias=options.align_bias, always_align=options.align_always)
     body = body_cls(int(embedding.num_output_fields), int(embedding.out_dim), options)
+    if key not in MODEL_NAMES:  # a user-defined body: check its contract once, with a clear message
+        check_body(body, int(embedding.num_output_fields), int(embedding.out_dim), key)
     wide = getattr(body_cls, "wide", False)
     linear = FeaturesLinear(vocab_sizes, first_order_fields(embedding.kept_fields)) if wide else None
     return RecModel(embedding, body, linear, name=key)

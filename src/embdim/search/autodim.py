@@ -423,6 +423,9 @@ class AutoDim(SearchMethod):
     def __init__(self, options: AutoDimOptions | None = None, **option_values):
         super().__init__(options, **option_values)
         self.result: SearchResult | None = None
+        if self.options.inherit and self.round_to > 1:
+            raise ConfigError("method.inherit copies the searched tables at their searched widths; "
+                              "it cannot be combined with method.round_to")
 
     def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
         searcher = AutoDimSearch(dataset, ctx, self.options, joint=self.joint)

@@ -33,14 +33,33 @@ class SearchContext:
     log: Any = print
 
 
+COMMON_OPTIONS = ("round_to",)  # options of every method, handled here rather than by the method
+
+
+def check_round_to(value: Any) -> int:
+    """``method.round_to``: an integer >= 1 (1 = the searched widths as they are)."""
+    from embdim.config import coerce
+
+    value = coerce(value, int, "method.round_to")
+    if value < 1:
+        raise ConfigError(f"method.round_to must be >= 1, got {value}")
+    return value
+
+
 class SearchMethod(ABC):
-    """Base class: subclasses set ``name``, an ``Options`` dataclass, and implement ``search``."""
+    """Base class: subclasses set ``name``, an ``Options`` dataclass, and implement ``search``.
+
+    Every method also takes ``round_to`` (default 1): the searched plan's widths are rounded up to a
+    multiple of it before the plan is returned (:meth:`DimensionPlan.rounded`), so the model is
+    retrained at widths FBGEMM's sharded kernels accept (``round_to: 4``)."""
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    round_to: int = 1
 
-    def __init__(self, options: Any = None, **option_values: Any):
+    def __init__(self, options: Any = None, *, round_to: int = 1, **option_values: Any):
         """``Method(options)`` with an ``Options`` instance, or ``Method(key=value, ...)``."""
+        self.round_to = check_round_to(round_to)
         if options is None:
             options = self.make_options(option_values)
         elif option_values:
@@ -54,7 +73,7 @@ class SearchMethod(ABC):
         unknown = sorted(set(values) - valid)
         if unknown:
             raise ConfigError(f"method {cls.name!r}: unknown option(s) {unknown}; valid options: "
-                              f"{sorted(valid)}")
+                              f"{sorted(valid | set(COMMON_OPTIONS))}")
         options = cls.Options(**typed_fields(cls.Options, values, "method"))
         if hasattr(options, "validate"):
             options.validate()
@@ -63,7 +82,8 @@ class SearchMethod(ABC):
     @classmethod
     def from_config(cls, method_cfg: dict[str, Any]) -> SearchMethod:
         """From the YAML ``method:`` section (its ``name`` selects the class)."""
-        return cls(cls.make_options({k: v for k, v in method_cfg.items() if k != "name"}))
+        options = {k: v for k, v in method_cfg.items() if k != "name" and k not in COMMON_OPTIONS}
+        return cls(cls.make_options(options), round_to=method_cfg.get("round_to", 1))
 
     def search(self, dataset, ctx: SearchContext | None = None, *, model: Any = "deepfm",
                train: Any = None, work_dir: str | Path | None = None, quiet: bool = True):
@@ -76,7 +96,13 @@ class SearchMethod(ABC):
         """
         if ctx is None:
             ctx = make_context(model, train, work_dir=work_dir, quiet=quiet)
-        return self._search(dataset, ctx)
+        plan = self._search(dataset, ctx)
+        if self.round_to > 1:
+            plan = plan.rounded(self.round_to)
+            ctx.log(f"round_to {self.round_to}: dims {plan.extra['unrounded_dims']} -> {plan.dims}, "
+                    f"embedding params {plan.extra['unrounded_embedding_params']:,} -> "
+                    f"{plan.embedding_params:,}")
+        return plan
 
     @abstractmethod
     def _search(self, dataset, ctx: SearchContext):
@@ -149,6 +175,7 @@ def typed_method_section(method_cfg: dict[str, Any]) -> dict[str, Any]:
     """The YAML ``method:`` section validated by its method (unknown name or option, a value of
     the wrong type or range) and with its values typed; the keys stay those given."""
     cls = method_class(method_cfg.get("name", ""))
-    options = {k: v for k, v in method_cfg.items() if k != "name"}
+    options = {k: v for k, v in method_cfg.items() if k != "name" and k not in COMMON_OPTIONS}
     cls.make_options(options)
-    return {"name": method_cfg["name"], **typed_fields(cls.Options, options, "method")}
+    common = {"round_to": check_round_to(method_cfg["round_to"])} if "round_to" in method_cfg else {}
+    return {"name": method_cfg["name"], **typed_fields(cls.Options, options, "method"), **common}
