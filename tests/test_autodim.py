@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -431,3 +432,37 @@ def test_temperature_anneals_from_the_first_alpha_update(small):
     plan = make_method(cfg.method).search(PreparedDataset(small), _ctx(cfg))
     assert plan.extra["alpha_updates"] == 2
     assert plan.extra["final_tau"] == pytest.approx(0.9)
+
+
+# ---- the search uses the training step's fast paths ----------------------------------------------
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_search_runs_under_bf16_autocast_where_the_cpu_has_it(small, monkeypatch, has_bf16):
+    monkeypatch.setattr("embdim.search.autodim.cpu_has_fast_bf16", lambda: has_bf16)
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 2, "update_every": 2}, epochs=1,
+               max_steps_per_epoch=6, amp=True)
+    searcher = AutoDimSearch(PreparedDataset(small), _ctx(cfg), make_method(cfg.method).options)
+    assert searcher.amp is has_bf16
+    ids = next(iter(searcher.train_loader.epoch(0)))[0]
+    seen = []
+    first_linear = next(m for m in searcher.model.body.modules() if isinstance(m, nn.Linear))
+    first_linear.register_forward_pre_hook(lambda mod, inp: seen.append(torch.is_autocast_enabled("cpu")))
+    with searcher._autocast():
+        assert searcher.supernet(ids).dtype == torch.float32  # BatchNorm statistics in float32
+        searcher.model(ids)
+    assert seen == [has_bf16]  # the MLP's products run under bf16 autocast
+    result = searcher.run()
+    assert result.alpha_updates == 2 and all(math.isfinite(h["train_loss"]) for h in result.history)
+
+
+@pytest.mark.slow
+def test_search_runs_with_train_compile(small):
+    """``train.compile`` compiles the search's forward (its Gumbel draws come from another random
+    stream than eager, so the two searches are not bit-identical)."""
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 2, "update_every": 2}, epochs=1,
+               max_steps_per_epoch=6, compile=True)
+    searcher = AutoDimSearch(PreparedDataset(small), _ctx(cfg), make_method(cfg.method).options)
+    assert searcher.forward is not searcher.model
+    result = searcher.run()
+    assert result.alpha_updates == 2 and math.isfinite(result.history[-1]["train_loss"])
+    assert not torch.allclose(searcher.supernet.alpha(), torch.full_like(searcher.supernet.alpha(),
+                                                                         0.2))

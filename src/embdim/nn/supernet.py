@@ -358,7 +358,12 @@ class SupernetEmbedding(nn.Module):
         norm.num_batches_tracked.add_(1)
 
     def forward(self, ids: Tensor) -> Tensor:
-        """ids [B, F] -> field embeddings [B, F, D] (eq. 7)."""
+        """ids [B, F] -> field embeddings [B, F, D] (eq. 7). Float32 under autocast: BatchNorm's
+        statistics (and the covariance they come from) need it."""
+        with torch.autocast(ids.device.type, enabled=False):
+            return self._forward(ids)
+
+    def _forward(self, ids: Tensor) -> Tensor:
         p = self._weights_fnb(ids.shape[0])  # [F, N, B | 1]
         if (self.training and self.lookup == "shared" and self.norm.momentum is not None
                 and ids.shape[0] > 1):

@@ -50,6 +50,7 @@ from embdim.search.bilevel import (
 )
 from embdim.search.budget import best_widths_under_budget, budget_params, check_feasible, check_kappa
 from embdim.search.fde import DEFAULT_CANDIDATES
+from embdim.train.host import cpu_has_fast_bf16
 from embdim.train.metrics import binary_metrics
 from embdim.train.optim import make_adam
 from embdim.train.trainer import resolve_device
@@ -199,6 +200,12 @@ class AutoDimSearch:
         model_options = ctx.model_options or ModelOptions()
         self.model = build_model(model_options.name, schema, options=model_options,
                                  embedding=self.supernet).to(self.device)
+        # The training step's fast paths where they apply: bf16 autocast for the body's matrix
+        # products (train.amp; on CPU only with AVX512-BF16/AMX; the supernet's statistics stay
+        # float32) and torch.compile of the forward (train.compile). CUDA graphs: not for the
+        # search (its alpha steps and Gumbel draws change the step's graph).
+        self.amp = bool(train.amp) and (self.device.type != "cpu" or cpu_has_fast_bf16())
+        self.forward = torch.compile(self.model, dynamic=False) if train.compile else self.model
         self.alpha_params = self.supernet.architecture_parameters()
         alpha_ids = {id(p) for p in self.alpha_params}
         self.w_params = [p for p in self.model.parameters() if id(p) not in alpha_ids]
@@ -230,13 +237,18 @@ class AutoDimSearch:
         if not self.ctx.quiet:
             tqdm.write(msg)
 
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
     def _alpha_update(self, train_batch, valid_iter) -> None:
         valid_batch = next(valid_iter)
-        if self.options.order == "second":
-            grads, _ = second_order_alpha_grad(self.model, self.w_params, self.alpha_params, train_batch,
-                                               valid_batch, xi=self.xi, eps_scale=self.options.fd_eps)
-        else:
-            grads, _ = first_order_alpha_grad(self.model, self.alpha_params, valid_batch)
+        with self._autocast():
+            if self.options.order == "second":
+                grads, _ = second_order_alpha_grad(self.forward, self.w_params, self.alpha_params,
+                                                   train_batch, valid_batch, xi=self.xi,
+                                                   eps_scale=self.options.fd_eps)
+            else:
+                grads, _ = first_order_alpha_grad(self.forward, self.alpha_params, valid_batch)
         apply_alpha_grad(self.alpha_params, grads, self.alpha_optimizer)
 
     def run(self) -> SearchResult:
@@ -264,14 +276,16 @@ class AutoDimSearch:
                 net.tau = opts.tau(max(0, step - self.pretrain_steps))
                 update = searching and (step - self.pretrain_steps) % opts.update_every == 0
                 if self.joint and update:
-                    loss = joint_step(model, self.w_params, self.alpha_params, self.w_optimizer,
-                                      self.alpha_optimizer, batch)
+                    with self._autocast():
+                        loss = joint_step(self.forward, self.w_params, self.alpha_params,
+                                          self.w_optimizer, self.alpha_optimizer, batch)
                     alpha_updates += 1
                 else:
                     if update and not self.joint:
                         self._alpha_update(batch, valid_iter)
                         alpha_updates += 1
-                    loss = w_step(model, self.w_params, self.w_optimizer, batch)
+                    with self._autocast():
+                        loss = w_step(self.forward, self.w_params, self.w_optimizer, batch)
                 loss_sum += loss
                 step += 1
                 if (i + 1) % 50 == 0 or i + 1 == self.steps_per_epoch:
