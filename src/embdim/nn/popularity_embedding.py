@@ -22,6 +22,9 @@ Popularity of a value = its count in the training split (``frequencies.npy`` of 
 dataset). It is fixed: the same number when the controller is trained (on validation batches), when
 the model trains, and when the plan is derived. One controller per field (``controllers="field"``,
 as the paper has one for users and one for items) or one for all fields (``"shared"``).
+``inputs`` leaves out a part of the controller input for an ablation: a left-out part is blanked to
+what a value without it would show (popularity 0; the context of a value never seen), so the input
+size stays the paper's.
 
 Input ``ids [B, F]`` (int32/int64), output ``[B, F, D]``; every field is kept. The controller runs
 once per distinct id in the batch (its output depends only on the id's popularity and context).
@@ -35,11 +38,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from embdim.autoemb.controller import Context, Controller, controller_features, popularity_bucket
+from embdim.autoemb.controller import (
+    POPULARITY_BUCKETS,
+    Context,
+    Controller,
+    controller_features,
+    popularity_bucket,
+)
 from embdim.autoemb.model import soft_select
 from embdim.nn.embedding import _offsets
 
 CONTROLLER_SCOPES = ("field", "shared")
+CONTROLLER_INPUTS = ("popularity", "context")
 
 
 class ValueContext(nn.Module):
@@ -66,18 +76,24 @@ class PopularityEmbedding(nn.Module):
         candidates: the candidate widths (sorted, distinct); ``D`` is the largest.
         hidden: the controllers' hidden widths (the paper: 512, 512).
         controllers: ``"field"`` (one controller per field) or ``"shared"`` (one for all).
+        inputs: the parts of the controller input used: ``"popularity"``, ``"context"`` (both: the
+            paper); a part left out is blanked.
         init_std: std of the N(0, std^2) candidate tables (0.1, as AutoEmb's streaming model).
     """
 
     def __init__(self, vocab_sizes: Sequence[int], frequencies: Sequence[np.ndarray],
                  candidates: Sequence[int] = (2, 16, 128), *, hidden: Sequence[int] = (512, 512),
-                 controllers: str = "field", init_std: float = 0.1):
+                 controllers: str = "field", inputs: Sequence[str] = CONTROLLER_INPUTS,
+                 init_std: float = 0.1):
         super().__init__()
         widths = [int(w) for w in candidates]
         if not widths or widths[0] < 1 or sorted(set(widths)) != widths:
             raise ValueError(f"candidate widths must be positive and increasing, got {widths}")
         if controllers not in CONTROLLER_SCOPES:
             raise ValueError(f"controllers must be one of {CONTROLLER_SCOPES}, got {controllers!r}")
+        if not set(inputs) <= set(CONTROLLER_INPUTS):
+            raise ValueError(f"inputs must be among {CONTROLLER_INPUTS}, got {list(inputs)}")
+        self.inputs = tuple(i for i in CONTROLLER_INPUTS if i in inputs)
         self.vocab_sizes = [int(v) for v in vocab_sizes]
         if len(frequencies) != len(self.vocab_sizes) or any(
                 len(c) != v for c, v in zip(frequencies, self.vocab_sizes, strict=True)):
@@ -132,7 +148,15 @@ class PopularityEmbedding(nn.Module):
     # ---- controller ---------------------------------------------------------------------------
     def controller_weights(self, rows: Tensor) -> Tensor:
         """Soft-selection weights ``[R, N]`` of the global rows ``rows [R]`` (sorted, distinct)."""
-        features = controller_features(self.popularity[rows], rows, self.context)
+        popularity = self.popularity[rows]
+        if "popularity" not in self.inputs:
+            popularity = torch.zeros_like(popularity)
+        features = controller_features(popularity, rows, self.context)
+        if "context" not in self.inputs:  # last weights 1/N, last loss 0, never seen
+            features = features.clone()
+            n, first = self.num_candidates, POPULARITY_BUCKETS + 1
+            features[:, first:first + n] = 1.0 / n
+            features[:, first + n:] = 0.0
         if len(self.controllers) == 1:
             return self.controllers[0](features)
         bounds = torch.searchsorted(rows, torch.cat([self.offsets, self.offsets.new_tensor(
@@ -190,4 +214,4 @@ class PopularityEmbedding(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"fields={self.num_fields}, candidates={self.widths}, "
-                f"controllers={self.controllers_scope}")
+                f"controllers={self.controllers_scope}, inputs={list(self.inputs)}")

@@ -49,7 +49,7 @@ from embdim.data.loader import BatchLoader
 from embdim.data.schema import RESERVED_IDS
 from embdim.errors import ConfigError, TrainingDivergedError
 from embdim.nn.models import MODELS, ModelOptions, build_model, resolve_model_name
-from embdim.nn.popularity_embedding import CONTROLLER_SCOPES, PopularityEmbedding
+from embdim.nn.popularity_embedding import CONTROLLER_INPUTS, CONTROLLER_SCOPES, PopularityEmbedding
 from embdim.plan import DimensionPlan
 from embdim.search.autodim import _validate
 from embdim.search.base import SearchContext, SearchMethod, register
@@ -67,6 +67,7 @@ class AutoEmbOptions:
     candidates: list[int] = field(default_factory=lambda: list(PAPER_CANDIDATES))
     controller_hidden: list[int] = field(default_factory=lambda: [512, 512])  # sec. 3.2
     controllers: str = "field"  # one controller per field | "shared": one for every field
+    controller_inputs: list[str] = field(default_factory=lambda: list(CONTROLLER_INPUTS))  # ablation
     controller_lr: float = 1e-3  # sec. 3.2
     controller_weight_decay: float = 0.0
     order: str = "second"  # "second" (eq. 9, DARTS one-step) | "first" (xi = 0)
@@ -90,6 +91,10 @@ class AutoEmbOptions:
         if self.controllers not in CONTROLLER_SCOPES:
             raise ConfigError(f"method.controllers must be one of {list(CONTROLLER_SCOPES)}, got "
                               f"{self.controllers!r}")
+        self.controller_inputs = coerce(self.controller_inputs, list[str], "method.controller_inputs")
+        if not set(self.controller_inputs) <= set(CONTROLLER_INPUTS):
+            raise ConfigError(f"method.controller_inputs must be among {list(CONTROLLER_INPUTS)}, "
+                              f"got {self.controller_inputs}")
         if self.order not in ("first", "second"):
             raise ConfigError(f"method.order must be 'first' or 'second', got {self.order!r}")
         if not self.controller_lr > 0 or self.controller_weight_decay < 0:
@@ -123,7 +128,8 @@ class AutoEmbSearch:
             torch.set_num_threads(train.threads)
         self.embedding = PopularityEmbedding(schema.vocab_sizes, dataset.frequencies(),
                                              options.candidates, hidden=options.controller_hidden,
-                                             controllers=options.controllers, init_std=options.init_std)
+                                             controllers=options.controllers,
+                                             inputs=options.controller_inputs, init_std=options.init_std)
         model_options = ctx.model_options or ModelOptions()
         self.model_name = search_model_name(model_options.name)
         if self.model_name != resolve_model_name(model_options.name):
