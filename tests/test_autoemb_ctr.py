@@ -61,6 +61,8 @@ def test_one_controller_per_field_or_shared(planted):
     shared = PopularityEmbedding(ds.schema.vocab_sizes, ds.frequencies(), [2, 4], hidden=[8],
                                  controllers="shared")
     assert len(per_field.controllers) == ds.schema.num_fields and len(shared.controllers) == 1
+    ids = torch.tensor(np.array(ds.split("train").x[:32]))
+    assert shared(ids).shape == per_field(ids).shape == (32, ds.schema.num_fields, 4)
     with pytest.raises(ValueError, match="increasing"):
         PopularityEmbedding(ds.schema.vocab_sizes, ds.frequencies(), [4, 2])
 
@@ -172,7 +174,7 @@ def test_options_are_validated():
     for bad in ({"candidates": [16, 2]}, {"candidates": [0, 2]}, {"candidates": []},
                 {"order": "third"}, {"controllers": "row"}, {"controller_lr": 0},
                 {"update_every": 0}, {"epochs": 0}, {"xi": -1}, {"controller_hidden": [0]},
-                {"colour": "red"}):
+                {"controller_inputs": ["popularity", "age"]}, {"colour": "red"}):
         with pytest.raises(ConfigError):
             make_method({"name": "autoemb", **bad})
     opts = AutoEmb.Options()
