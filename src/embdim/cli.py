@@ -106,11 +106,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.config is None and not args.overrides:
         return _cmd_demo(argparse.Namespace(out="runs/demo", rows=DEMO_ROWS, epochs=DEMO_EPOCHS,
                                             model="deepfm", seed=2022, quiet=args.quiet))
-    from embdim.autoemb.cli import run_if_stream  # data.path is a stream: AutoEmb and baselines
+    if not _is_ctr_autoemb(args):  # AutoEmb on a prepared CTR folder: the CTR pipeline runs it
+        from embdim.autoemb.cli import run_if_stream  # data.path is a stream: AutoEmb and baselines
 
-    code = run_if_stream(args)
-    if code is not None:
-        return code
+        code = run_if_stream(args)
+        if code is not None:
+            return code
     cfg = load_config(args.config, args.overrides)
     if args.config:  # re-running a run folder's config.yaml: say what differs from its record
         from embdim.experiment import check_against_record
@@ -129,6 +130,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"test_auc={metrics['test_auc']:.5f} test_logloss={metrics['test_logloss']:.5f} "
           f"embedding_params={metrics['embedding_params']:,} -> {out}")
     return 0
+
+
+def _is_ctr_autoemb(args: argparse.Namespace) -> bool:
+    """``method.name: autoemb`` with ``data.path`` a folder written by ``embdim prepare`` (it has a
+    ``schema.json``): AutoEmb as a field-level CTR search method (embdim.search.autoemb), not the
+    streaming protocol."""
+    from pathlib import Path
+
+    from embdim.config import load_config_dict
+
+    d = load_config_dict(args.config, args.overrides)
+    method = d.get("method") if isinstance(d.get("method"), dict) else {}
+    data = d.get("data") if isinstance(d.get("data"), dict) else {}
+    path = data.get("path")
+    return (method.get("name") == "autoemb" and isinstance(path, str) and bool(path)
+            and (Path(path) / "schema.json").is_file())
 
 
 def _join_process_group(device: str, args: argparse.Namespace) -> bool:

@@ -5,8 +5,9 @@ class (``AutoDim(candidates=[2, 8, 16]).search(dataset, model="deepfm")``).
 """
 
 # importing the modules registers the methods
-from embdim.search import autodim, fde, fixed, mde, random, sseds  # noqa: F401
+from embdim.search import autodim, autoemb, fde, fixed, mde, random, sseds  # noqa: F401
 from embdim.search.autodim import AutoDim, AutoDimS
+from embdim.search.autoemb import AutoEmb
 from embdim.search.base import (
     METHODS,
     SearchContext,
@@ -21,5 +22,5 @@ from embdim.search.mde import MDE
 from embdim.search.random import RandomSearch
 from embdim.search.sseds import SSEDS
 
-__all__ = ["FDE", "MDE", "METHODS", "SSEDS", "AutoDim", "AutoDimS", "FixedPlan", "RandomSearch",
+__all__ = ["FDE", "MDE", "METHODS", "SSEDS", "AutoDim", "AutoDimS", "AutoEmb", "FixedPlan", "RandomSearch",
            "SearchContext", "SearchMethod", "make_context", "make_method", "typed_method_section"]
