@@ -132,6 +132,19 @@ def test_the_rewards_cost_term_moves_the_chosen_sizes_down(planted):
     assert costed.extra["search_history"][0]["mean_cost"] > last_cost["mean_cost"]
 
 
+@pytest.mark.slow
+def test_the_quality_term_teaches_the_controller_to_drop_noise_fields(planted):
+    """Sec. 4: with the validation AUC as the reward, the controller learns that the pure-noise
+    fields (f0, f5) can go without an embedding and the planted-interaction fields cannot."""
+    seed_everything(TRAIN["seed"])
+    plan = make_method({"name": "nis", "cost_weight": 0.0}).search(
+        PreparedDataset(planted), model="deepfm", train={**TRAIN, "epochs": 8})
+    probs = plan.extra["controller_probabilities"]
+    drop = {f: probs[f][0][0] for f in probs}  # P(0 blocks) of each field's most frequent bucket
+    noise, signal = [drop["f0"], drop["f5"]], [drop[f] for f in ("f1", "f2", "f3", "f4")]
+    assert min(noise) > 3 * max(signal), drop
+
+
 def test_options_are_validated_with_one_line_errors():
     for bad in ({"buckets": 0}, {"block_dim": 2.5}, {"budget": 0}, {"budget": 1.5}, {"cost": "log"},
                 {"quality": "acc"}, {"bucket_split": "x"}, {"samples": 0}, {"warmup_steps": -1},

@@ -454,7 +454,7 @@ def architecture_plan(result: NISResult, buckets: list[list[dict[str, Any]]], sc
     if not any(dims):
         raise ConfigError(f"nis: the derived architecture gives no field an embedding block (budget "
                           f"{options.budget}, cost weight {options.cost_weight}): raise "
-                          "method.budget or lower method.cost_weight")
+                          "method.budget, lower method.cost_weight or search longer")
     entries = sum(block_size(b) * b["dim"] for field in blocks for b in field)
     full = sum(schema.vocab_sizes) * options.full_dim
     rule = {"rule": "multi-size embedding: per vocabulary bucket, a_s blocks of block_dim columns",
