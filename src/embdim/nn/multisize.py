@@ -109,11 +109,12 @@ class MultiSizeSupernet(nn.Module):
         x = x * (cols < width.unsqueeze(-1)).to(x.dtype)
         if self.max_buckets == 1:
             return torch.einsum("bfk,fkd->bfd", x, self.projection[:, 0])
-        out = x.new_zeros(x.shape)
-        for s in range(self.max_buckets):
-            part = x * (slot == s).unsqueeze(-1).to(x.dtype)
-            out = out + torch.einsum("bfk,fkd->bfd", part, self.projection[:, s])
-        return out
+        # every bucket's projection at once (one batched matmul per field), then each row's own
+        nf, nb, d = self.num_fields, ids.shape[0], self.out_dim
+        stacked = self.projection.permute(0, 2, 1, 3).reshape(nf, d, self.max_buckets * d)
+        y = torch.bmm(x.transpose(0, 1), stacked).view(nf, nb, self.max_buckets, d)
+        pick = slot.t().reshape(nf, nb, 1, 1).expand(nf, nb, 1, d)
+        return y.gather(2, pick).squeeze(2).transpose(0, 1)
 
     def extra_repr(self) -> str:
         return (f"fields={self.num_fields}, buckets={[len(f) for f in self.buckets]}, "
