@@ -193,6 +193,7 @@ def test_nis_runs_end_to_end_on_every_base_model(small, tmp_path, model):
     assert np.isfinite(m["test_auc"])
 
 
-def test_nis_on_the_linear_model_is_refused_in_one_line(small, tmp_path):
+def test_nis_on_the_linear_model_is_refused_before_the_run_folder_exists(small, tmp_path):
     with pytest.raises(ConfigError, match="nis searches the embedding layer; model 'lr' has none"):
         run_experiment(_cfg(small, "lr"), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

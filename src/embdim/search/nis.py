@@ -206,6 +206,12 @@ def _batch_quality(logits: torch.Tensor, labels: torch.Tensor, quality: str) -> 
     return -float(loss)
 
 
+def check_has_embedding(model_options: ModelOptions) -> None:
+    """A ConfigError for a base model without an embedding layer (``lr``): nothing to search."""
+    if not getattr(MODELS[resolve_model_name(model_options.name)], "uses_embedding", True):
+        raise ConfigError(f"nis searches the embedding layer; model {model_options.name!r} has none")
+
+
 # ---- the search loop --------------------------------------------------------------------------
 @dataclass
 class NISResult:
@@ -228,8 +234,7 @@ class NISSearch:
         if train.threads:
             torch.set_num_threads(train.threads)
         model_options = ctx.model_options or ModelOptions()
-        if not getattr(MODELS[resolve_model_name(model_options.name)], "uses_embedding", True):
-            raise ConfigError(f"nis searches the embedding layer; model {model_options.name!r} has none")
+        check_has_embedding(model_options)
         self.buckets = vocabulary_buckets(dataset.frequencies(), options)
         self.supernet = MultiSizeSupernet(schema.vocab_sizes, self.buckets, block_dim=options.block_dim,
                                           num_blocks=options.dim_blocks)
@@ -495,6 +500,9 @@ class NIS(SearchMethod):
         ctx.log(f"nis: derived {budget['entries']:,} embedding entries ({share:.1%} of the full "
                 f"table, budget {self.options.budget:.0%}); dims {plan.dims_by_field()}")
         return plan
+
+    def check_model(self, model_options: ModelOptions) -> None:
+        check_has_embedding(model_options)
 
     def retrain_model_options(self, model_options: ModelOptions, plan: DimensionPlan) -> ModelOptions:
         """Every bucket projected to the full width ``dim_blocks x block_dim`` (sec. 3.1), unless the
