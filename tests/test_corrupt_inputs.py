@@ -149,10 +149,12 @@ def _blocks(d, blocks):
     (lambda d: _blocks(d, lambda v: [{"start": 0, "stop": v, "dim": 2.5}]),
      "value_dim_rule.blocks[0][0].dim: expected an integer, got 2.5"),
     (lambda d: _blocks(d, lambda v: [{"start": 0, "stop": v, "dim": 10**9}]),
-     "value_dim_rule.blocks[0][0].dim: expected 1..65,536"),
+     "value_dim_rule.blocks[0][0].dim: expected 0..65,536"),
     (lambda d: _blocks(d, lambda v: [{"start": 0, "stop": v - 1, "dim": 2}, {"start": v - 2, "stop": v,
                                                                             "dim": 2}]),
      "must hold each id"),
+    (lambda d: _blocks(d, lambda v: [{"start": 0, "stop": v, "dim": 2}]),
+     "field 'f0' has dim 4 but its widest block has 2"),
 ])
 def test_a_plan_with_values_of_the_wrong_type_is_refused_before_the_run_folder_exists(
         small, tmp_path, capsys, change, words):

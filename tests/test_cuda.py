@@ -104,3 +104,30 @@ def test_cuda_resume_ends_with_exactly_the_metrics_of_an_uninterrupted_run(plant
 def test_amp_with_cuda_graphs_learns(planted):
     _, result = _train(planted, graphs=True, model="deepfm", amp=True)
     assert result.history[-1]["valid_auc"] > 0.6
+
+
+def test_nis_search_on_cuda_resumes_exactly(planted, tmp_path, monkeypatch):
+    """NIS on the GPU: the controller's sampler lives on the device; an interrupted search resumes
+    with exactly the plan and metrics of an uninterrupted one."""
+    from embdim.search.nis import NISSearch
+
+    def cfg():
+        return config_from_dict({
+            "data": {"path": str(planted)}, "model": {"name": "deepfm"},
+            "method": {"name": "nis", "epochs": 2, "warmup_steps": 4},
+            "train": {"epochs": 2, "batch_size": 500, "lr": 3e-3, "early_stop": 0, "seed": 1,
+                      "device": "cuda"}})
+
+    whole = run_experiment(cfg(), tmp_path / "whole", quiet=True)
+    original = NISSearch._save
+
+    def save_then_die(self, epoch, state):
+        original(self, epoch, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(NISSearch, "_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg(), tmp_path / "cut", quiet=True)
+    monkeypatch.setattr(NISSearch, "_save", original)
+    again = run_experiment(cfg(), tmp_path / "cut", resume=True, quiet=True)
+    assert again["dims"] == whole["dims"] and again["test_auc"] == whole["test_auc"]

@@ -114,7 +114,9 @@ def test_block_embedding_matches_a_naive_reference(align):
 def test_block_embedding_rejects_bad_blocks():
     with pytest.raises(ValueError, match="exactly once"):
         BlockFieldEmbedding([5], [[{"start": 2, "stop": 5, "dim": 2}]])
-    with pytest.raises(ValueError, match="dim >= 1"):
+    with pytest.raises(ValueError, match="dim >= 0"):
+        BlockFieldEmbedding([3], [[{"start": 2, "stop": 3, "dim": -1, "reserved_ids": [0, 1]}]])
+    with pytest.raises(ValueError, match="nothing to embed"):  # dim 0 everywhere (NIS: all dropped)
         BlockFieldEmbedding([3], [[{"start": 2, "stop": 3, "dim": 0, "reserved_ids": [0, 1]}]])
 
 

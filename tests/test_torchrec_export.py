@@ -190,7 +190,7 @@ def test_weights_refuse_other_plans(run, tmp_path):
         for f in plan.to_dict()["fields"]]})
     with pytest.raises(SchemaMismatchError, match="trained with dims"):
         export_weights(run_dir, plan=other)
-    blocks = [[{"start": 2, "stop": v, "dim": max(d, 1), "reserved_ids": [0, 1]}]
+    blocks = [[{"start": 2, "stop": v, "dim": d, "reserved_ids": [0, 1]}]
               for v, d in zip(plan.vocab_sizes, plan.dims, strict=True)]
     blocky = DimensionPlan.from_dict({**plan.to_dict(), "value_dim_rule": {"blocks": blocks}})
     with pytest.raises(EmbdimError, match="per-frequency-block"):

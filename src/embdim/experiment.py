@@ -186,6 +186,7 @@ def open_experiment(cfg: ExperimentConfig | dict[str, Any],
             opened[key] = dataset
     method = make_method(cfg.method)
     method.check_dataset(dataset)  # a given plan made for another dataset, ...
+    method.check_model(cfg.model)  # a model the method cannot search (NIS on lr)
     return cfg, dataset, method
 
 

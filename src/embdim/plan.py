@@ -7,11 +7,12 @@ data: it loads from JSON without executing anything and can be applied to any ba
 Optional parts, filled by the methods that need them:
 
 * ``kept_indices`` (SSEDS): per field, which columns of the pretrained full-width table were kept;
-* ``value_dim_rule`` (MDE, AutoEmb): the rule that maps a value's frequency/popularity to a width;
-  with ``"blocks"`` in it (MDE's per-frequency-block variant), per field the list of its blocks
-  ``{"start", "stop", "dim"[, "reserved_ids"]}`` (see :mod:`embdim.nn.block_embedding`): the model then
-  has one table per block, ``dims[i]`` is field ``i``'s largest block width and
-  ``embedding_params`` counts ``sum n_k * d_k`` over the blocks;
+* ``value_dim_rule`` (MDE, NIS, AutoEmb): the rule that maps a value's frequency/popularity to a
+  width; with ``"blocks"`` in it (MDE's per-frequency-block variant, NIS's multi-size embedding), per
+  field the list of its blocks ``{"start", "stop", "dim"[, "reserved_ids"]}`` (see
+  :mod:`embdim.nn.block_embedding`): the model then has one table per block of ``dim > 0`` (a block
+  of ``dim`` 0 has no embedding), ``dims[i]`` is field ``i``'s largest block width (0: the field is
+  dropped) and ``embedding_params`` counts ``sum n_k * d_k`` over the blocks;
 * ``embedding`` (pruning and quantisation methods: PEP, DeepLight, DPQ, MGQE): an embedding that
   is not a set of dense per-field tables, ``{"kind": ..., "embedding_params": N, "params_note": ...,
   <the kind's options>}``. ``kind`` names a builder registered in :mod:`embdim.nn.plan_embeddings`;
@@ -41,10 +42,11 @@ PLAN_FORMAT_VERSION = 1
 MAX_DIM = 1 << 16  # the widest embedding a plan may ask for (a larger one is a corrupt plan)
 
 
-def _check_value_blocks(blocks: Any, names: list[str], vocab_sizes: list[int]) -> None:
-    """MDE's ``value_dim_rule["blocks"]``: per field, blocks ``{"start", "stop", "dim"[,
+def _check_value_blocks(blocks: Any, names: list[str], vocab_sizes: list[int], dims: list[int]) -> None:
+    """MDE's and NIS's ``value_dim_rule["blocks"]``: per field, blocks ``{"start", "stop", "dim"[,
     "reserved_ids"]}`` of integers that hold each id ``0 .. vocab_size - 1`` exactly once, widths
-    ``1 .. MAX_DIM``; else a ConfigError naming the place."""
+    ``0 .. MAX_DIM`` (0: the block's values have no embedding), the field's ``dim`` its largest block
+    width; else a ConfigError naming the place."""
     blocks = coerce(blocks, list[list[dict]], "value_dim_rule.blocks")
     if len(blocks) != len(names):
         raise ConfigError(f"value_dim_rule.blocks: {len(blocks)} fields of blocks for {len(names)} "
@@ -56,8 +58,8 @@ def _check_value_blocks(blocks: Any, names: list[str], vocab_sizes: list[int]) -
             at = f"{where}[{k}]"
             start, stop = coerce(b["start"], int, f"{at}.start"), coerce(b["stop"], int, f"{at}.stop")
             dim = coerce(b["dim"], int, f"{at}.dim")
-            if not 1 <= dim <= MAX_DIM:
-                raise ConfigError(f"{at}.dim: expected 1..{MAX_DIM:,}, got {dim}")
+            if not 0 <= dim <= MAX_DIM:
+                raise ConfigError(f"{at}.dim: expected 0..{MAX_DIM:,}, got {dim}")
             reserved = coerce(b.get("reserved_ids", []), list[int], f"{at}.reserved_ids")
             if stop < start or stop - start + len(reserved) < 1:
                 raise ConfigError(f"{at}: an empty block (start {start}, stop {stop})")
@@ -72,6 +74,10 @@ def _check_value_blocks(blocks: Any, names: list[str], vocab_sizes: list[int]) -
         if covered != vocab:
             raise ConfigError(f"{where}: the blocks of field {name!r} must hold each id "
                               f"0..{vocab - 1} exactly once")
+        widest = max((int(b["dim"]) for b in field_blocks), default=0)
+        if widest != dims[f]:
+            raise ConfigError(f"{where}: field {name!r} has dim {dims[f]} but its widest block "
+                              f"has {widest}")
 
 
 def width_overlap(a: list[int], b: list[int]) -> float:
@@ -285,7 +291,7 @@ class DimensionPlan:
                     for i, f in enumerate(fields)]
         rule = coerce(d.get("value_dim_rule"), dict | None, "value_dim_rule")
         if rule is not None and "blocks" in rule:
-            _check_value_blocks(rule["blocks"], names, vocab_sizes)
+            _check_value_blocks(rule["blocks"], names, vocab_sizes, dims)
         return cls(method=coerce(d["method"], str, "method"), field_names=names,
                    vocab_sizes=vocab_sizes, dims=dims, full_dim=coerce(d["full_dim"], int, "full_dim"),
                    schema_hash=coerce(d.get("schema_hash") or "", str, "schema_hash"),

@@ -11,6 +11,10 @@ A block is given as a dict ``{"start": a, "stop": b, "dim": d}`` (optionally wit
 OOV, 1 = missing), which are not part of the contiguous frequency order of the value ids (see
 :func:`frequency_blocks`). The blocks of a field must hold each of its ids exactly once.
 
+A block of width 0 (NIS: a vocabulary bucket given no embedding block) has no table and no
+projection: its ids read a zero vector, as values outside the vocabulary would; a field all of whose
+blocks have width 0 is dropped.
+
 Forward (baseline, simple and loop-free over rows): every step builds the projected table of every
 block, ``T_k @ P_k [n_k, D]``, concatenates all blocks of all fields into one ``[sum vocab, D]``
 matrix and reads it with ONE gather (ids + per-field offsets, remapped to the block-ordered rows).
@@ -31,6 +35,7 @@ from torch.nn import functional as F
 from embdim.nn.embedding import _offsets, init_embedding_
 
 ALIGN_MODES = ("linear", "pad")  # a block has no SSEDS coordinates to scatter to
+BLOCK_SPLITS = ("mass", "count")  # frequency_blocks: equal frequency mass (MDE) or equal id counts
 
 
 def block_ids(block: dict[str, Any]) -> list[int]:
@@ -44,19 +49,25 @@ def block_size(block: dict[str, Any]) -> int:
     return int(block["stop"]) - int(block["start"]) + len(block.get("reserved_ids", []))
 
 
-def frequency_blocks(counts, num_blocks: int, reserved: int = 2) -> list[list[int]]:
-    """Split one field's ids into at most ``num_blocks`` frequency blocks of about equal mass.
+def frequency_blocks(counts, num_blocks: int, reserved: int = 2, *,
+                     split: str = "mass") -> list[list[int]]:
+    """Split one field's ids into at most ``num_blocks`` frequency blocks of about equal mass (or
+    of about equal numbers of ids, ``split="count"``).
 
     ``counts[i]`` is id ``i``'s training count; the value ids ``>= reserved`` are sorted by
     descending count (the prepared-data convention). The frequency order is the value ids in id order
     with each reserved id (OOV, missing) inserted where its count places it (after the values of equal
-    count: with no or few counts, they end in the least-frequent block). The order is cut where the
-    cumulative count crosses ``k / num_blocks`` of the total (``k = 1 .. num_blocks - 1``; every id
-    with a zero total: equal id counts); empty blocks are dropped, so a field gets fewer blocks when a
-    single id carries more than ``1 / num_blocks`` of the mass or it has fewer ids than blocks.
+    count: with no or few counts, they end in the least-frequent block). With ``split="mass"`` the
+    order is cut where the cumulative count crosses ``k / num_blocks`` of the total (``k = 1 ..
+    num_blocks - 1``; every id with a zero total: equal id counts); with ``split="count"`` after
+    ``round(k * n / num_blocks)`` ids (NIS's vocabulary buckets). Empty blocks are dropped, so a
+    field gets fewer blocks when a single id carries more than ``1 / num_blocks`` of the mass or it
+    has fewer ids than blocks.
 
     Returns the blocks, most frequent first, each the list of its ids in frequency order.
     """
+    if split not in BLOCK_SPLITS:
+        raise ValueError(f"split must be one of {BLOCK_SPLITS}, got {split!r}")
     counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)
     order = list(range(reserved, n))
@@ -66,7 +77,7 @@ def frequency_blocks(counts, num_blocks: int, reserved: int = 2) -> list[list[in
         order.insert(pos, r)
     mass = np.cumsum(counts[order])
     total = int(mass[-1]) if n else 0
-    if total > 0:
+    if total > 0 and split == "mass":
         cuts = [int(np.searchsorted(mass, k * total / num_blocks, side="left")) + 1
                 for k in range(1, num_blocks)]
     else:
@@ -98,13 +109,15 @@ class BlockFieldEmbedding(nn.Module):
     Args:
         vocab_sizes: per field, the number of ids.
         blocks: per field, its blocks ``{"start", "stop", "dim"[, "reserved_ids"]}`` (module
-            docstring); together they must hold each id ``0 .. vocab_size - 1`` exactly once.
+            docstring); together they must hold each id ``0 .. vocab_size - 1`` exactly once. A block
+            of ``dim`` 0 has no table: its ids read a zero vector (out of the vocabulary, NIS); a
+            field whose blocks all have ``dim`` 0 is dropped (no output slot).
         align: ``"linear"`` (``P_k [d_k, D]``, MDE) or ``"pad"`` (zeros). When every block already has
             width ``out_dim`` there is no alignment at all.
         out_dim: ``D``; defaults to the largest block width.
         bias: add a per-block bias ``b_k [D]`` to the linear projection.
 
-    Input ``ids [B, F]`` (int32 or int64), output ``[B, F, out_dim]``. Every field is kept.
+    Input ``ids [B, F]`` (int32 or int64), output ``[B, F_kept, out_dim]``.
     """
 
     def __init__(self, vocab_sizes: list[int], blocks: list[list[dict[str, Any]]], *,
@@ -118,33 +131,43 @@ class BlockFieldEmbedding(nn.Module):
         self.blocks = [[dict(b) for b in field] for field in blocks]
         rows = []  # per field, the block-ordered ids: row r of the field holds id rows[r]
         for f, (vocab, field) in enumerate(zip(self.vocab_sizes, self.blocks, strict=True)):
-            if not field or any(int(b["dim"]) < 1 or block_size(b) < 1 for b in field):
-                raise ValueError(f"field {f}: every block needs dim >= 1 and at least one id")
+            if not field or any(int(b["dim"]) < 0 or block_size(b) < 1 for b in field):
+                raise ValueError(f"field {f}: every block needs dim >= 0 and at least one id")
             ids = [i for b in field for i in block_ids(b)]
             if sorted(ids) != list(range(vocab)):
                 raise ValueError(f"field {f}: the blocks must hold each id 0..{vocab - 1} exactly once")
             rows.append(ids)
         self.dims = [max(int(b["dim"]) for b in field) for field in self.blocks]
-        self.kept_fields = list(range(len(self.vocab_sizes)))
+        self.kept_fields = [f for f, d in enumerate(self.dims) if d > 0]
+        if not self.kept_fields:
+            raise ValueError("every block of every field has dim 0: nothing to embed")
         self.out_dim = int(out_dim or max(self.dims))
-        widths = [int(b["dim"]) for field in self.blocks for b in field]
+        widths = [int(b["dim"]) for f in self.kept_fields for b in self.blocks[f] if int(b["dim"]) > 0]
+        zero_blocks = any(int(b["dim"]) == 0 for f in self.kept_fields for b in self.blocks[f])
         self.align = None if all(w == self.out_dim for w in widths) else align
         if self.align == "pad" and max(widths) > self.out_dim:
             raise ValueError(f"align='pad' cannot shrink width {max(widths)} to out_dim {self.out_dim}")
         self.tables = nn.ParameterList(nn.Parameter(torch.empty(block_size(b), int(b["dim"])))
-                                       for field in self.blocks for b in field)
+                                       for f in self.kept_fields for b in self.blocks[f]
+                                       if int(b["dim"]) > 0)
         if self.align == "linear":
             self.projections = nn.ParameterList(nn.Parameter(torch.empty(w, self.out_dim)) for w in widths)
             self.biases = (nn.ParameterList(nn.Parameter(torch.empty(self.out_dim)) for _ in widths)
                            if bias else None)
-        # global id (field offset + id) -> row of the concatenated block-ordered matrix
-        order = torch.tensor([int(off) + i for off, ids in zip(_offsets(self.vocab_sizes).tolist(), rows,
-                                                               strict=True) for i in ids])
+        # global id of a kept field (offset + id) -> row of the concatenated block-ordered matrix
+        kept_vocab = [self.vocab_sizes[f] for f in self.kept_fields]
+        offsets = _offsets(kept_vocab)
+        order = torch.tensor([int(off) + i for off, f in zip(offsets.tolist(), self.kept_fields, strict=True)
+                              for i in rows[f]])
         remap = torch.empty_like(order)
         remap[order] = torch.arange(len(order))
         self._identity_rows = bool(torch.equal(order, torch.arange(len(order))))
-        self.register_buffer("offsets", _offsets(self.vocab_sizes), persistent=False)
+        self._all_fields = len(self.kept_fields) == len(self.vocab_sizes)
+        self._has_zero_blocks = zero_blocks
+        self.register_buffer("offsets", offsets, persistent=False)
         self.register_buffer("remap", remap, persistent=False)
+        self.register_buffer("kept_index", torch.tensor(self.kept_fields, dtype=torch.long),
+                             persistent=False)
         self.reset_parameters()
 
     @classmethod
@@ -187,25 +210,36 @@ class BlockFieldEmbedding(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------
     def projected_table(self) -> Tensor:
-        """All blocks of all fields projected to ``out_dim``: ``[sum vocab, out_dim]`` (block order)."""
-        parts = []
-        for k, t in enumerate(self.tables):
-            if self.align == "linear":
-                t = t @ self.projections[k]
-                if self.biases is not None:
-                    t = t + self.biases[k]
-            elif self.align == "pad" and t.shape[1] < self.out_dim:
-                t = F.pad(t, (0, self.out_dim - t.shape[1]))
-            parts.append(t)
+        """All blocks of the kept fields projected to ``out_dim``: ``[sum kept vocab, out_dim]``
+        (block order; the rows of a ``dim 0`` block are zeros)."""
+        parts, k = [], 0
+        like = self.tables[0]
+        for f in self.kept_fields:
+            for b in self.blocks[f]:
+                if int(b["dim"]) == 0:
+                    parts.append(like.new_zeros(block_size(b), self.out_dim))
+                    continue
+                t = self.tables[k]
+                if self.align == "linear":
+                    t = t @ self.projections[k]
+                    if self.biases is not None:
+                        t = t + self.biases[k]
+                elif self.align == "pad" and t.shape[1] < self.out_dim:
+                    t = F.pad(t, (0, self.out_dim - t.shape[1]))
+                parts.append(t)
+                k += 1
         return torch.cat(parts, dim=0)
 
     def forward(self, ids: Tensor) -> Tensor:
-        """ids [B, F] int32/int64 -> [B, F, out_dim]."""
+        """ids [B, F] int32/int64 -> [B, F_kept, out_dim]."""
+        if not self._all_fields:
+            ids = ids.index_select(1, self.kept_index)
         rows = (ids + self.offsets).view(-1)  # int64 whatever the ids' dtype
         if not self._identity_rows:
             rows = self.remap.index_select(0, rows)
         return self.projected_table().index_select(0, rows).view(*ids.shape, self.out_dim)
 
     def extra_repr(self) -> str:
-        return (f"fields={self.num_fields}, blocks={[len(f) for f in self.blocks]}, "
-                f"out_dim={self.out_dim}, align={self.align or 'none'}")
+        return (f"fields={self.num_fields}, kept={len(self.kept_fields)}, "
+                f"blocks={[len(f) for f in self.blocks]}, out_dim={self.out_dim}, "
+                f"align={self.align or 'none'}")

@@ -113,6 +113,11 @@ class SearchMethod(ABC):
         given plan made for another dataset). The default accepts every dataset."""
         return None
 
+    def check_model(self, model_options) -> None:
+        """Refuse, before the pipeline writes anything, a base model this method cannot search (one
+        without an embedding layer). The default accepts every model."""
+        return None
+
     @property
     def retrains(self) -> bool:
         """Whether the pipeline trains the model built from the plan (False only for ablations
