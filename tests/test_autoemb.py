@@ -15,7 +15,13 @@ from embdim.autoemb.config import load_stream_config, stream_config_from_dict
 from embdim.autoemb.controller import Context, Controller, ControllerWeights, controller_features
 from embdim.autoemb.loop import StreamLearner
 from embdim.autoemb.model import AutoEmbModel, per_example_loss
-from embdim.autoemb.stream import InteractionStream, earlier_counts, popularity, prepare_stream
+from embdim.autoemb.stream import (
+    InteractionStream,
+    earlier_counts,
+    popularity,
+    prepare_stream,
+    tie_keys,
+)
 from embdim.autoemb.synthetic import PlantedStreamSpec, planted_stream
 from embdim.cli import main
 from embdim.errors import ConfigError, DataError
@@ -58,14 +64,14 @@ def test_prepare_movielens_sorts_by_time_in_ranges_and_counts_popularity(tmp_pat
     rng = np.random.default_rng(2)
     n = 3000
     users, items = rng.integers(100, 140, n), rng.integers(5000, 5100, n)
-    ts = rng.integers(0, 500, n)  # many ties: they keep the file order
+    ts = rng.integers(0, 500, n)  # many ties: ordered by the seeded tie keys
     ratings = rng.integers(1, 11, n) / 2
     lines = ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r},{t}" for u, i, r, t in
                                                    zip(users, items, ratings, ts, strict=True)]
     (tmp_path / "ratings.csv").write_text("\n".join(lines) + "\n")
     s = prepare_stream("movielens", [tmp_path], tmp_path / "out", chunk_rows=700, range_rows=500,
                        quiet=True)
-    order = np.argsort(ts, kind="stable")
+    order = np.lexsort((tie_keys(np.arange(n), 0), ts))
     a = {k: np.asarray(v) for k, v in s.arrays.items()}
     user_ids = np.load(tmp_path / "out" / "user_ids.npy")
     item_ids = np.load(tmp_path / "out" / "item_ids.npy")
@@ -83,12 +89,41 @@ def test_prepare_netflix_format_and_bad_line(tmp_path):
         "1:\n7,3,2005-09-06\n8,5,2005-05-13\n2:\n7,4,2004-01-01\n9,1,2005-09-06\n")
     s = prepare_stream("netflix", [tmp_path / "combined_data_1.txt"], tmp_path / "nf", quiet=True)
     assert len(s) == 4 and s.num_users == 3 and s.num_items == 2
-    assert np.asarray(s.arrays["ratings"]).tolist() == [4.0, 5.0, 3.0, 1.0]
-    assert np.asarray(s.arrays["user_popularity"]).tolist() == [0, 0, 1, 0]
+    tie = [3.0, 1.0] if tie_keys(np.array([0]), 0)[0] < tie_keys(np.array([3]), 0)[0] else [1.0, 3.0]
+    assert np.asarray(s.arrays["ratings"]).tolist() == [4.0, 5.0, *tie]
+    assert np.asarray(s.arrays["users"])[0] == np.asarray(s.arrays["users"])[2 + tie.index(3.0)]
     (tmp_path / "bad.txt").write_text("1:\n7,3,2005-09-06\n8,x,2005-05-13\n")
     with pytest.raises(DataError, match=r"bad.txt, line 3, column 'rating'"):
         prepare_stream("netflix", [tmp_path / "bad.txt"], tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad").exists()
+
+
+def test_netflix_ties_are_a_seeded_shuffle_not_file_order(tmp_path):
+    """Whole-day dates: the ratings of one day are listed movie by movie; within a timestamp the
+    prepared order is a seeded shuffle (the same for any chunking, another for another seed)."""
+    rng = np.random.default_rng(4)
+    lines = []
+    for movie in range(1, 9):
+        lines.append(f"{movie}:")
+        lines += [f"{u},{rng.integers(1, 6)},2005-0{1 + day}-01" for day in range(2)
+                  for u in rng.choice(400, 50, replace=False)]
+    (tmp_path / "combined_data_1.txt").write_text("\n".join(lines) + "\n")
+
+    def movies(seed, **kw):
+        out = tmp_path / f"s{seed}-{len(kw)}"
+        s = prepare_stream("netflix", [tmp_path / "combined_data_1.txt"], out, tie_seed=seed, quiet=True,
+                           **kw)
+        return np.load(out / "item_ids.npy")[np.asarray(s.arrays["items"])], np.asarray(s.arrays["timestamps"])
+
+    items, ts = movies(0)
+    assert np.all(np.diff(ts) >= 0) and len(items) == 800
+    first_day = items[:400]
+    assert np.array_equal(np.sort(first_day), np.repeat(np.arange(1, 9), 50))
+    runs = 1 + np.count_nonzero(np.diff(first_day))  # file order: 8 runs of one movie
+    assert runs > 200, runs
+    chunked, _ = movies(0, chunk_rows=37, range_rows=100)
+    assert np.array_equal(chunked, items)
+    assert not np.array_equal(movies(1)[0], items)
 
 
 # ---- no leakage -------------------------------------------------------------------------------------
@@ -113,6 +148,81 @@ def test_batch_is_scored_before_anything_trains_on_it(method):
     for start in range(0, (k + 1) * 20, 20):
         assert torch.equal(a[start], b[start]), f"batch at {start} saw labels of batch {k}"
     assert not torch.equal(a[(k + 1) * 20], b[(k + 1) * 20])
+
+
+@pytest.mark.parametrize("method", ["autoemb", "sam", "darts", "fse"])
+def test_a_rows_score_does_not_depend_on_later_rows_of_its_batch(method):
+    """Replacing the users and items of the second half of a batch changes no score of its first
+    half (nor of any earlier batch): normalisation, popularity and controller inputs of a row use
+    its own inputs and earlier batches only (with eq. 2's mini-batch statistics they would not)."""
+    base = random_stream()
+    changed = {k: np.array(v) for k, v in base.arrays.items()}
+    k, cut = 12, 12 * 20 + 10  # batch 12 (online), its rows 10..19
+    rng = np.random.default_rng(9)
+    changed["users"][cut:(k + 1) * 20] = rng.integers(0, base.num_users, 10)
+    changed["items"][cut:(k + 1) * 20] = rng.integers(0, base.num_items, 10)
+    other = InteractionStream(changed, dict(base.meta))
+
+    def predictions(stream):
+        seen: dict[int, torch.Tensor] = {}
+        cfg = tiny_config(method, data__offline_fraction=0.5, method__controller_lr=0.05)
+        StreamLearner(stream, cfg, quiet=True, on_scored=lambda s, p: seen.__setitem__(s, p)).run()
+        return seen
+
+    a, b = predictions(base), predictions(other)
+    for start in range(0, k * 20, 20):
+        assert torch.equal(a[start], b[start])
+    assert torch.equal(a[k * 20][:10], b[k * 20][:10]), "a score depends on later rows of its batch"
+    assert not torch.equal(a[k * 20][10:], b[k * 20][10:])
+
+
+@pytest.mark.parametrize("norm", ["running", "batch"])
+@pytest.mark.parametrize("method", ["autoemb", "sam", "darts", "fse"])
+def test_a_last_batch_of_one_row_is_scored_and_trained(method, norm):
+    n = 401  # batches of 20: the last one holds one row
+    summary = StreamLearner(random_stream(n=n), tiny_config(method, model__norm=norm), quiet=True).run()
+    assert summary["online"]["interactions"] == n - int(n * 0.7)
+    assert np.isfinite(summary["online"]["mse"])
+
+
+def test_popularity_has_one_definition_for_scoring_validation_and_buckets():
+    """Every time the controllers are asked (scoring, validation rows, the virtual step's batch),
+    a user's popularity is its number of interactions in the batches before the current one; the
+    Fig. 6/7 buckets count scored rows by that same number."""
+    stream = random_stream(n=400, users=12, items=9)
+    learner = StreamLearner(stream, tiny_config("autoemb"), quiet=True)
+    users = np.asarray(stream.arrays["users"])
+    items = np.asarray(stream.arrays["items"])
+    current = [0]
+    seen_calls = [0]
+    forward = learner.weights.forward
+
+    def checking_forward(u, i, up, ip):
+        before = current[0]
+        expected_u = np.bincount(users[:before], minlength=stream.num_users)[u.numpy()]
+        expected_i = np.bincount(items[:before], minlength=stream.num_items)[i.numpy()]
+        assert np.array_equal(up.numpy(), expected_u) and np.array_equal(ip.numpy(), expected_i)
+        seen_calls[0] += 1
+        return forward(u, i, up, ip)
+
+    learner.weights.forward = checking_forward
+    step = learner.step
+
+    def tracking_step(start, stop, stage):
+        current[0] = start
+        return step(start, stop, stage)
+
+    learner.step = tracking_step
+    summary = learner.run()
+    assert seen_calls[0] >= 3 * 19  # validation, virtual step and scoring of every batch
+    online_start = int(400 * 0.7)
+    expected = {}
+    for s0 in range(online_start, 400, 20):
+        pop = np.bincount(users[:s0], minlength=stream.num_users)[users[s0:s0 + 20]]
+        for k in np.floor(np.log2(1 + pop)).astype(int):
+            expected[2 ** k - 1] = expected.get(2 ** k - 1, 0) + 1
+    got = {r["min_popularity"]: r["interactions"] for r in summary["by_popularity"]["user"]["online"]}
+    assert got == expected
 
 
 def test_validation_batch_comes_from_earlier_interactions():

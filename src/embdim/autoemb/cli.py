@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help=f"rows parsed at a time (default {DEFAULT_CHUNK_ROWS})")
     prep.add_argument("--range-rows", type=int, default=DEFAULT_RANGE_ROWS, metavar="N",
                       help=f"rows per time range sorted in memory (default {DEFAULT_RANGE_ROWS})")
+    prep.add_argument("--tie-seed", type=int, default=0, metavar="N",
+                      help="seed of the shuffle that orders interactions with the same timestamp "
+                           "(default 0)")
     prep.set_defaults(handler=_cmd_prepare)
 
     run = sub.add_parser("run", help="one method over a stream (evaluate, then train, per batch)")
@@ -72,7 +75,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     prepare_stream(args.format, args.inputs, args.out, chunk_rows=args.chunk_rows,
                    range_rows=args.range_rows, on_bad_row=args.on_bad_row, overwrite=args.overwrite,
-                   quiet=bool(getattr(args, "quiet", False)))
+                   tie_seed=args.tie_seed, quiet=bool(getattr(args, "quiet", False)))
     return 0
 
 
