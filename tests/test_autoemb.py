@@ -302,20 +302,29 @@ def test_second_order_update_matches_autograd_through_the_unrolled_step():
         names = [n for n, _ in model.named_parameters()]
         current = lambda: dict(zip(names, w_params, strict=True))  # noqa: E731
         xi = 0.5
-        # exact: differentiate through W' = W - xi grad_W L_train(W, Theta)
+        for _ in range(3):  # running statistics away from their start
+            loss_with(current(), batch(3 + _))
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        # exact: differentiate through W' = W - xi grad_W L_train(W, Theta), every pass with the
+        # running statistics as they are now (eval mode: no update)
+        model.eval()
         g = torch.autograd.grad(loss_with(current(), train), w_params, create_graph=True)
         unrolled = {n: p - xi * gi for n, p, gi in zip(names, w_params, g, strict=True)}
         exact = torch.autograd.grad(loss_with(unrolled, val), theta)
+        model.train()  # as in the loop: each pass would update the statistics unless restored
         approx, _ = controller_gradient(w_params, theta, lambda: loss_with(current(), train),
                                         lambda: loss_with(current(), val), xi=xi, eps_scale=1e-5,
                                         modules=[model])
-        first, _ = controller_gradient(w_params, theta, None, lambda: loss_with(current(), val), xi=0.0)
+        first, _ = controller_gradient(w_params, theta, None, lambda: loss_with(current(), val), xi=0.0,
+                                       modules=[model])
         flat = lambda ts: torch.cat([t.flatten() for t in ts])  # noqa: E731
         err = (flat(approx) - flat(exact)).norm() / flat(exact).norm()
         first_err = (flat(first) - flat(exact)).norm() / flat(exact).norm()
         assert err < 1e-5, err
         assert first_err > 100 * err  # the second-order term is not negligible here
-        # W and the BatchNorm statistics are left as they were
+        # W and the normalisation statistics are left as they were
+        assert all(torch.equal(b, buffers[k]) for k, b in model.named_buffers())
+        model.eval()
         g2 = torch.autograd.grad(loss_with(current(), train), w_params)
         assert all(torch.equal(a, b) for a, b in zip(g, g2, strict=True))
     finally:

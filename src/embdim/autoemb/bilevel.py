@@ -13,8 +13,9 @@
   product: two extra forward/backward passes instead of second derivatives).
 
 The losses are closures that run a forward pass with the current values of ``W`` and ``Theta``.
-``W`` and every buffer of the given modules (BatchNorm running statistics) are restored exactly
-afterwards, so the update changes nothing but the returned gradient.
+Every buffer of the given modules (the running normalisation statistics) is restored after each
+forward pass, so all passes see the statistics of before the update, and ``W`` is restored at the
+end: the update changes nothing but the returned gradient.
 """
 
 from __future__ import annotations
@@ -41,14 +42,26 @@ def controller_gradient(w_params: Sequence[Tensor], theta_params: Sequence[Tenso
     second = xi > 0 and train_loss is not None
     saved_w = [p.detach().clone() for p in w_params] if second else []
     saved_buffers = [{k: b.detach().clone() for k, b in m.named_buffers()} for m in modules]
+
+    def restore_buffers() -> None:
+        with torch.no_grad():
+            for m, saved in zip(modules, saved_buffers, strict=True):
+                for k, b in m.named_buffers():
+                    b.copy_(saved[k])
+
+    def run(fn: LossFn) -> Tensor:
+        out = fn()
+        restore_buffers()
+        return out
+
     try:
         if second:
-            g_train = torch.autograd.grad(train_loss(), w_params, allow_unused=True)
+            g_train = torch.autograd.grad(run(train_loss), w_params, allow_unused=True)
             with torch.no_grad():
                 for p, g in zip(w_params, g_train, strict=True):
                     if g is not None:
                         p.sub_(xi * g)
-        loss = val_loss()
+        loss = run(val_loss)
         if not second:
             grads = torch.autograd.grad(loss, theta_params, allow_unused=True)
             return _zeros_for_none(theta_params, grads), loss.detach()
@@ -65,7 +78,7 @@ def controller_gradient(w_params: Sequence[Tensor], theta_params: Sequence[Tenso
                 for p, w0, v in zip(w_params, saved_w, d_w, strict=True):
                     p.copy_(w0).add_(v, alpha=sign * eps)
             terms.append(_zeros_for_none(theta_params, torch.autograd.grad(
-                train_loss(), theta_params, allow_unused=True)))
+                run(train_loss), theta_params, allow_unused=True)))
         result = [g - xi * (gp - gm) / (2.0 * eps)
                   for g, gp, gm in zip(d_theta, terms[0], terms[1], strict=True)]
         return result, loss.detach()
@@ -73,9 +86,7 @@ def controller_gradient(w_params: Sequence[Tensor], theta_params: Sequence[Tenso
         with torch.no_grad():
             for p, w0 in zip(w_params, saved_w, strict=False):
                 p.copy_(w0)
-            for m, saved in zip(modules, saved_buffers, strict=True):
-                for k, b in m.named_buffers():
-                    b.copy_(saved[k])
+        restore_buffers()
 
 
 def apply_gradient(params: Sequence[Tensor], grads: Sequence[Tensor],
