@@ -272,6 +272,30 @@ def test_controller_weight_on_largest_width_rises_with_popularity():
     assert np.corrcoef(np.arange(len(ordered)), ordered)[0, 1] > 0.5, largest
 
 
+@pytest.mark.parametrize("method", ["autoemb", "sam"])
+def test_controller_inputs_ablation_blanks_popularity(method, monkeypatch):
+    """``method.controller_inputs: [context]``: the controllers never see popularity (scores are
+    the same whatever popularity the loop computes); with the default inputs they do."""
+    stream = random_stream()
+
+    def scores(inputs, scramble):
+        if scramble:
+            monkeypatch.setattr(StreamLearner, "popularity_now",
+                                lambda self, u, i: ((u * 7919) % 1000, (i * 104729) % 1000))
+        else:
+            monkeypatch.undo()
+        seen: dict[int, torch.Tensor] = {}
+        cfg = tiny_config(method, method__controller_inputs=inputs, method__controller_lr=0.05)
+        StreamLearner(stream, cfg, quiet=True, on_scored=lambda s, p: seen.__setitem__(s, p)).run()
+        return torch.cat([seen[k] for k in sorted(seen)])
+
+    assert torch.equal(scores(["context"], False), scores(["context"], True))
+    assert not torch.equal(scores(["popularity", "context"], False),
+                           scores(["popularity", "context"], True))
+    with pytest.raises(ConfigError, match="controller_inputs"):
+        tiny_config(method, method__controller_inputs=["popularity", "clicks"])
+
+
 # ---- the second-order update -------------------------------------------------------------------------
 
 def test_second_order_update_matches_autograd_through_the_unrolled_step():
@@ -522,3 +546,23 @@ def test_embdim_run_dispatches_a_stream_config(tmp_path, capsys):
     assert "embdim stream prepare" in capsys.readouterr().err
     assert main(["run", *common, "--set", "model.name=deepfm", "--out", str(tmp_path / "z")]) == 2
     assert "one model" in capsys.readouterr().err
+
+
+# ---- Fig. 1: fixed widths by popularity -----------------------------------------------------------
+
+def test_popularity_study_trains_each_width_on_x_interactions_per_user(tmp_path, capsys):
+    from embdim.autoemb.study import popularity_study
+
+    stream, _ = planted_stream(PlantedStreamSpec(num_users=100, num_items=60, interactions=8000,
+                                                 latent_dim=4, seed=3))
+    r = popularity_study(stream, widths=[1, 8], xs=[2, 60], test_per_user=10, hidden=[16], epochs=3)
+    by = {(row["x"], row["width"]): row for row in r["rows"]}
+    assert set(by) == {(2, 1), (2, 8), (60, 1), (60, 8)}
+    assert by[2, 8]["train_interactions"] + 58 * r["users"] == by[60, 8]["train_interactions"]
+    assert r["test_interactions"] == 10 * r["users"]
+    assert by[60, 8]["mse"] < by[2, 8]["mse"] - 0.01  # more interactions per user: better
+    stream.save(tmp_path / "s")
+    assert main(["stream", "study", str(tmp_path / "s"), "--out", str(tmp_path / "st"), "--widths", "1",
+                 "--x", "2", "--epochs", "1", "--no-plots"]) == 0
+    assert "| x (training interactions per user) |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "st" / "study.json").read_text())["rows"][0]["x"] == 2

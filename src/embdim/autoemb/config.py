@@ -30,7 +30,7 @@ from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
 ORDERS = ("first", "second")
-NORMS = ("running", "batch")
+NORMS = ("running", "batch", "row")
 CONTROLLER_INPUTS = ("popularity", "context")
 
 
@@ -117,7 +117,7 @@ class StreamConfig:
         if not w or any(x <= 0 for x in w) or sorted(set(w)) != w:
             raise ConfigError(f"model.widths {self.model.widths}: expected increasing positive widths")
         if self.model.norm not in NORMS:
-            raise ConfigError(f"model.norm {self.model.norm!r}: expected running or batch")
+            raise ConfigError(f"model.norm {self.model.norm!r}: expected one of {', '.join(NORMS)}")
         bad = [x for x in m.controller_inputs if x not in CONTROLLER_INPUTS]
         if bad or len(set(m.controller_inputs)) != len(m.controller_inputs):
             raise ConfigError(f"method.controller_inputs {m.controller_inputs}: expected a list of "

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 TASKS = ("regression", "classification")
 NUM_CLASSES = 5
-NORMS = ("running", "batch")
+NORMS = ("running", "batch", "row")
 
 
 def task_outputs(task: str) -> int:
@@ -62,20 +62,28 @@ class StreamNorm(nn.Module):
       undefined, so it updates the running mean only.
     * ``batch``: eq. 2 as written: ``mu_B, sigma_B^2`` of the mini-batch itself in training mode
       (``torch.nn.BatchNorm1d``); a one-row batch (no variance) uses the running statistics.
+    * ``row``: each candidate's transformed embedding is normalised over its own ``D`` features
+      (mean 0, variance 1 per row and candidate, gradients through the statistics): also
+      magnitude-comparable candidates (the purpose eq. 2 states), from the row alone.
 
     The buffers are those of ``BatchNorm1d`` (``running_mean``, ``running_var``,
     ``num_batches_tracked``) in both modes.
     """
 
-    def __init__(self, channels: int, mode: str = "running", momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, channels: int, mode: str = "running", momentum: float = 0.1, eps: float = 1e-5,
+                 groups: int = 1):
         super().__init__()
         if mode not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, not {mode!r}")
         self.mode = mode
+        self.groups = groups  # row mode: the N candidates are normalised separately
         self.bn = nn.BatchNorm1d(channels, affine=False, momentum=momentum, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
         bn = self.bn
+        if self.mode == "row":
+            g = x.view(len(x), self.groups, -1)
+            return nn.functional.layer_norm(g, g.shape[-1:], eps=bn.eps).view_as(x)
         if self.mode == "batch" and self.training and len(x) > 1:
             return bn(x)
         out = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
@@ -105,7 +113,7 @@ class MultiWidthEmbedding(nn.Module):
         nn.init.normal_(self.table.weight, std=init_std)
         self.transforms = nn.ModuleList(nn.Linear(w, self.out_dim) for w in widths)
         # One normalisation over the N stacked outputs is N independent ones (eq. 2).
-        self.norm = StreamNorm(len(widths) * self.out_dim, norm)
+        self.norm = StreamNorm(len(widths) * self.out_dim, norm, groups=len(widths))
 
     @property
     def num_candidates(self) -> int:
