@@ -355,6 +355,54 @@ def test_second_order_update_matches_autograd_through_the_unrolled_step():
         torch.set_default_dtype(torch.float32)
 
 
+def test_second_order_update_with_sparse_tables_equals_the_dense_one():
+    torch.manual_seed(0)
+    dense = AutoEmbModel(30, 20, widths=[1, 2, 4], hidden=[8])
+    sparse = AutoEmbModel(30, 20, widths=[1, 2, 4], hidden=[8], sparse=True)
+    sparse.load_state_dict(dense.state_dict())
+    weights = ControllerWeights(30, 20, 3, hidden=[6])
+    for m in weights.modules():
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, std=0.5)
+    g = torch.Generator().manual_seed(1)
+    train, val = [(torch.randint(0, 30, (16,), generator=g), torch.randint(0, 20, (16,), generator=g),
+                   torch.randint(0, 2, (16,), generator=g).float()) for _ in range(2)]
+
+    def loss(model, b):
+        pop = torch.zeros(16, dtype=torch.long)
+        alpha, beta = weights(b[0], b[1], pop, pop)
+        return per_example_loss("regression", model(b[0], b[1], alpha, beta), b[2])[0].mean()
+
+    theta = list(weights.parameters())
+    results = []
+    for model in (dense, sparse):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        tables = [model.users.table.weight, model.items.table.weight] if model is sparse else []
+        grads, _ = controller_gradient(list(model.parameters()), theta, lambda m=model: loss(m, train),
+                                       lambda m=model: loss(m, val), xi=0.5, modules=[model],
+                                       sparse_params=tables)
+        assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        results.append(torch.cat([x.flatten() for x in grads]))
+    assert torch.allclose(results[0], results[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["autoemb", "fse"])
+def test_sparse_tables_touch_only_the_rows_of_the_batch(method):
+    """``train.sparse_tables``: a step (controller update included) changes the id-table rows of
+    the batch's users and items only (dense Adam moves every row with momentum)."""
+    stream = random_stream(n=400, users=60, items=40)
+    learner = StreamLearner(stream, tiny_config(method, train__sparse_tables=True), quiet=True)
+    for start in range(0, 200, 20):
+        learner.step(start, start + 20, 0)
+    before = [t.weight.detach().clone() for t in learner.model.tables()]
+    learner.step(200, 220, 0)
+    for table, old, ids in zip(learner.model.tables(), before, ("users", "items"), strict=True):
+        changed = torch.nonzero((table.weight != old).any(1)).flatten()
+        batch_ids = set(np.asarray(stream.arrays[ids][200:220]).tolist())
+        assert len(changed) and set(changed.tolist()) <= batch_ids
+    assert np.isfinite(learner.run()["online"]["mse"])
+
+
 # ---- config, CLI, report ---------------------------------------------------------------------------------
 
 def test_config_refuses_unknown_keys_and_bad_values():

@@ -75,6 +75,8 @@ class StreamTrainConfig:
     seed: int = 2022
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # id tables with sparse gradients and lazy Adam (rows of the batch only): for large id counts
+    sparse_tables: bool = False
     curve_points: int = 100  # points of the metric curve over the stream (Fig. 8)
     log_every: int = 20  # batches between progress-bar updates
     # Checkpoints (run_folder/checkpoints/last.pt, for --resume) are written after a batch once

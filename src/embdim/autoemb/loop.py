@@ -82,6 +82,37 @@ class Batch:
     item_pop: Tensor  # long [B]
 
 
+class ModelOptimizer:
+    """The model's optimiser: Adam (``train.lr``) on every parameter, or with
+    ``train.sparse_tables`` Adam on the dense ones and lazy Adam (``torch.optim.SparseAdam``: the
+    moments and values of the rows a batch touches only) on the id tables, so a step costs
+    O(rows in the batch) rather than O(ids)."""
+
+    def __init__(self, params: list[Tensor], table_params: list[Tensor], *, lr: float):
+        tables = {id(p) for p in table_params}
+        self.dense = make_adam([p for p in params if id(p) not in tables], lr=lr)
+        self.sparse = torch.optim.SparseAdam(table_params, lr=lr) if table_params else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        if self.sparse is not None:
+            self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dense": self.dense.state_dict(),
+                "sparse": self.sparse.state_dict() if self.sparse is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None:
+            self.sparse.load_state_dict(state["sparse"])
+
+
 class StreamLearner:
     """One method (``cfg.method.name``) on one stream: the model, its weight source, optimisers,
     running popularity counts, and the loop."""
@@ -101,13 +132,14 @@ class StreamLearner:
         self.method = cfg.method.name
         nu, ni = stream.num_users, stream.num_items
         m = cfg.model
+        sparse = cfg.train.sparse_tables
         if self.method == "fse":
             self.model: nn.Module = FixedWidthModel(nu, ni, cfg.fixed_width, m.hidden, m.task,
                                                     transform=m.fse_transform, out_dim=max(m.widths),
-                                                    norm=m.norm)
+                                                    norm=m.norm, sparse=sparse)
             self.weights: nn.Module | None = None
         else:
-            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task, norm=m.norm)
+            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task, norm=m.norm, sparse=sparse)
             if self.method == "darts":
                 self.weights = TableWeights(nu, ni, len(m.widths))
             else:
@@ -115,7 +147,8 @@ class StreamLearner:
                                                  inputs=cfg.method.controller_inputs)
         self.model.to(self.device)
         self.w_params = [p for p in self.model.parameters()]
-        self.w_opt = make_adam(self.w_params, lr=cfg.train.lr)
+        self.table_params = [t.weight for t in self.model.tables()] if sparse else []
+        self.w_opt = ModelOptimizer(self.w_params, self.table_params, lr=cfg.train.lr)
         if self.weights is not None:
             self.weights.to(self.device)
             self.theta_params = [p for p in self.weights.parameters()]
@@ -187,7 +220,8 @@ class StreamLearner:
         train_loss = (lambda: self.loss(prev)) if prev is not None else None
         grads, _ = controller_gradient(
             self.w_params, self.theta_params, train_loss, lambda: self.loss(val), xi=self.cfg.xi,
-            eps_scale=self.cfg.method.eps_scale, modules=[self.model])
+            eps_scale=self.cfg.method.eps_scale, modules=[self.model],
+            sparse_params=self.table_params)
         apply_gradient(self.theta_params, grads, self.theta_opt)
 
     def step(self, start: int, stop: int, stage: int) -> Tensor:
@@ -231,6 +265,7 @@ class StreamLearner:
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed here."""
         return {"method": self.method, "task": self.cfg.model.task, "norm": self.cfg.model.norm,
+                "sparse_tables": self.cfg.train.sparse_tables,
                 "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
                 "users": self.stream.num_users, "items": self.stream.num_items,
                 "interactions": self.length, "offline_end": self.offline_end,
