@@ -113,7 +113,8 @@ def test_netflix_ties_are_a_seeded_shuffle_not_file_order(tmp_path):
         out = tmp_path / f"s{seed}-{len(kw)}"
         s = prepare_stream("netflix", [tmp_path / "combined_data_1.txt"], out, tie_seed=seed, quiet=True,
                            **kw)
-        return np.load(out / "item_ids.npy")[np.asarray(s.arrays["items"])], np.asarray(s.arrays["timestamps"])
+        item_ids = np.load(out / "item_ids.npy")
+        return item_ids[np.asarray(s.arrays["items"])], np.asarray(s.arrays["timestamps"])
 
     items, ts = movies(0)
     assert np.all(np.diff(ts) >= 0) and len(items) == 800

@@ -10,8 +10,9 @@ prepared stream:
 * test: each eligible user's *last* ``test_per_user`` interactions (time order);
 * for each x: the training set is each eligible user's *first* x interactions plus every
   interaction of the other (not eligible) users, which never appear in the test (so that item
-  embeddings are trained alike for every x); a fresh :class:`embdim.autoemb.model.FixedWidthModel` per (x, width) —
-  the plain DLRS of sec. 2.1, no transform — is trained for ``epochs`` shuffled passes (Adam,
+  embeddings are trained alike for every x); a fresh
+  :class:`embdim.autoemb.model.FixedWidthModel` per (x, width) — the plain DLRS of sec. 2.1, no
+  transform — is trained for ``epochs`` shuffled passes (Adam,
   ``lr``, ``batch_size``) and scored on the test set.
 
 Regression (binarised rating, MSE of the sigmoid) or classification (five classes,
