@@ -17,9 +17,10 @@ handled row-wise: only the rows a gradient touches are changed, saved and restor
 costs O(rows in the two batches), not O(ids).
 
 The losses are closures that run a forward pass with the current values of ``W`` and ``Theta``.
-Every buffer of the given modules (the running normalisation statistics) is restored after each
-forward pass, so all passes see the statistics of before the update, and ``W`` is restored at the
-end: the update changes nothing but the returned gradient.
+The normalisation layers of the given modules (those with an ``update_stats`` flag,
+:class:`embdim.autoemb.model.StreamNorm`) do not update their running statistics during these
+passes, so every pass sees the statistics of before the update; ``W`` and every buffer are
+restored at the end: the update changes nothing but the returned gradient.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def controller_gradient(w_params: Sequence[Tensor], theta_params: Sequence[Tenso
     saved_w = [None if id(p) in sparse else p.detach().clone() for p in w_params] if second else []
     savers: dict[int, _RowSaver] = {}
     saved_buffers = [{k: b.detach().clone() for k, b in m.named_buffers()} for m in modules]
+    norms = [n for m in modules for n in m.modules() if hasattr(n, "update_stats")]
+    flags = [n.update_stats for n in norms]
+    for n in norms:
+        n.update_stats = False
 
     def restore_buffers() -> None:
         with torch.no_grad():
@@ -98,9 +103,7 @@ def controller_gradient(w_params: Sequence[Tensor], theta_params: Sequence[Tenso
                     b.copy_(saved[k])
 
     def run(fn: LossFn) -> Tensor:
-        out = fn()
-        restore_buffers()
-        return out
+        return fn()
 
     try:
         if second:
@@ -142,6 +145,8 @@ def controller_gradient(w_params: Sequence[Tensor], theta_params: Sequence[Tenso
         for saver in savers.values():
             saver.restore()
         restore_buffers()
+        for n, flag in zip(norms, flags, strict=True):
+            n.update_stats = flag
 
 
 def apply_gradient(params: Sequence[Tensor], grads: Sequence[Tensor],

@@ -67,7 +67,8 @@ class StreamNorm(nn.Module):
       magnitude-comparable candidates (the purpose eq. 2 states), from the row alone.
 
     The buffers are those of ``BatchNorm1d`` (``running_mean``, ``running_var``,
-    ``num_batches_tracked``) in both modes.
+    ``num_batches_tracked``). With ``update_stats = False`` (set during the controller update's
+    extra passes, :mod:`embdim.autoemb.bilevel`) the running statistics are left untouched.
     """
 
     def __init__(self, channels: int, mode: str = "running", momentum: float = 0.1, eps: float = 1e-5,
@@ -77,6 +78,7 @@ class StreamNorm(nn.Module):
             raise ValueError(f"norm must be one of {NORMS}, not {mode!r}")
         self.mode = mode
         self.groups = groups  # row mode: the N candidates are normalised separately
+        self.update_stats = True
         self.bn = nn.BatchNorm1d(channels, affine=False, momentum=momentum, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -85,9 +87,11 @@ class StreamNorm(nn.Module):
             g = x.view(len(x), self.groups, -1)
             return nn.functional.layer_norm(g, g.shape[-1:], eps=bn.eps).view_as(x)
         if self.mode == "batch" and self.training and len(x) > 1:
-            return bn(x)
+            if self.update_stats:
+                return bn(x)
+            return nn.functional.batch_norm(x, None, None, training=True, eps=bn.eps)
         out = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
-        if self.mode == "running" and self.training and len(x) > 0:
+        if self.mode == "running" and self.training and self.update_stats and len(x) > 0:
             with torch.no_grad():
                 m = bn.momentum
                 bn.running_mean.mul_(1 - m).add_(x.detach().mean(0), alpha=m)
