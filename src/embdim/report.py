@@ -29,11 +29,11 @@ from typing import Any
 
 import numpy as np
 import yaml
-from scipy import stats
 
 from embdim.errors import EmbdimError
 from embdim.io import atomic_write_text
 from embdim.plan import width_overlap
+from embdim.stats import welch_ttest
 
 METRICS = ("test_auc", "test_logloss", "embedding_params", "params")
 BASELINES = ("fde", "ras", "random", "mde")  # method names the proposed methods are tested against
@@ -75,17 +75,6 @@ class Group:
     @property
     def is_baseline(self) -> bool:
         return self.name in BASELINES
-
-
-def welch_ttest(a: Any, b: Any) -> float | None:
-    """Two-sided Welch t-test p-value of mean(a) != mean(b); None where it is undefined (fewer than
-    two values on a side, or no variance on either side)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return None
-    if a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b) == 0:
-        return None
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def add_significance(groups: list[Group]) -> None:

@@ -13,6 +13,7 @@ examples:
   embdim stream run examples/autoemb.yaml --set method.name=darts --out runs/s/darts --resume
   embdim stream report runs/s --out runs/s
   embdim stream demo
+  embdim stream study prepared/mls-stream --out runs/mls-study
 See docs/autoemb.md."""
 
 
@@ -39,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help=f"rows parsed at a time (default {DEFAULT_CHUNK_ROWS})")
     prep.add_argument("--range-rows", type=int, default=DEFAULT_RANGE_ROWS, metavar="N",
                       help=f"rows per time range sorted in memory (default {DEFAULT_RANGE_ROWS})")
+    prep.add_argument("--tie-seed", type=int, default=0, metavar="N",
+                      help="seed of the shuffle that orders interactions with the same timestamp "
+                           "(default 0)")
     prep.set_defaults(handler=_cmd_prepare)
 
     run = sub.add_parser("run", help="one method over a stream (evaluate, then train, per batch)")
@@ -64,6 +68,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--seed", type=int, default=2022)
     demo.add_argument("--both-tasks", action="store_true", help="regression and classification")
     demo.set_defaults(handler=_cmd_demo)
+    study = sub.add_parser("study", help="Fig. 1: fixed widths (2/16/128) by user popularity")
+    study.add_argument("stream", help="a folder written by embdim stream prepare")
+    study.add_argument("--out", required=True, metavar="DIR",
+                       help="where study.json, study.md and study.png go")
+    study.add_argument("--widths", type=int, nargs="+", default=[2, 16, 128])
+    study.add_argument("--x", dest="xs", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100],
+                       help="training interactions per user (popularity) to compare")
+    study.add_argument("--test-per-user", type=int, default=10)
+    study.add_argument("--task", choices=("regression", "classification"), default="regression")
+    study.add_argument("--epochs", type=int, default=5)
+    study.add_argument("--seed", type=int, default=0)
+    study.add_argument("--no-plots", dest="plots", action="store_false")
+    study.set_defaults(handler=_cmd_study)
     p.set_defaults(handler=lambda args: (p.print_help(), 2)[1])
 
 
@@ -72,7 +89,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
     prepare_stream(args.format, args.inputs, args.out, chunk_rows=args.chunk_rows,
                    range_rows=args.range_rows, on_bad_row=args.on_bad_row, overwrite=args.overwrite,
-                   quiet=bool(getattr(args, "quiet", False)))
+                   tie_seed=args.tie_seed, quiet=bool(getattr(args, "quiet", False)))
     return 0
 
 
@@ -152,4 +169,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(run_demo(out, interactions=args.interactions, seed=args.seed,
                    quiet=bool(getattr(args, "quiet", False)), tasks=tasks))
     print(f"wrote {out}/stream_report.md", file=sys.stderr)
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from embdim.autoemb.stream import InteractionStream
+    from embdim.autoemb.study import popularity_study, study_markdown, write_study
+
+    result = popularity_study(InteractionStream.open(args.stream), widths=args.widths, xs=args.xs,
+                              test_per_user=args.test_per_user, task=args.task, epochs=args.epochs,
+                              seed=args.seed)
+    write_study(result, args.out, plots=args.plots)
+    print(study_markdown(result))
+    print(f"wrote {args.out}/study.json, study.md" + (", study.png" if args.plots else ""),
+          file=sys.stderr)
     return 0

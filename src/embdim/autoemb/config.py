@@ -4,9 +4,10 @@ library's experiments:
 .. code-block:: yaml
 
     data:   {path: prepared/ml-latest-stream, offline_fraction: 0.7, rating_threshold: 4.0}
-    model:  {task: regression, widths: [2, 16, 128], hidden: [512, 512], fixed_width: 0}
+    model:  {task: regression, widths: [2, 16, 128], hidden: [512, 512], fixed_width: 0,
+             norm: running, fse_transform: true}
     method: {name: autoemb, order: second, xi: 0.01, controller_hidden: [512, 512],
-             controller_lr: 0.001}
+             controller_lr: 0.001, controller_inputs: [popularity, context]}
     train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu, checkpoint_seconds: 60}
 
 ``--set section.key=value`` overrides any key (values parsed as YAML); unknown keys are refused.
@@ -29,6 +30,8 @@ from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
 ORDERS = ("first", "second")
+NORMS = ("running", "batch", "row")
+CONTROLLER_INPUTS = ("popularity", "context")
 
 
 @dataclass
@@ -45,6 +48,10 @@ class StreamModelConfig:
     widths: list[int] = field(default_factory=lambda: [2, 16, 128])  # candidate widths d_1 < ... < d_N
     hidden: list[int] = field(default_factory=lambda: [512, 512])  # DLRS hidden layers (tanh)
     fixed_width: int = 0  # FSE width; 0 = sum(widths) (146 for the defaults: same table size)
+    # normalisation of eq. 2: running (statistics of earlier batches: a row's score never depends
+    # on the other rows of its batch) | batch (the mini-batch's own statistics, eq. 2 as written)
+    norm: str = "running"
+    fse_transform: bool = True  # FSE: the same linear map to max(widths), norm and tanh (eq. 1-2)
 
 
 @dataclass
@@ -56,6 +63,9 @@ class StreamMethodConfig:
     controller_hidden: list[int] = field(default_factory=lambda: [512, 512])
     controller_lr: float = 1e-3  # Adam lr of the controllers (SAM, AutoEmb) / weight tables (DARTS)
     val_batch_size: int = 0  # validation mini-batch; 0 = train.batch_size
+    # what the controllers see (AutoEmb, SAM): popularity (bucket one-hot + log) and/or context
+    # (last weights, last loss, seen flag); a part left out is fed as zeros (ablation)
+    controller_inputs: list[str] = field(default_factory=lambda: ["popularity", "context"])
 
 
 @dataclass
@@ -65,6 +75,8 @@ class StreamTrainConfig:
     seed: int = 2022
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    # id tables with sparse gradients and lazy Adam (rows of the batch only): for large id counts
+    sparse_tables: bool = False
     curve_points: int = 100  # points of the metric curve over the stream (Fig. 8)
     log_every: int = 20  # batches between progress-bar updates
     # Checkpoints (run_folder/checkpoints/last.pt, for --resume) are written after a batch once
@@ -106,6 +118,12 @@ class StreamConfig:
         w = [int(x) for x in self.model.widths]
         if not w or any(x <= 0 for x in w) or sorted(set(w)) != w:
             raise ConfigError(f"model.widths {self.model.widths}: expected increasing positive widths")
+        if self.model.norm not in NORMS:
+            raise ConfigError(f"model.norm {self.model.norm!r}: expected one of {', '.join(NORMS)}")
+        bad = [x for x in m.controller_inputs if x not in CONTROLLER_INPUTS]
+        if bad or len(set(m.controller_inputs)) != len(m.controller_inputs):
+            raise ConfigError(f"method.controller_inputs {m.controller_inputs}: expected a list of "
+                              f"distinct parts from {list(CONTROLLER_INPUTS)} (may be empty)")
         if not 0.0 <= d.offline_fraction < 1.0:
             raise ConfigError("data.offline_fraction must be in [0, 1)")
         if t.batch_size <= 0 or t.lr <= 0 or m.controller_lr <= 0 or m.xi < 0 or m.val_batch_size < 0:

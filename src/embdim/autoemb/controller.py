@@ -15,9 +15,16 @@ last loss             1        the loss it obtained that time (0 before)
 has context           1        1 once it has been scored at least once, else 0
 ====================  =======  ===================================================================
 
-Popularity is the number of the user's (item's) interactions strictly before the current one.
-The context is kept in tensors indexed by id (:class:`Context`), updated after each training batch
-is scored; a user seen twice in one batch gets the mean of its weights and losses.
+Popularity is the number of the user's (item's) interactions the model has been trained on
+before the current batch (:mod:`embdim.autoemb.loop`): the same count for a scored row and a
+validation row, and for the Fig. 6/7 buckets. The context is kept in tensors indexed by id
+(:class:`Context`), updated after each training batch is scored; a user seen twice in one batch
+gets the mean of its weights and losses.
+
+``inputs`` (``method.controller_inputs``) names the parts the controllers see: ``popularity``
+(bucket one-hot and log popularity) and ``context`` (last weights, last loss, has context). A part
+left out is fed as zeros, so the input width and the architecture stay the same (the popularity
+ablation: ``[context]``).
 
 Weight sources (``(ids [B], popularity [B]) -> weights [B, N]``):
 
@@ -34,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 POPULARITY_BUCKETS = 32
+INPUT_PARTS = ("popularity", "context")
 
 
 def popularity_bucket(popularity: Tensor, buckets: int = POPULARITY_BUCKETS) -> Tensor:
@@ -77,12 +85,20 @@ class Context:
             t.copy_(state[name])
 
 
-def controller_features(popularity: Tensor, ids: Tensor, context: Context) -> Tensor:
-    """The controller input ``[B, 32 + 1 + N + 2]`` (module docstring)."""
+def controller_features(popularity: Tensor, ids: Tensor, context: Context,
+                        inputs: Sequence[str] = INPUT_PARTS) -> Tensor:
+    """The controller input ``[B, 32 + 1 + N + 2]`` (module docstring); the parts not in
+    ``inputs`` are zeros."""
     bucket = nn.functional.one_hot(popularity_bucket(popularity), POPULARITY_BUCKETS).float()
     log_pop = torch.log1p(popularity.float()).unsqueeze(1) / 10.0
-    return torch.cat([bucket, log_pop, context.last_weights[ids], context.last_loss[ids].unsqueeze(1),
-                      context.seen[ids].unsqueeze(1)], dim=1)
+    pop = torch.cat([bucket, log_pop], dim=1)
+    ctx = torch.cat([context.last_weights[ids], context.last_loss[ids].unsqueeze(1),
+                     context.seen[ids].unsqueeze(1)], dim=1)
+    if "popularity" not in inputs:
+        pop = torch.zeros_like(pop)
+    if "context" not in inputs:
+        ctx = torch.zeros_like(ctx)
+    return torch.cat([pop, ctx], dim=1)
 
 
 class Controller(nn.Module):
@@ -109,8 +125,12 @@ class ControllerWeights(nn.Module):
     """AutoEmb / SAM: a user controller and an item controller, with their contexts."""
 
     def __init__(self, num_users: int, num_items: int, num_candidates: int,
-                 hidden: Sequence[int] = (512, 512)):
+                 hidden: Sequence[int] = (512, 512), *, inputs: Sequence[str] = INPUT_PARTS):
         super().__init__()
+        bad = [x for x in inputs if x not in INPUT_PARTS]
+        if bad:
+            raise ValueError(f"controller inputs must be among {INPUT_PARTS}, got {list(inputs)}")
+        self.inputs = tuple(inputs)
         self.user_controller = Controller(num_candidates, hidden)
         self.item_controller = Controller(num_candidates, hidden)
         self.user_context = Context(num_users, num_candidates)
@@ -125,8 +145,10 @@ class ControllerWeights(nn.Module):
 
     def forward(self, users: Tensor, items: Tensor, user_pop: Tensor,
                 item_pop: Tensor) -> tuple[Tensor, Tensor]:
-        alpha = self.user_controller(controller_features(user_pop, users, self.user_context))
-        beta = self.item_controller(controller_features(item_pop, items, self.item_context))
+        alpha = self.user_controller(controller_features(user_pop, users, self.user_context,
+                                                         self.inputs))
+        beta = self.item_controller(controller_features(item_pop, items, self.item_context,
+                                                        self.inputs))
         return alpha, beta
 
     def record(self, users: Tensor, items: Tensor, alpha: Tensor, beta: Tensor, loss: Tensor) -> None:

@@ -11,16 +11,29 @@ For each batch, in this order:
    take one Adam step on ``grad_Theta L_val(W - xi grad_W L_train(W, Theta), Theta)``
    (:mod:`embdim.autoemb.bilevel`). The training batch of the virtual step is the *previous* batch,
    the last one the model has trained on (the current one may not be used before it is scored).
-   Validation interactions are fed with the popularity and context their user/item has *now*
-   (the controller is asked what to do now, for an embedding trained on that many interactions);
-2. the controllers give ``alpha, beta`` for the new batch (its interactions' own popularity:
-   earlier interactions only), the DLRS predicts, and the predictions are **scored** and recorded;
+   Validation interactions (and those of the virtual step) are fed with the popularity and context
+   their user/item has *now*;
+2. the controllers give ``alpha, beta`` for the new batch (popularity and context as they are now,
+   before the batch), the DLRS predicts, and the predictions are **scored** and recorded;
 3. the context (weights given, loss obtained) of the batch's users and items is stored;
 4. the DLRS takes one Adam step on the batch's training loss (SAM: the controllers too, on the
    same loss; AutoEmb/DARTS: the weights are constants in this step). FSE has no weights.
 
 Steps 2 and 4 share one forward pass: the parameters that score a batch are those from before any
-update on it. BatchNorm uses the statistics of the batch's inputs (never its labels).
+update on it.
+
+**Popularity** has one definition everywhere: the number of the user's (item's) interactions the
+model has been *trained on* so far, i.e. in the batches before the current one
+(:meth:`StreamLearner.popularity_now`). A scored row, a validation row and a row of the virtual
+step asked about at the same moment get the same number for the same user, and the Fig. 6/7
+buckets (:mod:`embdim.autoemb.metrics`) use the number the controller was given. (The stream's
+precomputed ``user_popularity`` — earlier interactions including the unseen ones earlier in the
+same batch — is not used by the loop.)
+
+**Normalisation** (``model.norm``, :class:`embdim.autoemb.model.StreamNorm`): ``running`` (default)
+normalises every batch with the statistics of the earlier batches, so a row's score depends on its
+own inputs and the state left by earlier batches only, not on which rows share its batch;
+``batch`` is eq. 2 as written.
 
 **Checkpoints and resume.** With a ``checkpoint_path``, the learner's whole state is written
 atomically at batch boundaries (:meth:`StreamLearner.state_dict`): the model, the controllers (DARTS:
@@ -57,7 +70,7 @@ from embdim.errors import EmbdimError, SchemaMismatchError, TrainingDivergedErro
 from embdim.io import atomic_torch_save
 from embdim.train.trainer import make_adam, resolve_device
 
-CHECKPOINT_FORMAT = "embdim-stream-checkpoint-1"
+CHECKPOINT_FORMAT = "embdim-stream-checkpoint-2"
 
 
 @dataclass
@@ -67,6 +80,37 @@ class Batch:
     labels: Tensor  # float [B] (regression) or long [B] (classification)
     user_pop: Tensor  # long [B]
     item_pop: Tensor  # long [B]
+
+
+class ModelOptimizer:
+    """The model's optimiser: Adam (``train.lr``) on every parameter, or with
+    ``train.sparse_tables`` Adam on the dense ones and lazy Adam (``torch.optim.SparseAdam``: the
+    moments and values of the rows a batch touches only) on the id tables, so a step costs
+    O(rows in the batch) rather than O(ids)."""
+
+    def __init__(self, params: list[Tensor], table_params: list[Tensor], *, lr: float):
+        tables = {id(p) for p in table_params}
+        self.dense = make_adam([p for p in params if id(p) not in tables], lr=lr)
+        self.sparse = torch.optim.SparseAdam(table_params, lr=lr) if table_params else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.dense.zero_grad(set_to_none=set_to_none)
+        if self.sparse is not None:
+            self.sparse.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        self.dense.step()
+        if self.sparse is not None:
+            self.sparse.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"dense": self.dense.state_dict(),
+                "sparse": self.sparse.state_dict() if self.sparse is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dense.load_state_dict(state["dense"])
+        if self.sparse is not None:
+            self.sparse.load_state_dict(state["sparse"])
 
 
 class StreamLearner:
@@ -88,18 +132,23 @@ class StreamLearner:
         self.method = cfg.method.name
         nu, ni = stream.num_users, stream.num_items
         m = cfg.model
+        sparse = cfg.train.sparse_tables
         if self.method == "fse":
-            self.model: nn.Module = FixedWidthModel(nu, ni, cfg.fixed_width, m.hidden, m.task)
+            self.model: nn.Module = FixedWidthModel(nu, ni, cfg.fixed_width, m.hidden, m.task,
+                                                    transform=m.fse_transform, out_dim=max(m.widths),
+                                                    norm=m.norm, sparse=sparse)
             self.weights: nn.Module | None = None
         else:
-            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task)
+            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task, norm=m.norm, sparse=sparse)
             if self.method == "darts":
                 self.weights = TableWeights(nu, ni, len(m.widths))
             else:
-                self.weights = ControllerWeights(nu, ni, len(m.widths), cfg.method.controller_hidden)
+                self.weights = ControllerWeights(nu, ni, len(m.widths), cfg.method.controller_hidden,
+                                                 inputs=cfg.method.controller_inputs)
         self.model.to(self.device)
         self.w_params = [p for p in self.model.parameters()]
-        self.w_opt = make_adam(self.w_params, lr=cfg.train.lr)
+        self.table_params = [t.weight for t in self.model.tables()] if sparse else []
+        self.w_opt = ModelOptimizer(self.w_params, self.table_params, lr=cfg.train.lr)
         if self.weights is not None:
             self.weights.to(self.device)
             self.theta_params = [p for p in self.weights.parameters()]
@@ -108,7 +157,7 @@ class StreamLearner:
         self.item_counts = torch.zeros(ni, dtype=torch.long, device=self.device)
         self.sampler = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.metrics = StreamMetrics(len(m.widths), self.device)
-        self.prev: Batch | None = None
+        self.prev: tuple[int, int] | None = None  # [start, stop) of the last batch trained on
         n = len(stream) if not cfg.data.limit else min(len(stream), cfg.data.limit)
         self.length = n
         self.offline_end = int(n * cfg.data.offline_fraction)
@@ -132,13 +181,17 @@ class StreamLearner:
         return labels_for(self.cfg.model.task, self._tensor(ratings, torch.float32),
                           self.cfg.data.rating_threshold)
 
+    def popularity_now(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        """The popularity of each user and item now: its interactions the model has trained on
+        (module docstring; the one definition used by scoring, validation and the buckets)."""
+        return self.user_counts[users], self.item_counts[items]
+
     def batch(self, start: int, stop: int) -> Batch:
-        """Interactions ``[start, stop)`` with their recorded popularity."""
+        """Interactions ``[start, stop)`` with the popularity their users/items have now."""
         a = self.stream.arrays
-        return Batch(self._tensor(a["users"][start:stop]), self._tensor(a["items"][start:stop]),
-                     self._labels(a["ratings"][start:stop]),
-                     self._tensor(a["user_popularity"][start:stop]),
-                     self._tensor(a["item_popularity"][start:stop]))
+        users, items = self._tensor(a["users"][start:stop]), self._tensor(a["items"][start:stop])
+        return Batch(users, items, self._labels(a["ratings"][start:stop]),
+                     *self.popularity_now(users, items))
 
     def validation_batch(self, before: int) -> Batch:
         """A uniform sample (with replacement) of interactions ``[0, before)``, with the popularity
@@ -148,8 +201,7 @@ class StreamLearner:
         idx.sort()  # sequential reads from a memory-mapped stream
         a = self.stream.arrays
         users, items = self._tensor(a["users"][idx]), self._tensor(a["items"][idx])
-        return Batch(users, items, self._labels(a["ratings"][idx]), self.user_counts[users],
-                     self.item_counts[items])
+        return Batch(users, items, self._labels(a["ratings"][idx]), *self.popularity_now(users, items))
 
     # ---- model ------------------------------------------------------------------------------------
     def forward(self, b: Batch) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -164,11 +216,12 @@ class StreamLearner:
 
     def update_controllers(self, val: Batch) -> None:
         """Alg. 1 line 3 (AutoEmb, DARTS)."""
-        prev = self.prev
+        prev = self.batch(*self.prev) if self.prev is not None else None  # popularity as of now
         train_loss = (lambda: self.loss(prev)) if prev is not None else None
         grads, _ = controller_gradient(
             self.w_params, self.theta_params, train_loss, lambda: self.loss(val), xi=self.cfg.xi,
-            eps_scale=self.cfg.method.eps_scale, modules=[self.model])
+            eps_scale=self.cfg.method.eps_scale, modules=[self.model],
+            sparse_params=self.table_params)
         apply_gradient(self.theta_params, grads, self.theta_opt)
 
     def step(self, start: int, stop: int, stage: int) -> Tensor:
@@ -205,13 +258,14 @@ class StreamLearner:
         self.w_opt.step()
         self.user_counts.index_add_(0, b.users, torch.ones_like(b.users))
         self.item_counts.index_add_(0, b.items, torch.ones_like(b.items))
-        self.prev = b
+        self.prev = (start, stop)
         return loss.detach()
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed here."""
-        return {"method": self.method, "task": self.cfg.model.task,
+        return {"method": self.method, "task": self.cfg.model.task, "norm": self.cfg.model.norm,
+                "sparse_tables": self.cfg.train.sparse_tables,
                 "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
                 "users": self.stream.num_users, "items": self.stream.num_items,
                 "interactions": self.length, "offline_end": self.offline_end,
@@ -255,7 +309,7 @@ class StreamLearner:
         self.window = state["window"].to(self.device).clone()
         bounds = self.bounds()
         # the training batch of the next virtual step: the last batch trained on
-        self.prev = self.batch(*bounds[self.position - 1][:2]) if self.position > 0 else None
+        self.prev = tuple(bounds[self.position - 1][:2]) if self.position > 0 else None
 
     def save_checkpoint(self) -> None:
         if self.checkpoint_path is not None:

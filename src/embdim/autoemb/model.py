@@ -5,13 +5,18 @@ Shapes: ``B`` batch, ``N`` candidate widths ``d_1 < ... < d_N``, ``D = d_N``.
 
 * :class:`MultiWidthEmbedding` — one table per entity holding the N candidate embeddings side by
   side (``[num, d_1 + ... + d_N]``: one gather per lookup, sec. 3.2); per candidate a linear map to
-  ``D`` (eq. 1), BatchNorm without affine parameters and tanh (eq. 2): ``ids [B] -> [B, N, D]``.
+  ``D`` (eq. 1), normalisation without affine parameters and tanh (eq. 2): ``ids [B] -> [B, N, D]``.
+  Normalisation (:class:`StreamNorm`) is ``running`` by default: the statistics of the *earlier*
+  batches, so that a row's score never depends on the other rows of its batch; ``batch`` is eq. 2
+  as written (the mini-batch's own mean and variance).
 * soft selection (eq. 7): ``u = (1/N) sum_n alpha_n e_n`` with ``alpha [B, N]`` from a controller;
 * :class:`AutoEmbModel` — ``h_0 = [u; v]`` (``[B, 2D]``), hidden layers ``tanh(W h + b)`` (eq. 4),
   output (eq. 5): one logit (``regression``: sigmoid, trained with MSE on the binarised rating) or
   five logits (``classification``: softmax over the rating classes, cross-entropy);
 * :class:`FixedWidthModel` — the FSE baseline, the basic DLRS of sec. 2.1: one embedding of a fixed
-  width per user/item, concatenated into the same hidden layers.
+  width per user/item, concatenated into the same hidden layers. With ``transform`` (the default)
+  the embedding goes through the same linear map to ``D``, normalisation and tanh as one AutoEmb
+  candidate, so that FSE and AutoEmb differ only in the candidate widths and their weights.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 
 TASKS = ("regression", "classification")
 NUM_CLASSES = 5
+NORMS = ("running", "batch", "row")
 
 
 def task_outputs(task: str) -> int:
@@ -43,21 +49,75 @@ def hidden_layers(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
-class MultiWidthEmbedding(nn.Module):
-    """``ids [B] -> [B, N, D]``: the N candidate embeddings of each id, transformed to width D."""
+class StreamNorm(nn.Module):
+    """Eq. 2's normalisation without affine parameters, ``[B, C] -> [B, C]``, in one of two modes.
 
-    def __init__(self, num: int, widths: Sequence[int], init_std: float = 0.1):
+    * ``running`` (default): ``(x - mu) / sqrt(var + eps)`` with ``mu, var`` the running mean and
+      variance of the batches seen *before* this one (exponential average, ``momentum`` 0.1, from
+      ``mu = 0, var = 1``); in training mode the batch's own statistics are folded in *after* it
+      has been normalised (no gradient flows through them). A row's output therefore depends on
+      its own input and on earlier batches only, never on the other rows of its batch — the
+      inference form of BatchNorm (Ioffe & Szegedy, the paper's [11]) applied to every batch of
+      the evaluate-then-train loop. A one-row batch is normalised like any other; its variance is
+      undefined, so it updates the running mean only.
+    * ``batch``: eq. 2 as written: ``mu_B, sigma_B^2`` of the mini-batch itself in training mode
+      (``torch.nn.BatchNorm1d``); a one-row batch (no variance) uses the running statistics.
+    * ``row``: each candidate's transformed embedding is normalised over its own ``D`` features
+      (mean 0, variance 1 per row and candidate, gradients through the statistics): also
+      magnitude-comparable candidates (the purpose eq. 2 states), from the row alone.
+
+    The buffers are those of ``BatchNorm1d`` (``running_mean``, ``running_var``,
+    ``num_batches_tracked``). With ``update_stats = False`` (set during the controller update's
+    extra passes, :mod:`embdim.autoemb.bilevel`) the running statistics are left untouched.
+    """
+
+    def __init__(self, channels: int, mode: str = "running", momentum: float = 0.1, eps: float = 1e-5,
+                 groups: int = 1):
+        super().__init__()
+        if mode not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, not {mode!r}")
+        self.mode = mode
+        self.groups = groups  # row mode: the N candidates are normalised separately
+        self.update_stats = True
+        self.bn = nn.BatchNorm1d(channels, affine=False, momentum=momentum, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bn = self.bn
+        if self.mode == "row":
+            g = x.view(len(x), self.groups, -1)
+            return nn.functional.layer_norm(g, g.shape[-1:], eps=bn.eps).view_as(x)
+        if self.mode == "batch" and self.training and len(x) > 1:
+            if self.update_stats:
+                return bn(x)
+            return nn.functional.batch_norm(x, None, None, training=True, eps=bn.eps)
+        out = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
+        if self.mode == "running" and self.training and self.update_stats and len(x) > 0:
+            with torch.no_grad():
+                m = bn.momentum
+                bn.running_mean.mul_(1 - m).add_(x.detach().mean(0), alpha=m)
+                if len(x) > 1:
+                    bn.running_var.mul_(1 - m).add_(x.detach().var(0, unbiased=True), alpha=m)
+                bn.num_batches_tracked.add_(1)
+        return out
+
+
+class MultiWidthEmbedding(nn.Module):
+    """``ids [B] -> [B, N, D]``: the N candidate embeddings of each id, transformed to width D
+    (default: the largest candidate width)."""
+
+    def __init__(self, num: int, widths: Sequence[int], init_std: float = 0.1, *,
+                 out_dim: int | None = None, norm: str = "running", sparse: bool = False):
         super().__init__()
         widths = [int(w) for w in widths]
         if not widths or any(w <= 0 for w in widths) or sorted(set(widths)) != widths:
             raise ValueError(f"candidate widths must be positive and increasing, got {widths}")
         self.widths = widths
-        self.out_dim = widths[-1]
-        self.table = nn.Embedding(num, sum(widths))
+        self.out_dim = int(out_dim or widths[-1])
+        self.table = nn.Embedding(num, sum(widths), sparse=sparse)
         nn.init.normal_(self.table.weight, std=init_std)
         self.transforms = nn.ModuleList(nn.Linear(w, self.out_dim) for w in widths)
-        # One BatchNorm over the N stacked outputs is N independent BatchNorms (eq. 2).
-        self.norm = nn.BatchNorm1d(len(widths) * self.out_dim, affine=False)
+        # One normalisation over the N stacked outputs is N independent ones (eq. 2).
+        self.norm = StreamNorm(len(widths) * self.out_dim, norm, groups=len(widths))
 
     @property
     def num_candidates(self) -> int:
@@ -78,11 +138,12 @@ class AutoEmbModel(nn.Module):
     """The enhanced DLRS: ``(users [B], items [B], alpha [B, N], beta [B, N]) -> [B] or [B, 5]``."""
 
     def __init__(self, num_users: int, num_items: int, widths: Sequence[int] = (2, 16, 128),
-                 hidden: Sequence[int] = (512, 512), task: str = "regression"):
+                 hidden: Sequence[int] = (512, 512), task: str = "regression", *,
+                 norm: str = "running", sparse: bool = False):
         super().__init__()
         self.task = task
-        self.users = MultiWidthEmbedding(num_users, widths)
-        self.items = MultiWidthEmbedding(num_items, widths)
+        self.users = MultiWidthEmbedding(num_users, widths, norm=norm, sparse=sparse)
+        self.items = MultiWidthEmbedding(num_items, widths, norm=norm, sparse=sparse)
         self.mlp = hidden_layers(2 * self.users.out_dim, hidden, task_outputs(task))
 
     @property
@@ -95,30 +156,55 @@ class AutoEmbModel(nn.Module):
         out = self.mlp(torch.cat([u, v], dim=1))
         return out.squeeze(1) if self.task == "regression" else out
 
+    def tables(self) -> list[nn.Embedding]:
+        return [self.users.table, self.items.table]
+
     def embedding_params(self) -> int:
-        return self.users.table.weight.numel() + self.items.table.weight.numel()
+        return sum(t.weight.numel() for t in self.tables())
 
 
 class FixedWidthModel(nn.Module):
-    """FSE (sec. 3.4): ``(users [B], items [B]) -> [B] or [B, 5]`` with one width for everyone."""
+    """FSE (sec. 3.4): ``(users [B], items [B]) -> [B] or [B, 5]`` with one width for everyone.
+
+    ``transform`` (default): the embedding of width ``width`` is mapped to ``out_dim`` (AutoEmb's
+    ``D``), normalised and passed through tanh exactly like one AutoEmb candidate (eq. 1-2), so the
+    two models differ only in the candidates and their weights; without it, the plain embeddings are
+    concatenated (the basic DLRS of sec. 2.1)."""
 
     def __init__(self, num_users: int, num_items: int, width: int = 146,
-                 hidden: Sequence[int] = (512, 512), task: str = "regression", init_std: float = 0.1):
+                 hidden: Sequence[int] = (512, 512), task: str = "regression", init_std: float = 0.1,
+                 *, transform: bool = True, out_dim: int = 128, norm: str = "running",
+                 sparse: bool = False):
         super().__init__()
         self.task = task
-        self.users = nn.Embedding(num_users, width)
-        self.items = nn.Embedding(num_items, width)
-        nn.init.normal_(self.users.weight, std=init_std)
-        nn.init.normal_(self.items.weight, std=init_std)
-        self.mlp = hidden_layers(2 * width, hidden, task_outputs(task))
+        self.transform = transform
+        if transform:
+            self.users: nn.Module = MultiWidthEmbedding(num_users, [width], init_std, out_dim=out_dim,
+                                                        norm=norm, sparse=sparse)
+            self.items: nn.Module = MultiWidthEmbedding(num_items, [width], init_std, out_dim=out_dim,
+                                                        norm=norm, sparse=sparse)
+            in_dim = 2 * out_dim
+        else:
+            self.users = nn.Embedding(num_users, width, sparse=sparse)
+            self.items = nn.Embedding(num_items, width, sparse=sparse)
+            nn.init.normal_(self.users.weight, std=init_std)
+            nn.init.normal_(self.items.weight, std=init_std)
+            in_dim = 2 * width
+        self.mlp = hidden_layers(in_dim, hidden, task_outputs(task))
 
     def forward(self, users: Tensor, items: Tensor, alpha: Tensor | None = None,
                 beta: Tensor | None = None) -> Tensor:
-        out = self.mlp(torch.cat([self.users(users), self.items(items)], dim=1))
+        u, v = self.users(users), self.items(items)
+        if self.transform:
+            u, v = u[:, 0], v[:, 0]
+        out = self.mlp(torch.cat([u, v], dim=1))
         return out.squeeze(1) if self.task == "regression" else out
 
+    def tables(self) -> list[nn.Embedding]:
+        return [self.users.table, self.items.table] if self.transform else [self.users, self.items]
+
     def embedding_params(self) -> int:
-        return self.users.weight.numel() + self.items.weight.numel()
+        return sum(t.weight.numel() for t in self.tables())
 
 
 def labels_for(task: str, ratings: Tensor, threshold: float) -> Tensor:

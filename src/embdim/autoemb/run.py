@@ -37,7 +37,7 @@ from embdim.autoemb.plots import plot_by_popularity, plot_curve, plot_weights
 from embdim.autoemb.stream import InteractionStream
 from embdim.errors import ConfigError, EmbdimError
 from embdim.io import atomic_write_json, atomic_write_text, atomic_write_yaml
-from embdim.report import welch_ttest
+from embdim.stats import welch_ttest
 
 ALPHA = 0.05
 METHOD_LABELS = {"fse": "FSE", "sam": "SAM", "darts": "DARTS", "autoemb": "AutoEmb"}

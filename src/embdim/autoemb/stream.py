@@ -2,7 +2,9 @@
 ordered by time, with each interaction's *popularity* precomputed.
 
 A prepared stream is a folder of memory-mappable ``.npy`` arrays, one value per interaction in
-time order (ties keep the input order):
+time order. Interactions with the same timestamp are put in a seeded pseudo-random order
+(:func:`tie_keys`, ``tie_seed``), not in file order: Netflix dates are whole days and its files
+list the ratings movie by movie, so file order would make a day's batches runs of one movie.
 
 ============================  ========  ==============================================================
 file                          dtype     meaning
@@ -242,6 +244,24 @@ def read_chunks(format: str, inputs: Sequence[str | Path], *, chunk_rows: int = 
     raise ConfigError(f"unknown stream format {format!r}; expected one of {', '.join(STREAM_FORMATS)}")
 
 
+# ---- tie order ------------------------------------------------------------------------------------
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def tie_keys(positions: np.ndarray, seed: int) -> np.ndarray:
+    """A pseudo-random uint64 key per input position (splitmix64 of ``position + seed * golden``):
+    sorting equal timestamps by it is a seeded shuffle of the ties that depends only on the seed
+    and the input positions (not on how the input is chunked), with no two positions sharing a
+    key (splitmix64 is a bijection of 64-bit integers)."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(positions).astype(np.uint64) + np.uint64(seed % (1 << 64)) * np.uint64(
+            0x9E3779B97F4A7C15) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return (z ^ (z >> np.uint64(31))) & _MASK64
+
+
 # ---- popularity --------------------------------------------------------------------------------
 
 def earlier_counts(ids: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -427,9 +447,12 @@ class _StreamWriter:
 
 def prepare_stream(format: str, inputs: Sequence[str | Path], out: str | Path, *,
                    chunk_rows: int = DEFAULT_CHUNK_ROWS, range_rows: int = DEFAULT_RANGE_ROWS,
-                   on_bad_row: str = "error", overwrite: bool = False,
+                   on_bad_row: str = "error", overwrite: bool = False, tie_seed: int = 0,
                    quiet: bool = False) -> InteractionStream:
     """Read ``inputs`` (``format``: movielens | netflix), sort by time and write a stream folder.
+
+    Interactions with equal timestamps are ordered by :func:`tie_keys` of their input position and
+    ``tie_seed`` (a seeded shuffle within each timestamp, recorded in ``stream.json``).
 
     ``chunk_rows``: rows parsed at a time; ``range_rows``: target rows per time range sorted in
     memory (both bound the memory; neither changes the result). ``on_bad_row``: ``error`` stops
@@ -492,7 +515,7 @@ def prepare_stream(format: str, inputs: Sequence[str | Path], out: str | Path, *
             for files in part_files:
                 for f in files.values():
                     f.close()
-        # 3. sort each range by (time, input order), count popularity, write the arrays
+        # 3. sort each range by (time, seeded shuffle of ties), count popularity, write the arrays
         dtypes = {"u": np.int32, "i": np.int32, "r": np.float32, "t": np.int64, "s": np.int64}
         user_counts = np.zeros(len(user_set), np.int64)
         item_counts = np.zeros(len(item_set), np.int64)
@@ -500,7 +523,7 @@ def prepare_stream(format: str, inputs: Sequence[str | Path], out: str | Path, *
             pos = 0
             for r in range(len(part_files)):
                 part = {k: np.fromfile(work / f"range{r:05d}.{k}", dtype=dt) for k, dt in dtypes.items()}
-                order = np.lexsort((part["s"], part["t"]))
+                order = np.lexsort((tie_keys(part["s"], tie_seed), part["t"]))
                 n = len(order)
                 users, items = part["u"][order], part["i"][order]
                 sl = slice(pos, pos + n)
@@ -512,7 +535,8 @@ def prepare_stream(format: str, inputs: Sequence[str | Path], out: str | Path, *
                 w.arrays["item_popularity"][sl] = earlier_counts(items, item_counts)
                 pos += n
             meta = _meta(w.arrays, len(user_set), len(item_set), source=format,
-                         files=[str(p) for p in inputs], **bad.summary())
+                         files=[str(p) for p in inputs], tie_order=f"seeded shuffle (seed {tie_seed})",
+                         **bad.summary())
             meta.update(time_min=int(w.arrays["timestamps"][0]), time_max=int(w.arrays["timestamps"][-1]))
             w.finish(meta, user_set, item_set)
     except OSError as e:  # a full disk while writing temporary files: say so, in one line
