@@ -68,7 +68,8 @@ from embdim.autoemb.model import AutoEmbModel, FixedWidthModel, labels_for, per_
 from embdim.autoemb.stream import InteractionStream
 from embdim.errors import EmbdimError, SchemaMismatchError, TrainingDivergedError
 from embdim.io import atomic_torch_save
-from embdim.train.trainer import make_adam, resolve_device
+from embdim.train.optim import TableAdam, make_adam
+from embdim.train.trainer import resolve_device
 
 CHECKPOINT_FORMAT = "embdim-stream-checkpoint-2"
 
@@ -80,37 +81,6 @@ class Batch:
     labels: Tensor  # float [B] (regression) or long [B] (classification)
     user_pop: Tensor  # long [B]
     item_pop: Tensor  # long [B]
-
-
-class ModelOptimizer:
-    """The model's optimiser: Adam (``train.lr``) on every parameter, or with
-    ``train.sparse_tables`` Adam on the dense ones and lazy Adam (``torch.optim.SparseAdam``: the
-    moments and values of the rows a batch touches only) on the id tables, so a step costs
-    O(rows in the batch) rather than O(ids)."""
-
-    def __init__(self, params: list[Tensor], table_params: list[Tensor], *, lr: float):
-        tables = {id(p) for p in table_params}
-        self.dense = make_adam([p for p in params if id(p) not in tables], lr=lr)
-        self.sparse = torch.optim.SparseAdam(table_params, lr=lr) if table_params else None
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.dense.zero_grad(set_to_none=set_to_none)
-        if self.sparse is not None:
-            self.sparse.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        self.dense.step()
-        if self.sparse is not None:
-            self.sparse.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"dense": self.dense.state_dict(),
-                "sparse": self.sparse.state_dict() if self.sparse is not None else None}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.dense.load_state_dict(state["dense"])
-        if self.sparse is not None:
-            self.sparse.load_state_dict(state["sparse"])
 
 
 class StreamLearner:
@@ -148,7 +118,8 @@ class StreamLearner:
         self.model.to(self.device)
         self.w_params = [p for p in self.model.parameters()]
         self.table_params = [t.weight for t in self.model.tables()] if sparse else []
-        self.w_opt = ModelOptimizer(self.w_params, self.table_params, lr=cfg.train.lr)
+        # Adam, or with train.sparse_tables lazy Adam on the id tables (embdim.train.optim)
+        self.w_opt = TableAdam(self.w_params, self.table_params, lr=cfg.train.lr)
         if self.weights is not None:
             self.weights.to(self.device)
             self.theta_params = [p for p in self.weights.parameters()]

@@ -55,7 +55,8 @@ from embdim.search.autodim import _validate
 from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.search.bilevel import apply_alpha_grad, first_order_alpha_grad, second_order_alpha_grad
 from embdim.search.random import align_to_largest
-from embdim.train.trainer import make_adam, resolve_device
+from embdim.train.optim import make_adam
+from embdim.train.trainer import resolve_device
 
 PAPER_CANDIDATES = (2, 16, 128)  # AutoEmb sec. 3.2: N = 3 widths
 

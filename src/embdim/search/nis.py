@@ -53,7 +53,8 @@ from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.search.bilevel import w_step
 from embdim.search.random import align_to_largest
 from embdim.train.metrics import binary_metrics, roc_auc
-from embdim.train.trainer import make_adam, resolve_device
+from embdim.train.optim import make_adam
+from embdim.train.trainer import resolve_device
 
 COSTS = ("hinge", "linear")
 QUALITIES = ("auc", "neg_logloss")

@@ -36,7 +36,7 @@ from embdim.errors import ConfigError, EmbdimError, SchemaMismatchError, Trainin
 from embdim.io import atomic_torch_save
 from embdim.train.host import cpu_has_fast_bf16, keep_memory_in_process
 from embdim.train.metrics import binary_metrics
-from embdim.train.optim import make_adam, make_optimizer  # noqa: F401 - make_adam: re-exported
+from embdim.train.optim import make_optimizer
 
 CHECKPOINT_FORMAT = 1
 
