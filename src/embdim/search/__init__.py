@@ -5,7 +5,7 @@ class (``AutoDim(candidates=[2, 8, 16]).search(dataset, model="deepfm")``).
 """
 
 # importing the modules registers the methods
-from embdim.search import autodim, fde, fixed, mde, random, sseds  # noqa: F401
+from embdim.search import autodim, deeplight, fde, fixed, mde, pep, random, sseds  # noqa: F401
 from embdim.search.autodim import AutoDim, AutoDimS
 from embdim.search.base import (
     METHODS,
@@ -15,11 +15,13 @@ from embdim.search.base import (
     make_method,
     typed_method_section,
 )
+from embdim.search.deeplight import DeepLight
 from embdim.search.fde import FDE
 from embdim.search.fixed import FixedPlan
 from embdim.search.mde import MDE
+from embdim.search.pep import PEP
 from embdim.search.random import RandomSearch
 from embdim.search.sseds import SSEDS
 
-__all__ = ["FDE", "MDE", "METHODS", "SSEDS", "AutoDim", "AutoDimS", "FixedPlan", "RandomSearch",
-           "SearchContext", "SearchMethod", "make_context", "make_method", "typed_method_section"]
+__all__ = ["FDE", "MDE", "METHODS", "PEP", "SSEDS", "AutoDim", "AutoDimS", "DeepLight", "FixedPlan",
+           "RandomSearch", "SearchContext", "SearchMethod", "make_context", "make_method", "typed_method_section"]
