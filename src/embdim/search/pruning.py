@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from embdim.nn.embedding import _offsets, init_embedding_
 from embdim.nn.masked_embedding import field_dims_of_mask, masked_embedding_entry
-from embdim.nn.models import RecModel, build_model
+from embdim.nn.models import MODELS, RecModel, build_model, resolve_model_name
 from embdim.plan import DimensionPlan
 from embdim.search.base import SearchContext
 from embdim.train.trainer import FitResult, Trainer
@@ -101,8 +101,11 @@ def search_train_config(ctx: SearchContext, epochs: int, **changes: Any):
 
 
 def build_search_model(ctx: SearchContext, vocab_sizes: list[int], embedding: nn.Module) -> RecModel:
-    """The experiment's base model over ``embedding`` (every field at its width)."""
+    """The experiment's base model over ``embedding`` (every field at its width); a model without
+    an embedding (``lr``) is built without it."""
     opts = dataclasses.replace(ctx.model_options, aligned_dim=None)
+    if not getattr(MODELS[resolve_model_name(opts.name)], "uses_embedding", True):
+        return build_model(opts.name, vocab_sizes, options=opts)
     return build_model(opts.name, vocab_sizes, options=opts, embedding=embedding)
 
 
