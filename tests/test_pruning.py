@@ -113,7 +113,8 @@ def test_pep_rewind_starts_the_masked_model_from_the_initial_weights(pep_searche
 
 def test_pep_that_cannot_reach_its_target_says_what_to_change(planted):
     method = make_method({"name": "pep", "width": WIDTH, "budget": 0.1, "epochs": 1})  # init -150
-    with pytest.raises(ConfigError, match=r"6320 of 6320 entries are non-zero, above the target 632 .*threshold_lr"):
+    with pytest.raises(ConfigError, match=r"6320 of 6320 entries are non-zero, above the target "
+                                          r"632 .*threshold_lr"):
         method.search(PreparedDataset(planted), _ctx())
 
 

@@ -24,4 +24,5 @@ from embdim.search.random import RandomSearch
 from embdim.search.sseds import SSEDS
 
 __all__ = ["FDE", "MDE", "METHODS", "PEP", "SSEDS", "AutoDim", "AutoDimS", "DeepLight", "FixedPlan",
-           "RandomSearch", "SearchContext", "SearchMethod", "make_context", "make_method", "typed_method_section"]
+           "RandomSearch", "SearchContext", "SearchMethod", "make_context", "make_method",
+           "typed_method_section"]
