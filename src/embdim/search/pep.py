@@ -138,7 +138,7 @@ class SoftThresholdEmbedding(FullTableEmbedding):
     def sparse_table(self) -> Tensor:
         """``S(V, s)`` over the whole table ``[N, D]``."""
         rows = torch.arange(self.weight.shape[0], device=self.weight.device)
-        return self.soft_threshold(self.weight, self._threshold_of(rows, self.field_of_row()))
+        return self.soft_threshold(self.weight, self._threshold_of(rows, self.row_field))
 
     @torch.no_grad()
     def non_zero(self) -> int:

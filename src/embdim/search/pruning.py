@@ -41,6 +41,8 @@ class FullTableEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(sum(self.vocab_sizes), self.out_dim))
         init_embedding_(self.weight)
         self.register_buffer("offsets", _offsets(self.vocab_sizes), persistent=False)
+        self.register_buffer("row_field", torch.repeat_interleave(  # [N] the field of each row
+            torch.arange(len(self.vocab_sizes)), torch.tensor(self.vocab_sizes)), persistent=False)
 
     num_output_fields = property(lambda self: len(self.vocab_sizes))
     alignment_params = 0
@@ -53,10 +55,6 @@ class FullTableEmbedding(nn.Module):
         """ids [B, F] -> global row numbers [B, F] (int64)."""
         return ids + self.offsets
 
-    def field_of_row(self) -> Tensor:
-        """[N] the field of each table row."""
-        return torch.repeat_interleave(torch.arange(len(self.vocab_sizes)),
-                                       torch.tensor(self.vocab_sizes)).to(self.weight.device)
 
 
 class PruningTrainer(Trainer):
