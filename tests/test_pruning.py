@@ -257,3 +257,25 @@ def test_every_base_model_runs_with_both_methods(small, tmp_path, model, method)
     else:
         assert m["embedding_params"] == plan["embedding_params"] <= 0.5 * m["fde_embedding_params"]
         assert m["embedding_storage_params"] > m["embedding_params"]
+
+
+@pytest.mark.parametrize("method", [PEP_FAST, DEEPLIGHT_FAST], ids=["pep", "deeplight"])
+def test_retrain_none_hands_over_exactly_the_pruned_searched_model(planted, method):
+    seed_everything(0)
+    m = make_method({**method, "budget": 0.3, "retrain": "none"})
+    assert not m.retrains
+    plan = m.search(PreparedDataset(planted), _ctx())
+    ctx = _ctx()
+    model = build_model("deepfm", plan.vocab_sizes, plan, options=ctx.model_options)
+    m.init_retrain_model(model, plan, ctx)
+    source = m.build_search_model(plan.vocab_sizes, ctx)
+    from embdim.search.pruning import load_state_payload
+
+    assert load_state_payload(source, plan.payload, "searched_state")
+    ids = torch.tensor(np.array(PreparedDataset(planted).split("valid").x[:256]), dtype=torch.long)
+    model.eval(), source.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), source(ids))  # the masked model = the pruned one
+    fresh = make_method({**method, "budget": 0.3, "retrain": "random"})
+    assert "searched_state/embedding.weight" not in fresh.search(PreparedDataset(planted),
+                                                                 _ctx()).payload
