@@ -15,6 +15,8 @@ embedding dimension as 128 for all baseline models") and pruned to ``kappa`` of 
   after a 1-epoch warm-up, pruning every 10 steps: the repository's damped schedule reaches its
   target only after ~4.6 x 10^4 steps; then fine-tuned with the mask fixed.
 
+``planted-50k`` (docs/results/pruning_vs_fde.md) is 50k rows of the demo's planted spec:
+``write_synthetic_dataset(WORK / "data/planted-50k", default_demo_spec(), 50_000, seed=2022)``.
 Each run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them).
 """
 
