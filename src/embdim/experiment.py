@@ -208,6 +208,23 @@ def _search(cfg: ExperimentConfig, dataset: PreparedDataset, method, out_dir: Pa
     return plan
 
 
+DENSE_PARAMS_NOTE = "entries of the dense embedding tables: sum over fields of vocab_i x d_i"
+
+
+def embedding_storage_params(model) -> int:
+    """32-bit words the embedding's tables take in storage: the dense entries, or what the
+    embedding reports for its own format (a pruned table: CSR, see embdim.nn.masked_embedding)."""
+    emb = model.embedding
+    return 0 if emb is None else int(getattr(emb, "storage_params", emb.embedding_params))
+
+
+def embedding_params_note(model, plan: DimensionPlan) -> str:
+    """How ``embedding_params`` was counted (the method's note for a non-table embedding)."""
+    if model.embedding is None:
+        return "the base model has no embedding table"
+    return str((plan.embedding or {}).get("params_note", DENSE_PARAMS_NOTE))
+
+
 def _describe(plan: DimensionPlan) -> str:
     return (f"plan: dims {plan.dims_by_field()}; embedding params {plan.embedding_params} "
             f"({plan.embedding_params / max(1, plan.fde_embedding_params):.1%} of full dimension)")
@@ -278,6 +295,8 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         "epochs_run": fit.epochs_run,
         "stopped_early": fit.stopped_early,
         "embedding_params": int(model.embedding_params),
+        "embedding_storage_params": embedding_storage_params(model),
+        "embedding_params_note": embedding_params_note(model, plan),
         "alignment_params": int(model.alignment_params),
         "fde_embedding_params": int(plan.fde_embedding_params),
         "embedding_params_ratio": model.embedding_params / max(1, plan.fde_embedding_params),

@@ -10,11 +10,12 @@ from embdim.nn.layers import (
     InnerProduct,
     SelfAttentionLayer,
 )
+from embdim.nn.masked_embedding import MaskedFieldEmbedding  # registers the 'masked' kind
 from embdim.nn.models import MODEL_NAMES, ModelOptions, RecModel, build_model, register_model
 from embdim.nn.plan_embedding import PlanEmbedding
 
 __all__ = [
     "MLP", "MODEL_NAMES", "BiInteraction", "BlockFieldEmbedding", "Dropout", "FactorizationMachine",
-    "FeaturesLinear", "FieldEmbedding", "InnerProduct", "ModelOptions", "PlanEmbedding", "RecModel",
-    "SelfAttentionLayer", "build_model", "register_model",
+    "FeaturesLinear", "FieldEmbedding", "InnerProduct", "MaskedFieldEmbedding", "ModelOptions",
+    "PlanEmbedding", "RecModel", "SelfAttentionLayer", "build_model", "register_model",
 ]

@@ -5,7 +5,18 @@ class (``AutoDim(candidates=[2, 8, 16]).search(dataset, model="deepfm")``).
 """
 
 # importing the modules registers the methods
-from embdim.search import autodim, autoemb, fde, fixed, mde, nis, random, sseds  # noqa: F401
+from embdim.search import (  # noqa: F401
+    autodim,
+    autoemb,
+    deeplight,
+    fde,
+    fixed,
+    mde,
+    nis,
+    pep,
+    random,
+    sseds,
+)
 from embdim.search.autodim import AutoDim, AutoDimS
 from embdim.search.autoemb import AutoEmb
 from embdim.search.base import (
@@ -16,13 +27,15 @@ from embdim.search.base import (
     make_method,
     typed_method_section,
 )
+from embdim.search.deeplight import DeepLight
 from embdim.search.fde import FDE
 from embdim.search.fixed import FixedPlan
 from embdim.search.mde import MDE
 from embdim.search.nis import NIS
+from embdim.search.pep import PEP
 from embdim.search.random import RandomSearch
 from embdim.search.sseds import SSEDS
 
-__all__ = ["FDE", "MDE", "METHODS", "NIS", "SSEDS", "AutoDim", "AutoDimS", "AutoEmb", "FixedPlan",
-           "RandomSearch", "SearchContext", "SearchMethod", "make_context", "make_method",
+__all__ = ["FDE", "MDE", "METHODS", "NIS", "PEP", "SSEDS", "AutoDim", "AutoDimS", "AutoEmb", "DeepLight",
+           "FixedPlan", "RandomSearch", "SearchContext", "SearchMethod", "make_context", "make_method",
            "typed_method_section"]
