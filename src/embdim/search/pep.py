@@ -50,7 +50,7 @@ from embdim.search.pruning import (
     state_payload,
 )
 from embdim.search.sseds import budget_entries
-from embdim.train.trainer import make_adam
+from embdim.train.optim import make_adam
 
 THRESHOLD_TYPES = ("global", "dimension", "feature", "feature_dim", "field", "field_dim")
 RETRAINS = ("rewind", "random", "none")
