@@ -292,6 +292,8 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         "versions": versions(),
         "environment": environment(cfg),
     }
+    if plan.embedding is not None and model.embedding is not None:  # pruned / quantised: how counted
+        metrics["embedding_params_note"] = str(plan.embedding.get("params_note", ""))
     if distributed.is_main():
         atomic_write_json(run_dir / "metrics.json", metrics)
     log(f"test_auc={test['auc']:.5f} test_logloss={test['logloss']:.5f} "

@@ -11,9 +11,11 @@ from embdim.nn.layers import (
     SelfAttentionLayer,
 )
 from embdim.nn.models import MODEL_NAMES, ModelOptions, RecModel, build_model, register_model
+from embdim.nn.quantized_embedding import ProductQuantizedEmbedding  # registers "dpq", "mgqe"
 
 __all__ = [
     "MLP", "MODEL_NAMES", "BiInteraction", "BlockFieldEmbedding", "Dropout", "FactorizationMachine",
-    "FeaturesLinear", "FieldEmbedding", "InnerProduct", "ModelOptions", "RecModel", "SelfAttentionLayer",
+    "FeaturesLinear", "FieldEmbedding", "InnerProduct", "ModelOptions", "ProductQuantizedEmbedding",
+    "RecModel", "SelfAttentionLayer",
     "build_model", "register_model",
 ]

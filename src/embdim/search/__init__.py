@@ -5,7 +5,7 @@ class (``AutoDim(candidates=[2, 8, 16]).search(dataset, model="deepfm")``).
 """
 
 # importing the modules registers the methods
-from embdim.search import autodim, fde, fixed, mde, random, sseds  # noqa: F401
+from embdim.search import autodim, fde, fixed, mde, quantization, random, sseds  # noqa: F401
 from embdim.search.autodim import AutoDim, AutoDimS
 from embdim.search.base import (
     METHODS,
@@ -18,8 +18,10 @@ from embdim.search.base import (
 from embdim.search.fde import FDE
 from embdim.search.fixed import FixedPlan
 from embdim.search.mde import MDE
+from embdim.search.quantization import DPQ, MGQE
 from embdim.search.random import RandomSearch
 from embdim.search.sseds import SSEDS
 
-__all__ = ["FDE", "MDE", "METHODS", "SSEDS", "AutoDim", "AutoDimS", "FixedPlan", "RandomSearch",
-           "SearchContext", "SearchMethod", "make_context", "make_method", "typed_method_section"]
+__all__ = ["DPQ", "FDE", "MDE", "METHODS", "MGQE", "SSEDS", "AutoDim", "AutoDimS", "FixedPlan",
+           "RandomSearch", "SearchContext", "SearchMethod", "make_context", "make_method",
+           "typed_method_section"]
