@@ -3,7 +3,7 @@ Product Quantization for End-to-End Embedding Compression") and MGQE (Kang et al
 "Learning Multi-granular Quantized Embeddings for Large-Vocab Categorical Features").
 
 Every id has a *query* vector ``q [d]`` (a row of a full-size table, needed only while training),
-cut into ``D`` groups (sub-vectors) ``q^(j) [d/D]`` (DPQ sec. 2.1). Group ``j`` has a codebook of
+cut into ``D`` groups (sub-vectors) ``q^(j) [d/D]`` (DPQ sec. 2). Group ``j`` has a codebook of
 ``K`` centroids: keys ``K^(j) [K, d/D]`` and values ``V^(j) [K, d/D]``. The id's code in group ``j``
 is the centroid whose key answers the query best (DPQ eq. 2),
 
@@ -13,17 +13,17 @@ is the centroid whose key answers the query best (DPQ eq. 2),
 and the embedding is the concatenation of the chosen values ``[V^(1)_{c_1}, ..., V^(D)_{c_D}]``.
 Training passes gradients through the discrete choice:
 
-* **SX** (DPQ sec. 2.2, "softmax"): ``w = softmax(BN(r) / tau)``, forward with the one-hot of the
+* **SX** (DPQ-SX, DPQ sec. 2): ``w = softmax(BN(r) / tau)``, forward with the one-hot of the
   argmax, backward through ``w`` (straight-through: ``w + sg(onehot - w)``); keys and values are
   separate;
-* **VQ** (DPQ sec. 2.2, "vector quantisation"): keys are the values, the output is
+* **VQ** (DPQ-VQ, DPQ sec. 2): keys are the values, the output is
   ``q + sg(V_c - q)`` (the query's gradient is the output's), and the centroids learn from the
   auxiliary loss ``mean((V_c - sg(q))^2) + beta * mean((sg(V_c) - q)^2)`` (the second term, the
   commitment loss, has weight ``beta = 0`` in both references).
 
 For SX, ``beta > 0`` adds the references' code regulariser ``-beta * mean(sum_k w_k log p_k)``.
 
-MGQE (Kang et al., sec. 3) gives the ids of a field *tiers* by training frequency: an id of tier
+MGQE (Kang et al.) gives the ids of a field *tiers* by training frequency: an id of tier
 ``t`` may only use the first ``K_t`` centroids of its codebook (the frequent ids all ``K``, the rare
 ones fewer, so their codes take fewer bits). Here: a per-row centroid limit masks the responses
 before the argmax (and the softmax), as Hetu's ``argmax_partial`` does.

@@ -40,14 +40,14 @@ from embdim.search.fde import DEFAULT_CANDIDATES
 class DPQOptions:
     """DPQ's options; the source of each default is in docs/quantization.md."""
 
-    variant: str = "sx"  # "sx" (softmax, DPQ sec. 2.2) or "vq" (nearest centroid, DPQ sec. 2.2)
-    num_centroids: int = 32  # K, centroids per codebook (DPQ sec. 2.1)
-    num_groups: int = 8  # D, sub-vectors per embedding (DPQ sec. 2.1)
+    variant: str = "sx"  # "sx" (softmax, DPQ sec. 2) or "vq" (nearest centroid, DPQ sec. 2)
+    num_centroids: int = 32  # K, centroids per codebook (DPQ sec. 2)
+    num_groups: int = 8  # D, sub-vectors per embedding (DPQ sec. 2)
     dim: int | None = None  # d, the embedding width; None: the largest candidate (FDE's width)
     candidates: list[int] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
     share_centroids: bool = False  # one codebook for all D groups (DPQ reference: kdq_share_subspace)
     codebooks: str = "shared"  # "shared": one codebook set for all fields; "per_field"
-    temperature: float = 1.0  # SX softmax temperature tau (DPQ sec. 2.2; reference 1.0)
+    temperature: float = 1.0  # SX softmax temperature tau (DPQ sec. 2; reference 1.0)
     batch_norm: bool = True  # batch-normalise the responses (both references)
     beta: float = 0.0  # VQ commitment weight / SX code regulariser (both references: 0)
 
