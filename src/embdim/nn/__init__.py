@@ -13,9 +13,11 @@ from embdim.nn.layers import (
 from embdim.nn.masked_embedding import MaskedFieldEmbedding  # registers the 'masked' kind
 from embdim.nn.models import MODEL_NAMES, ModelOptions, RecModel, build_model, register_model
 from embdim.nn.plan_embedding import PlanEmbedding
+from embdim.nn.quantized_embedding import ProductQuantizedEmbedding  # registers "dpq", "mgqe"
 
 __all__ = [
     "MLP", "MODEL_NAMES", "BiInteraction", "BlockFieldEmbedding", "Dropout", "FactorizationMachine",
     "FeaturesLinear", "FieldEmbedding", "InnerProduct", "MaskedFieldEmbedding", "ModelOptions",
-    "PlanEmbedding", "RecModel", "SelfAttentionLayer", "build_model", "register_model",
+    "PlanEmbedding", "ProductQuantizedEmbedding", "RecModel", "SelfAttentionLayer", "build_model",
+    "register_model",
 ]

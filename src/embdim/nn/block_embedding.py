@@ -49,6 +49,20 @@ def block_size(block: dict[str, Any]) -> int:
     return int(block["stop"]) - int(block["start"]) + len(block.get("reserved_ids", []))
 
 
+def frequency_order(counts, reserved: int = 2) -> list[int]:
+    """One field's ids from most to least frequent: the value ids ``>= reserved`` in id order (the
+    prepared data sorts them by descending training count), each reserved id (OOV, missing) inserted
+    after the values of greater or equal count."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = len(counts)
+    order = list(range(reserved, n))
+    for r in range(min(reserved, n)):  # insert each reserved id after the values of >= its count
+        pos = int(np.searchsorted(-counts[order], -counts[r], side="right")) if order else 0
+        # the values are descending, so -counts is ascending: ``side="right"`` puts ties first
+        order.insert(pos, r)
+    return order
+
+
 def frequency_blocks(counts, num_blocks: int, reserved: int = 2, *,
                      split: str = "mass") -> list[list[int]]:
     """Split one field's ids into at most ``num_blocks`` frequency blocks of about equal mass (or
@@ -70,11 +84,7 @@ def frequency_blocks(counts, num_blocks: int, reserved: int = 2, *,
         raise ValueError(f"split must be one of {BLOCK_SPLITS}, got {split!r}")
     counts = np.asarray(counts, dtype=np.int64)
     n = len(counts)
-    order = list(range(reserved, n))
-    for r in range(min(reserved, n)):  # insert each reserved id after the values of >= its count
-        pos = int(np.searchsorted(-counts[order], -counts[r], side="right")) if order else 0
-        # the values are descending, so -counts is ascending: ``side="right"`` puts ties first
-        order.insert(pos, r)
+    order = frequency_order(counts, reserved)
     mass = np.cumsum(counts[order])
     total = int(mass[-1]) if n else 0
     if total > 0 and split == "mass":

@@ -248,6 +248,12 @@ class RecModel(nn.Module):
     def kept_fields(self) -> list[int]:
         return list((self.embedding or self.linear).kept_fields)
 
+    def auxiliary_loss(self) -> Tensor | None:
+        """A loss term the embedding asks to add to the last training forward's loss (DPQ-VQ's
+        codebook loss), or None; the trainer adds it to the binary cross-entropy."""
+        pop = getattr(self.embedding, "pop_auxiliary_loss", None)
+        return pop() if pop is not None else None
+
     def forward(self, ids: Tensor) -> Tensor:
         """ids [B, F_all] -> logits [B] (pre-sigmoid)."""
         if self.body is None:

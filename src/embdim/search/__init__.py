@@ -14,6 +14,7 @@ from embdim.search import (  # noqa: F401
     mde,
     nis,
     pep,
+    quantization,
     random,
     sseds,
 )
@@ -33,9 +34,11 @@ from embdim.search.fixed import FixedPlan
 from embdim.search.mde import MDE
 from embdim.search.nis import NIS
 from embdim.search.pep import PEP
+from embdim.search.quantization import DPQ, MGQE
 from embdim.search.random import RandomSearch
 from embdim.search.sseds import SSEDS
 
-__all__ = ["FDE", "MDE", "METHODS", "NIS", "PEP", "SSEDS", "AutoDim", "AutoDimS", "AutoEmb", "DeepLight",
-           "FixedPlan", "RandomSearch", "SearchContext", "SearchMethod", "make_context", "make_method",
+__all__ = ["DPQ", "FDE", "MDE", "METHODS", "MGQE", "NIS", "PEP", "SSEDS", "AutoDim", "AutoDimS", "AutoEmb",
+           "DeepLight", "FixedPlan", "RandomSearch", "SearchContext", "SearchMethod", "make_context",
+           "make_method",
            "typed_method_section"]

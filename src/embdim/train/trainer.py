@@ -1,10 +1,11 @@
 """The one trainer: fit with Adam, early stopping on validation AUC, checkpoints, exact resume.
 
 Algorithm 2 of the AutoDim paper (parameter retraining) and the plain training of every baseline
-are this loop: minimise the binary cross-entropy (the papers' Logloss, Eq. 10) with Adam over
-mini-batches of the training split; after each epoch evaluate AUC on the validation split, keep the
-best weights, stop after ``early_stop`` epochs without improvement, and report the test metrics of
-the best weights.
+are this loop: minimise the binary cross-entropy (the papers' Logloss, Eq. 10; plus the auxiliary
+loss an embedding asks for, such as DPQ-VQ's codebook loss) with Adam over mini-batches of the
+training split; after each epoch evaluate AUC on the validation split, keep the best weights,
+stop after ``early_stop`` epochs without improvement, and report the test metrics of the best
+weights.
 
 Resume: a checkpoint is written (atomically) after every epoch with the model, the optimiser, the
 torch RNG state, the early-stopping state and the history. The loader's shuffling is a function of
@@ -147,6 +148,9 @@ class Trainer:
         with self._autocast():
             logits = self._train_forward(ids)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        extra = self.model.auxiliary_loss() if hasattr(self.model, "auxiliary_loss") else None
+        if extra is not None:  # an embedding's own loss term (DPQ-VQ's codebook loss)
+            loss = loss + extra.float()
         # After a capture the gradients live in the graph's memory: zero them in place.
         self.optimizer.zero_grad(set_to_none=self._graph is None)
         loss.backward()
