@@ -172,7 +172,10 @@ def test_temperature_follows_the_papers_schedule():
 # ---- the search on planted data ------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [1, 2])
 def test_noise_fields_get_the_smallest_candidate_and_rich_fields_larger(planted, seed):
-    cfg = _cfg(planted[seed], {"name": "autodim", **FAST_SEARCH}, seed=seed)
+    # 4 search epochs: at 3 the 5,000-value noise field of seed 1 is still undecided (alpha 0.33 vs
+    # 0.43 between 2 and 8) and rounding-level changes anywhere in the step flip its argmax; at 4
+    # both noise fields sit at width 2 with alpha > 0.9 for both seeds
+    cfg = _cfg(planted[seed], {"name": "autodim", **FAST_SEARCH}, seed=seed, epochs=4)
     seed_everything(seed)
     plan = make_method(cfg.method).search(PreparedDataset(planted[seed]), _ctx(cfg))
     dims = plan.dims
