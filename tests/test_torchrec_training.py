@@ -24,6 +24,7 @@ from test_distributed import _GlobalBatches, _torchrun
 from embdim.config import TrainConfig
 from embdim.data.dataset import PreparedDataset
 from embdim.errors import ConfigError
+from embdim.experiment import run_experiment
 from embdim.nn.models import build_model
 from embdim.plan import DimensionPlan
 from embdim.train.optim import ROWWISE_ADAGRAD_EPS, RowwiseAdagrad, TableAdam, make_optimizer
@@ -122,9 +123,17 @@ def test_torchrec_needs_widths_that_are_multiples_of_4(torchrec, planted):
         Trainer(model, ds, TrainConfig(**{**TRAIN, "parallel": "torchrec"}), quiet=True)
 
 
+def test_resume_is_refused_under_torchrec(planted, tmp_path):
+    cfg = {"data": {"path": str(planted)}, "model": {"name": "fm"}, "method": {"name": "fde", "dim": 8},
+           "train": {**TRAIN, "parallel": "torchrec"}}
+    with pytest.raises(ConfigError, match="--resume is not supported with train.parallel torchrec"):
+        run_experiment(cfg, tmp_path / "run", resume=True)
+
+
 # ---- 2 processes -------------------------------------------------------------------------------
 WORKER = textwrap.dedent("""
     import json, sys
+    from pathlib import Path
     import torch
     from embdim import distributed
     from embdim.config import TrainConfig
@@ -146,6 +155,15 @@ WORKER = textwrap.dedent("""
     trainer = Trainer(model, ds, TrainConfig(**train), quiet=True)
     fit = trainer.fit()
     test = trainer.evaluate("test")
+    # Uneven evaluation slices (550 / 650 rows in batches of 100: 6 vs 7 collective forwards)
+    even, _, _ = trainer.predict("test")
+    half = len(ds.split("test")) // 2 - 50
+    distributed.evaluation_shard = lambda n: (0, half) if distributed.rank() == 0 else (half, n)
+    trainer.cfg.eval_batch_size = 100
+    uneven, _, _ = trainer.predict("test")
+    trainer.checkpoint_dir = Path(out + "-ckpt")  # a folder with a (DDP) checkpoint in it
+    trainer.checkpoint_dir.mkdir(exist_ok=True)
+    (trainer.checkpoint_dir / "last.pt").write_bytes(b"")
     try:
         trainer.fit(resume=True)
         refused = ""
@@ -160,6 +178,7 @@ WORKER = textwrap.dedent("""
         torch.save(state, out + ".pt")
         with open(out + ".json", "w") as f:
             json.dump({"test": test, "history": fit.history, "refused": refused,
+                       "uneven_vs_even": float(abs(uneven - even).max()), "rows": len(uneven),
                        "tables_per_rank": [sorted(p) for p in parts],
                        "embedding_params": model.embedding_params}, f)
     distributed.shutdown()
@@ -174,7 +193,9 @@ def test_two_torchrec_processes_match_one_process_with_the_same_optimizer(torchr
               json.dumps(DIMS), cwd=tmp_path)
     sharded = json.loads((tmp_path / "tr.json").read_text())
     state = torch.load(tmp_path / "tr.pt", weights_only=True)
-    assert "not supported with train.parallel torchrec" in sharded["refused"]
+    assert "does not resume from checkpoints" in sharded["refused"]
+    assert sharded["rows"] == len(PreparedDataset(planted).split("test"))
+    assert sharded["uneven_vs_even"] < 1e-6  # every row predicted once, in order, either way
     # table-wise: each kept field's table lives on exactly one process, both processes hold some
     held = [t for rank in sharded["tables_per_rank"] for t in rank]
     assert sorted(held) == sorted(f"embedding.ebc.embedding_bags.t_f{i}.weight" for i in range(1, 6))

@@ -21,7 +21,8 @@ gradient summed over the batch's occurrences of ``r`` (``D`` the table width)::
     state_r += mean(g_r ** 2)                     # over the D columns
     w_r     -= lr * g_r / (sqrt(state_r) + eps)   # eps = 1e-8, FBGEMM's default; no weight decay
 
-Rows a batch does not read do not move. Same sparse gradients as ``sparse_adam``; the same
+Rows a batch does not read do not move. Same sparse gradients as ``sparse_adam`` (under torchrun
+with ``train.parallel: ddp``, dense gradients averaged by DDP: the same update); the same
 ``train.lr`` for the tables and for Adam; not with ``train.weight_decay`` (FBGEMM's default
 weight-decay mode is none).
 """
@@ -138,9 +139,19 @@ def sparse_tables(model: nn.Module) -> list[nn.Parameter]:
     return tables
 
 
+def row_tables(model: nn.Module) -> list[nn.Parameter]:
+    """The tables of every module that reads rows of one (gradients left as they are)."""
+    return [m.row_table() for m in model.modules() if hasattr(m, "sparse_rows")]
+
+
 def make_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: float = 0.0,
-                   capturable: bool = False):
-    """The optimiser ``train.optimizer`` names for ``model`` (see the module docstring)."""
+                   capturable: bool = False, sparse: bool = True):
+    """The optimiser ``train.optimizer`` names for ``model`` (see the module docstring).
+    ``sparse=False`` (under DDP, which averages dense gradients): ``rowwise_adagrad`` on the
+    tables' dense gradients, the same update (a row whose gradient is zero does not move)."""
+    if name == "rowwise_adagrad" and not sparse:
+        return TableAdam(list(model.parameters()), row_tables(model), lr=lr,
+                         weight_decay=weight_decay, table_rule=name)
     if name in ("sparse_adam", "rowwise_adagrad"):
         return TableAdam(list(model.parameters()), sparse_tables(model), lr=lr,
                          weight_decay=weight_decay, table_rule=name)

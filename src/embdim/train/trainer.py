@@ -81,10 +81,10 @@ class Trainer:
         self.distributed = distributed.is_distributed()
         # train.parallel torchrec: tables sharded by DistributedModelParallel (embdim.train.sharded)
         self.sharded = cfg.parallel == "torchrec"
-        if self.distributed and not self.sharded and cfg.optimizer != "adam":
-            raise ConfigError(f"train.optimizer {cfg.optimizer} does not run under torchrun with "
-                              "train.parallel ddp (DDP averages dense gradients): use adam, or "
-                              "train.parallel torchrec with rowwise_adagrad")
+        if self.distributed and not self.sharded and cfg.optimizer == "sparse_adam":
+            raise ConfigError("train.optimizer sparse_adam does not run under torchrun with "
+                              "train.parallel ddp (DDP averages dense gradients): use adam or "
+                              "rowwise_adagrad")
         if self.sharded and cfg.compile:
             raise ConfigError("train.compile does not apply to train.parallel torchrec: set it to false")
         if cfg.threads:
@@ -118,7 +118,8 @@ class Trainer:
             self.log(f"train.parallel torchrec: {sharding_summary(self.model)}")
         else:
             self.optimizer = make_optimizer(self.model, cfg.optimizer, lr=cfg.lr,
-                                            weight_decay=cfg.weight_decay, capturable=self._use_graphs)
+                                            weight_decay=cfg.weight_decay, capturable=self._use_graphs,
+                                            sparse=not self.distributed)
         # Data-parallel (torchrun): this process's shard of the rows, its share of the batch.
         train_split = dataset.split("train")
         self.train_loader = BatchLoader(
@@ -262,9 +263,9 @@ class Trainer:
         result = FitResult()
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs, start_epoch = 0, 0
-        if resume and self.sharded:
-            raise ConfigError("--resume is not supported with train.parallel torchrec (no "
-                              "checkpoints of the sharded tables): start a new run folder")
+        if resume and self.sharded and self._last_path and self._last_path.exists():
+            raise ConfigError(f"{self._last_path}: train.parallel torchrec does not resume from "
+                              "checkpoints (it writes none of the sharded tables): use a new folder")
         if resume and self._last_path and self._last_path.exists():
             result, bad_epochs, start_epoch, done = self._load_checkpoint()
             self.log(f"resumed from {self._last_path} after epoch {start_epoch}")
