@@ -19,6 +19,7 @@ import textwrap
 import pytest
 import torch
 import torch.distributed as dist
+import yaml
 from test_distributed import _GlobalBatches, _torchrun
 
 from embdim.config import TrainConfig
@@ -233,3 +234,22 @@ def test_two_torchrec_processes_match_one_process_with_the_same_optimizer(torchr
     _, _, plain = single(global_batches=False)
     assert abs(sharded["test"]["auc"] - plain["auc"]) <= 0.02, (sharded["test"]["auc"], plain["auc"])
     assert sharded["test"]["auc"] > 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dist.is_available(), reason="torch without torch.distributed")
+def test_torchrun_embdim_run_retrains_an_sseds_plan_sharded(torchrec, planted, tmp_path):
+    cfg = {"data": {"path": str(planted)}, "model": {"name": "deepfm", "mlp": [32]},
+           "method": {"name": "sseds", "budget": 0.5, "pretrain_width": 8, "round_to": 4},
+           "train": {**TRAIN, "parallel": "torchrec"}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    proc = _torchrun("-m", "embdim", "--quiet", "run", str(tmp_path / "cfg.yaml"), "--out",
+                     str(tmp_path / "run"), cwd=tmp_path)
+    assert proc.stdout.count("test_auc=") == 1  # only rank 0 reports
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    plan = DimensionPlan.load(tmp_path / "run" / "plan.json")
+    kept = [d for d in plan.dims if d]
+    assert kept and all(d % 4 == 0 for d in kept)
+    assert metrics["embedding_params"] == plan.embedding_params
+    assert "table_wise" in (tmp_path / "run" / "log.txt").read_text()
+    assert metrics["test_auc"] > 0.65

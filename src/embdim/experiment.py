@@ -22,7 +22,6 @@ versions and thread count. :func:`check_against_record` lists what differs from 
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import os
 import platform

@@ -133,6 +133,7 @@ class Trainer:
         if self.distributed and not self.sharded:  # (DistributedModelParallel wraps its own DDP)
             forward = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if self.distributed:
             # Dropout masks differ between processes (as they would between the rows of one batch).
             torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
         self._train_forward = torch.compile(forward, dynamic=False) if cfg.compile else forward
