@@ -2,6 +2,7 @@
 
 * ``RowwiseAdagrad`` is FBGEMM's ``EXACT_ROWWISE_ADAGRAD``: the rule by hand, and the same weights
   as FBGEMM's CPU table-batched kernel after a few steps with repeated ids;
+* under DDP (dense gradients) it trains as one process does on the same global batches;
 * 2 CPU processes (gloo) under ``torchrun`` train a mixed-width plan (one field dropped) with its
   tables sharded table-wise by ``DistributedModelParallel`` and end where one process ends that
   trains on the same global batches with ``train.optimizer: rowwise_adagrad``; the test AUC is
@@ -20,6 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
+from test_distributed import WORKER as DDP_WORKER
 from test_distributed import _GlobalBatches, _torchrun
 
 from embdim.config import TrainConfig
@@ -234,6 +236,27 @@ def test_two_torchrec_processes_match_one_process_with_the_same_optimizer(torchr
     _, _, plain = single(global_batches=False)
     assert abs(sharded["test"]["auc"] - plain["auc"]) <= 0.02, (sharded["test"]["auc"], plain["auc"])
     assert sharded["test"]["auc"] > 0.7
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch without torch.distributed")
+def test_rowwise_adagrad_under_ddp_matches_one_process_on_the_same_global_batches(planted, tmp_path):
+    """Under train.parallel ddp the tables' gradients are dense (DDP averages them): the same
+    update as one process's sparse gradients."""
+    (tmp_path / "worker.py").write_text(DDP_WORKER)
+    _torchrun(str(tmp_path / "worker.py"), str(planted), str(tmp_path / "ddp"), json.dumps(TRAIN),
+              cwd=tmp_path)
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    ds = PreparedDataset(planted)
+    torch.set_num_threads(1)
+    seed_everything(0)
+    model = build_model("fm", ds.schema, dim=8)  # as the DDP worker builds it
+    trainer = Trainer(model, ds, TrainConfig(**TRAIN), quiet=True)
+    trainer.train_loader = _GlobalBatches(ds.split("train"), TRAIN["batch_size"], TRAIN["seed"])
+    trainer.fit()
+    state = torch.load(tmp_path / "ddp.pt", weights_only=True)["state"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(state[name], value, rtol=1e-3, atol=1e-5, msg=name)
+    assert ddp["test"]["auc"] == pytest.approx(trainer.evaluate("test")["auc"], abs=1e-4)
 
 
 @pytest.mark.slow
