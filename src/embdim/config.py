@@ -52,7 +52,12 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast for the dense layers (CPUs with AVX512-BF16/AMX, GPUs)
     cuda_graphs: bool = True  # on CUDA: replay the whole training step as one captured CUDA graph
     compile: bool = False  # torch.compile the model's training forward (fuses elementwise ops)
-    optimizer: str = "adam"  # "adam" | "sparse_adam" (lazy Adam on the tables, docs/training.md)
+    # "adam" | "sparse_adam" (lazy Adam on the tables) | "rowwise_adagrad" (exact row-wise
+    # Adagrad on the tables, FBGEMM's rule); docs/training.md, embdim.train.optim
+    optimizer: str = "adam"
+    # "ddp" (every table replicated, DistributedDataParallel under torchrun) | "torchrec" (tables
+    # sharded by TorchRec's DistributedModelParallel; docs/torchrec.md)
+    parallel: str = "ddp"
     # Splits up to this size are loaded into RAM (or GPU memory) once; larger ones are streamed
     # from the memory-mapped arrays block by block (out of core). 0 = always stream.
     in_memory_limit_gb: float = 8.0
@@ -77,11 +82,17 @@ class TrainConfig:
             raise ConfigError(f"train.log_every must be positive, got {self.log_every!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             raise ConfigError(f"train.device {self.device!r}: expected cpu, cuda, cuda:N or mps")
-        if self.optimizer not in ("adam", "sparse_adam"):
-            raise ConfigError(f"train.optimizer must be 'adam' or 'sparse_adam', got {self.optimizer!r}")
-        if self.optimizer == "sparse_adam" and self.weight_decay > 0:
-            raise ConfigError("train.optimizer sparse_adam has no weight decay for the tables: "
+        if self.optimizer not in ("adam", "sparse_adam", "rowwise_adagrad"):
+            raise ConfigError("train.optimizer must be 'adam', 'sparse_adam' or 'rowwise_adagrad', "
+                              f"got {self.optimizer!r}")
+        if self.optimizer in ("sparse_adam", "rowwise_adagrad") and self.weight_decay > 0:
+            raise ConfigError(f"train.optimizer {self.optimizer} has no weight decay for the tables: "
                               "set train.weight_decay to 0 or use adam")
+        if self.parallel not in ("ddp", "torchrec"):
+            raise ConfigError(f"train.parallel must be 'ddp' or 'torchrec', got {self.parallel!r}")
+        if self.parallel == "torchrec" and self.optimizer != "rowwise_adagrad":
+            raise ConfigError("train.parallel torchrec trains the sharded tables with FBGEMM's fused "
+                              "row-wise Adagrad: set train.optimizer to rowwise_adagrad")
 
 
 @dataclass

@@ -169,6 +169,17 @@ def all_reduce_sum_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def max_over_processes(n: int) -> int:
+    """The largest ``n`` of any process."""
+    if not is_distributed():
+        return n
+    t = torch.tensor([n], dtype=torch.long)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
 def gather_rows(t: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's ``t`` along dim 0 in rank order (lengths may differ)."""
     if not is_distributed():

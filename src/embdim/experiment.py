@@ -21,6 +21,7 @@ versions and thread count. :func:`check_against_record` lists what differs from 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -191,7 +192,10 @@ def open_experiment(cfg: ExperimentConfig | dict[str, Any],
 
 
 def _context(cfg: ExperimentConfig, out_dir: Path, quiet: bool, log: RunLog) -> SearchContext:
-    return SearchContext(model_options=cfg.model, train=cfg.train, work_dir=out_dir / "search",
+    # The searches run data-parallel (DDP) under torchrun; train.parallel torchrec shards the
+    # retrain of the plan only (the search loops read FieldEmbedding's tables directly).
+    train = dataclasses.replace(cfg.train, parallel="ddp")
+    return SearchContext(model_options=cfg.model, train=train, work_dir=out_dir / "search",
                          quiet=quiet, log=log)
 
 
@@ -250,6 +254,9 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
                    resume: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Run one experiment into ``run_dir`` and return its metrics (also in metrics.json)."""
     cfg, dataset, method = open_experiment(cfg)
+    if resume and cfg.train.parallel == "torchrec":
+        raise ConfigError("--resume is not supported with train.parallel torchrec (no checkpoints "
+                          "of the sharded tables are written): start a new --out folder")
     run_dir = Path(run_dir)
     _prepare_run_dir(run_dir, cfg, resume)
     log = RunLog(run_dir / "log.txt")
@@ -275,6 +282,7 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
     if not (resume and (run_dir / "checkpoints" / "last.pt").exists()):
         method.init_retrain_model(model, plan, _context(cfg, run_dir, quiet, log))
     fingerprint = {"model": cfg.model.name, "dims": list(plan.dims), "seed": cfg.train.seed}
+    total_params = int(sum(p.numel() for p in model.parameters()))  # before any sharding
     trainer = Trainer(model, dataset, cfg.train, checkpoint_dir=run_dir / "checkpoints",
                       quiet=quiet, log=log, fingerprint=fingerprint)
     t0 = time.perf_counter()
@@ -300,7 +308,7 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         "alignment_params": int(model.alignment_params),
         "fde_embedding_params": int(plan.fde_embedding_params),
         "embedding_params_ratio": model.embedding_params / max(1, plan.fde_embedding_params),
-        "total_params": int(sum(p.numel() for p in model.parameters())),
+        "total_params": total_params,
         "dims": plan.dims_by_field(),
         "search_seconds": search_seconds,
         "retrain_seconds": retrain_seconds,

@@ -11,6 +11,20 @@ step); every other parameter by Adam. A step then costs O(rows in the batch). Th
 from dense Adam for rows a batch does not read (dense Adam keeps moving them with their decaying
 momentum; lazy Adam leaves them), so it is an option, compared with Adam in docs/training.md.
 No weight decay on the tables (SparseAdam has none), not under torchrun (DDP) and no CUDA graphs.
+
+``train.optimizer: rowwise_adagrad``: the tables (and the first-order weights) are updated by
+exact row-wise Adagrad, the rule of FBGEMM's ``EXACT_ROWWISE_ADAGRAD`` (the fused optimizer that
+TorchRec's sharded tables run, ``train.parallel: torchrec``, docs/torchrec.md), every other
+parameter by Adam. One accumulator per row: for each row ``r`` a batch reads, with ``g_r`` its
+gradient summed over the batch's occurrences of ``r`` (``D`` the table width)::
+
+    state_r += mean(g_r ** 2)                     # over the D columns
+    w_r     -= lr * g_r / (sqrt(state_r) + eps)   # eps = 1e-8, FBGEMM's default; no weight decay
+
+Rows a batch does not read do not move. Same sparse gradients as ``sparse_adam`` (under torchrun
+with ``train.parallel: ddp``, dense gradients averaged by DDP: the same update); the same
+``train.lr`` for the tables and for Adam; not with ``train.weight_decay`` (FBGEMM's default
+weight-decay mode is none).
 """
 
 from __future__ import annotations
@@ -20,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adam", "sparse_adam")
+OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
+ROWWISE_ADAGRAD_EPS = 1e-8  # FBGEMM's default eps (SplitTableBatchedEmbeddingBagsCodegen)
 
 
 def make_adam(params, *, lr: float, weight_decay: float = 0.0,
@@ -37,16 +52,60 @@ def make_adam(params, *, lr: float, weight_decay: float = 0.0,
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
 
 
+class RowwiseAdagrad(torch.optim.Optimizer):
+    """Exact row-wise Adagrad (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``) for 2-D tables, sparse or dense
+    gradients (a row whose gradient is zero does not move either way); see the module docstring.
+    State per table: ``sum`` ``[rows]``, the accumulated ``mean(g_r ** 2)``."""
+
+    def __init__(self, params, *, lr: float, eps: float = ROWWISE_ADAGRAD_EPS):
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.dim() != 2:
+                    raise ValueError(f"row-wise Adagrad updates 2-D tables, got shape {tuple(p.shape)}")
+                state = self.state[p]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
+                grad = p.grad
+                if grad.is_sparse:
+                    grad = grad.coalesce()  # duplicate rows summed: the "exact" variant
+                    rows, g = grad.indices()[0], grad.values().float()
+                else:
+                    rows, g = None, grad.float()
+                mean_sq = g.pow(2).mean(dim=1)
+                if rows is None:
+                    state["sum"].add_(mean_sq)
+                    step = g / (state["sum"].sqrt() + eps).unsqueeze(1)
+                    p.sub_((lr * step).to(p.dtype))
+                else:
+                    acc = state["sum"].index_add_(0, rows, mean_sq).index_select(0, rows)
+                    step = g / (acc.sqrt() + eps).unsqueeze(1)
+                    p.index_add_(0, rows, (-lr * step).to(p.dtype))
+        return None
+
+
 class TableAdam:
-    """Adam on the dense parameters, lazy Adam (``SparseAdam``) on the tables; the optimiser
-    interface the trainer uses (``zero_grad``, ``step``, ``state_dict``, ``load_state_dict``)."""
+    """Adam on the dense parameters, a row-wise optimiser on the tables (lazy Adam,
+    ``SparseAdam``, or :class:`RowwiseAdagrad`); the optimiser interface the trainer uses
+    (``zero_grad``, ``step``, ``state_dict``, ``load_state_dict``)."""
 
     def __init__(self, params: list[nn.Parameter], tables: list[nn.Parameter], *, lr: float,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, table_rule: str = "sparse_adam"):
         table_ids = {id(p) for p in tables}
         self.dense = make_adam([p for p in params if id(p) not in table_ids], lr=lr,
                                weight_decay=weight_decay)
-        self.sparse = torch.optim.SparseAdam(tables, lr=lr) if tables else None
+        if not tables:
+            self.sparse = None
+        elif table_rule == "rowwise_adagrad":
+            self.sparse = RowwiseAdagrad(tables, lr=lr)
+        else:
+            self.sparse = torch.optim.SparseAdam(tables, lr=lr)
         self.param_groups = self.dense.param_groups + (self.sparse.param_groups if self.sparse else [])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -80,10 +139,20 @@ def sparse_tables(model: nn.Module) -> list[nn.Parameter]:
     return tables
 
 
+def row_tables(model: nn.Module) -> list[nn.Parameter]:
+    """The tables of every module that reads rows of one (gradients left as they are)."""
+    return [m.row_table() for m in model.modules() if hasattr(m, "sparse_rows")]
+
+
 def make_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: float = 0.0,
-                   capturable: bool = False):
-    """The optimiser ``train.optimizer`` names for ``model`` (see the module docstring)."""
-    if name == "sparse_adam":
+                   capturable: bool = False, sparse: bool = True):
+    """The optimiser ``train.optimizer`` names for ``model`` (see the module docstring).
+    ``sparse=False`` (under DDP, which averages dense gradients): ``rowwise_adagrad`` on the
+    tables' dense gradients, the same update (a row whose gradient is zero does not move)."""
+    if name == "rowwise_adagrad" and not sparse:
+        return TableAdam(list(model.parameters()), row_tables(model), lr=lr,
+                         weight_decay=weight_decay, table_rule=name)
+    if name in ("sparse_adam", "rowwise_adagrad"):
         return TableAdam(list(model.parameters()), sparse_tables(model), lr=lr,
-                         weight_decay=weight_decay)
+                         weight_decay=weight_decay, table_rule=name)
     return make_adam(model.parameters(), lr=lr, weight_decay=weight_decay, capturable=capturable)

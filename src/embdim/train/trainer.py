@@ -80,9 +80,14 @@ class Trainer:
         self.cfg = cfg
         self.device = distributed.local_device(resolve_device(cfg.device))
         self.distributed = distributed.is_distributed()
-        if self.distributed and cfg.optimizer == "sparse_adam":
-            raise ConfigError("train.optimizer sparse_adam does not run under torchrun (DDP "
-                              "averages dense gradients): use adam")
+        # train.parallel torchrec: tables sharded by DistributedModelParallel (embdim.train.sharded)
+        self.sharded = cfg.parallel == "torchrec"
+        if self.distributed and not self.sharded and cfg.optimizer == "sparse_adam":
+            raise ConfigError("train.optimizer sparse_adam does not run under torchrun with "
+                              "train.parallel ddp (DDP averages dense gradients): use adam or "
+                              "rowwise_adagrad")
+        if self.sharded and cfg.compile:
+            raise ConfigError("train.compile does not apply to train.parallel torchrec: set it to false")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         if self.device.type == "cpu":
@@ -106,9 +111,16 @@ class Trainer:
         # (train.cuda_graphs): one launch per step instead of hundreds of small kernels.
         # (Not under torch.distributed: DDP's gradient all-reduce stays outside the graph.)
         self._use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and not self.distributed
-                            and cfg.optimizer == "adam")
-        self.optimizer = make_optimizer(self.model, cfg.optimizer, lr=cfg.lr,
-                                        weight_decay=cfg.weight_decay, capturable=self._use_graphs)
+                            and cfg.optimizer == "adam" and not self.sharded)
+        if self.sharded:
+            from embdim.train.sharded import shard_model, sharding_summary
+
+            self.model, self.optimizer = shard_model(self.model, lr=cfg.lr, device=self.device)
+            self.log(f"train.parallel torchrec: {sharding_summary(self.model)}")
+        else:
+            self.optimizer = make_optimizer(self.model, cfg.optimizer, lr=cfg.lr,
+                                            weight_decay=cfg.weight_decay, capturable=self._use_graphs,
+                                            sparse=not self.distributed)
         # Data-parallel (torchrun): this process's shard of the rows, its share of the batch.
         train_split = dataset.split("train")
         self.train_loader = BatchLoader(
@@ -119,9 +131,10 @@ class Trainer:
         # the processes in backward), torch.compile'd with train.compile (evaluation stays eager,
         # so that evaluation batch sizes cause no recompilation).
         forward: torch.nn.Module = self.model
-        if self.distributed:
+        if self.distributed and not self.sharded:  # (DistributedModelParallel wraps its own DDP)
             forward = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        if self.distributed:
             # Dropout masks differ between processes (as they would between the rows of one batch).
             torch.manual_seed(cfg.seed + 1_000_003 * distributed.rank())
         self._train_forward = torch.compile(forward, dynamic=False) if cfg.compile else forward
@@ -223,6 +236,11 @@ class Trainer:
         # Probabilities stay on the device until the end: no host sync per batch on a GPU.
         probs = torch.empty(loader.rows, dtype=torch.float32, device=self.device)
         start, seconds = 0, 0.0
+        if self.sharded:  # every process must run as many (collective) forwards as the others
+            spare = distributed.max_over_processes(len(loader)) - len(loader)
+            for _ in range(spare):
+                self.model(torch.zeros((1, self.dataset.schema.num_fields), dtype=torch.long,
+                                       device=self.device))
         for ids, _ in loader.epoch(0):
             t0 = time.perf_counter()
             with self._autocast():
@@ -250,6 +268,9 @@ class Trainer:
         result = FitResult()
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs, start_epoch = 0, 0
+        if resume and self.sharded and self._last_path and self._last_path.exists():
+            raise ConfigError(f"{self._last_path}: train.parallel torchrec does not resume from "
+                              "checkpoints (it writes none of the sharded tables): use a new folder")
         if resume and self._last_path and self._last_path.exists():
             result, bad_epochs, start_epoch, done = self._load_checkpoint()
             self.log(f"resumed from {self._last_path} after epoch {start_epoch}")
@@ -269,7 +290,7 @@ class Trainer:
             improved = valid["auc"] > result.best_valid_auc or result.best_epoch < 0
             if improved:
                 result.best_valid_auc, result.best_epoch, bad_epochs = valid["auc"], epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                best_state = self._snapshot()
             else:
                 bad_epochs += 1
             self.log(f"epoch {epoch + 1}: train_loss={loss:.5f} valid_auc={valid['auc']:.5f} "
@@ -284,10 +305,25 @@ class Trainer:
                          f"best epoch {result.best_epoch}")
                 break
         if best_state is not None:
-            self.model.load_state_dict(best_state)
+            self._load_snapshot(best_state)
         else:
             self._restore_best()
         return result
+
+    def _snapshot(self) -> dict[str, torch.Tensor]:
+        if self.sharded:
+            from embdim.train.sharded import snapshot
+
+            return snapshot(self.model)
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def _load_snapshot(self, state: dict[str, torch.Tensor]) -> None:
+        if self.sharded:
+            from embdim.train.sharded import restore
+
+            restore(self.model, state)
+        else:
+            self.model.load_state_dict(state)
 
     # ---- checkpoints --------------------------------------------------------------------------
     @property
@@ -300,7 +336,7 @@ class Trainer:
 
     def _save_checkpoint(self, result: FitResult, bad_epochs: int, epoch: int, done: bool,
                          best_state: dict[str, torch.Tensor] | None) -> None:
-        if not self.checkpoint_dir:
+        if not self.checkpoint_dir or self.sharded:  # no checkpoints of sharded tables
             return
         rng_per_rank = distributed.gather_objects(torch.get_rng_state())  # a collective: all ranks
         if not distributed.is_main():
