@@ -36,12 +36,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # examples/results/<name>.yaml; AutoDim's Table 2 columns, then SSEDS and its Fig. 2-3 baselines
-METHODS = ("fde", "mde", "dpq", "nis", "mgqe", "autoemb", "ras", "autodim", "sseds", "pep", "deeplight")
+METHODS = ("fde", "mde", "dpq", "nis", "mgqe", "autoemb", "ras", "autodim-s", "autodim", "sseds", "pep",
+           "deeplight")
+ALL_METHODS = METHODS  # ``--methods`` narrows METHODS (what runs); tables list every grid run
 # The grids run in two lanes at once, each grid one process with one torch thread (train.threads: 1
 # in the YAML files): on a two-core machine that others share too, two single-threaded processes
 # lose far less to waiting at thread barriers than one process with two threads. The lanes hold
 # about the same work.
-LANES = (("autodim", "nis", "mgqe", "sseds"), ("fde", "mde", "ras", "dpq", "pep", "deeplight", "autoemb"))
+LANES = (("autodim", "nis", "mgqe", "sseds", "autodim-s"),
+         ("fde", "mde", "ras", "dpq", "pep", "deeplight", "autoemb"))
 DATASETS = {"data/synthetic": "Synthetic (planted)", "data/adult": "UCI Adult",
             "data/ml-latest-small": "MovieLens latest-small"}
 ADULT_ARGS = ["--label", "income", "--positive", ">50K", "--na-values", "?",
@@ -172,14 +175,15 @@ def run_lane(work: Path, steps: Steps, methods: tuple[str, ...]) -> None:
         print(f"[grid: {method}] {summary.split(' -> ')[0]} in {seconds:.0f} s", flush=True)
 
 
-def settings_lines() -> list[str]:
+def settings_lines(work: Path) -> list[str]:
     """The shared base config and each grid's method section and grid keys, read from the YAML
-    files that were run."""
+    files of the grids that ran (a folder under WORK/runs/)."""
     import yaml
 
+    ran = [m for m in ALL_METHODS if (work / "runs" / m).is_dir()] or list(METHODS)
     specs = {m: yaml.safe_load((REPO / "examples" / "results" / f"{m}.yaml").read_text())
-             for m in METHODS}
-    first = specs[METHODS[0]]["base"]
+             for m in ran}
+    first = specs[ran[0]]["base"]
 
     def flow(d) -> str:
         return yaml.safe_dump(d, default_flow_style=True, width=1000).strip()
@@ -276,7 +280,7 @@ def headline(rows: list[dict[str, str]]) -> list[str]:
     for path, label in DATASETS.items():
         rs = [r for r in rows if r["data"] == path]
         full = next((float(r["embedding_params_mean"]) for r in rs if r["method"] == widest), None)
-        order = {m: i for i, m in enumerate(METHODS)}
+        order = {m: i for i, m in enumerate(ALL_METHODS)}
         for r in sorted(rs, key=lambda r: (order.get(r["method"].split()[0], 99), r["method"])):
             mark = {"better": "*", "worse": "†"}.get(r["auc_significant"], "")
             share = (f"{float(r['embedding_params_mean']) / full:.1%}" if full else "–")
@@ -291,7 +295,7 @@ def readme_table(rows: list[dict[str, str]]) -> list[str]:
     parameters as a share of the widest FDE's; for the README."""
     fde = [r for r in rows if r["method"].split()[0] == "fde"]
     widest = max(fde, key=lambda r: float(r["embedding_params_mean"]))["method"] if fde else ""
-    order = {m: i for i, m in enumerate(METHODS)}
+    order = {m: i for i, m in enumerate(ALL_METHODS)}
     methods = sorted({r["method"] for r in rows}, key=lambda m: (order.get(m.split()[0], 99), m))
     lines = ["| method | " + " | ".join(DATASETS.values()) + " |", "|---" * (len(DATASETS) + 1) + "|"]
     for method in methods:
@@ -350,7 +354,7 @@ def write_results(work: Path, steps: Steps, out_md: Path, assets: Path, total_se
         "embedding size, with its variants and the AUC-vs-parameters plot, is on its own page:",
         "[results/sseds_vs_fde.md](results/sseds_vs_fde.md) (`python benchmarks/sseds_vs_fde.py`).",
         "",
-        *settings_lines(),
+        *settings_lines(work),
         "",
         "The settings are cut down from the papers' (fewer epochs, short searches, SSEDS pretrained",
         "at the FDE reference width rather than 64-128) so that the whole set runs in about half an",
