@@ -56,3 +56,32 @@ def pytest_terminal_summary(terminalreporter, config):
     if config.pluginmanager.hasplugin("randomly") and seed is not None:
         terminalreporter.write_line(f"tests ran in random order: replay it with "
                                     f"pytest --randomly-seed={seed}")
+
+
+@pytest.fixture
+def interrupt_and_resume(tmp_path, monkeypatch):
+    """``(cfg, at_epoch=2, before_resume=None) -> (full, resumed)``: the metrics of an uninterrupted
+    run and of one stopped (KeyboardInterrupt) when training epoch ``at_epoch`` starts, then resumed
+    with ``--resume`` (``before_resume`` runs in between, e.g. to forbid a second search)."""
+    from embdim.experiment import run_experiment
+    from embdim.train.trainer import Trainer
+
+    def run(cfg, at_epoch: int = 2, before_resume=None):
+        full = run_experiment(cfg, tmp_path / "full", quiet=True)
+        real_epoch = Trainer.train_epoch
+
+        def interrupted(self, epoch):
+            if epoch == at_epoch:
+                raise KeyboardInterrupt
+            return real_epoch(self, epoch)
+
+        monkeypatch.setattr(Trainer, "train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(cfg, tmp_path / "cut", quiet=True)
+        assert not (tmp_path / "cut" / "metrics.json").exists()
+        monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
+        if before_resume is not None:
+            before_resume()
+        return full, run_experiment(cfg, tmp_path / "cut", resume=True, quiet=True)
+
+    return run

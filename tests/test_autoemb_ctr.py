@@ -264,23 +264,10 @@ def _cfg(data):
             "train": {**TRAIN, "epochs": 3}}
 
 
-def test_resume_after_an_interrupted_retrain_reuses_the_plan(planted, tmp_path, monkeypatch):
-    from embdim.train.trainer import Trainer
-
-    full = run_experiment(_cfg(planted), tmp_path / "full", quiet=True)
-    real_epoch = Trainer.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(_cfg(planted), tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
-    monkeypatch.setattr(AutoEmbSearch, "run", lambda self: pytest.fail("searched again"))
-    resumed = run_experiment(_cfg(planted), tmp_path / "cut", resume=True, quiet=True)
+def test_resume_after_an_interrupted_retrain_reuses_the_plan(planted, tmp_path, monkeypatch,
+                                                             interrupt_and_resume):
+    full, resumed = interrupt_and_resume(_cfg(planted), before_resume=lambda: monkeypatch.setattr(
+        AutoEmbSearch, "run", lambda self: pytest.fail("searched again")))
     assert "reusing" in (tmp_path / "cut" / "log.txt").read_text()
     for key in ("test_auc", "test_logloss", "embedding_params", "dims"):
         assert resumed[key] == full[key], key

@@ -7,7 +7,6 @@ import torch
 
 from embdim.config import TrainConfig, config_from_dict
 from embdim.errors import ConfigError
-from embdim.experiment import run_experiment
 from embdim.nn.models import build_model
 from embdim.train.optim import TableAdam, make_optimizer
 
@@ -64,27 +63,13 @@ def test_dense_adam_keeps_moving_rows_after_the_batch_has_left():
     assert changed == {"adam": True, "sparse_adam": False}
 
 
-def test_sparse_adam_trains_and_resumes_exactly(planted, tmp_path, monkeypatch):
-    from embdim.train.trainer import Trainer
-
+def test_sparse_adam_trains_and_resumes_exactly(planted, interrupt_and_resume):
     cfg = config_from_dict({"data": {"path": str(planted)}, "model": {"name": "widedeep", "mlp": [16]},
                             "method": {"name": "fde", "dim": 8},
                             "train": {"epochs": 3, "batch_size": 500, "lr": 3e-3, "early_stop": 0,
                                       "seed": 7, "optimizer": "sparse_adam"}})
-    full = run_experiment(cfg, tmp_path / "full", quiet=True)
+    full, resumed = interrupt_and_resume(cfg)
     assert full["test_auc"] > 0.70
-    real_epoch = Trainer.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
-    resumed = run_experiment(cfg, tmp_path / "cut", resume=True, quiet=True)
     assert resumed["test_auc"] == full["test_auc"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
 

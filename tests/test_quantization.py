@@ -13,7 +13,6 @@ import torch
 from embdim.cli import main
 from embdim.config import config_from_dict
 from embdim.errors import ConfigError
-from embdim.experiment import run_experiment
 from embdim.nn.models import build_model
 from embdim.nn.quantized_embedding import ProductQuantizedEmbedding, quantized_params
 from embdim.plan import DimensionPlan
@@ -235,21 +234,9 @@ def test_trainer_adds_the_vq_codebook_loss(small):
     assert float((model.embedding.keys.detach() - before).abs().max()) > 0
 
 
-def test_resume_gives_exactly_the_uninterrupted_metrics(small, tmp_path, monkeypatch):
+def test_resume_gives_exactly_the_uninterrupted_metrics(small, interrupt_and_resume):
     cfg = _cfg(small, {"name": "mgqe", "num_centroids": [16, 4]}, epochs=3, early_stop=0)
-    full = run_experiment(cfg, tmp_path / "full", quiet=True)
-    real_epoch = Trainer.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
-    resumed = run_experiment(cfg, tmp_path / "cut", resume=True, quiet=True)
+    full, resumed = interrupt_and_resume(cfg)
     assert resumed["test_auc"] == full["test_auc"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
 

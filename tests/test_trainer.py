@@ -56,23 +56,8 @@ def test_run_folder_holds_the_contract_files(planted, tmp_path):
             run_experiment(_cfg(planted, epochs=1), run, quiet=True, resume=resume)
 
 
-def test_resume_ends_with_exactly_the_metrics_of_an_uninterrupted_run(planted, tmp_path,
-                                                                    monkeypatch):
-    full = run_experiment(_cfg(planted), tmp_path / "full", quiet=True)
-
-    real_epoch = Trainer.train_epoch
-
-    def interrupted(self, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(self, epoch)
-
-    monkeypatch.setattr(Trainer, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(_cfg(planted), tmp_path / "cut", quiet=True)
-    assert not (tmp_path / "cut" / "metrics.json").exists()
-    monkeypatch.setattr(Trainer, "train_epoch", real_epoch)
-    resumed = run_experiment(_cfg(planted), tmp_path / "cut", resume=True, quiet=True)
+def test_resume_ends_with_exactly_the_metrics_of_an_uninterrupted_run(planted, interrupt_and_resume):
+    full, resumed = interrupt_and_resume(_cfg(planted))
 
     assert resumed["test_auc"] == full["test_auc"]
     assert resumed["test_logloss"] == full["test_logloss"]
