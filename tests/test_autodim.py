@@ -469,3 +469,10 @@ def test_search_runs_with_train_compile(small):
     assert result.alpha_updates == 2 and math.isfinite(result.history[-1]["train_loss"])
     assert not torch.allclose(searcher.supernet.alpha(), torch.full_like(searcher.supernet.alpha(),
                                                                          0.2))
+
+
+@pytest.mark.parametrize("name", ["autodim", "autodim-s", "ad-3"])
+def test_a_model_without_embedding_layer_is_refused_before_the_run_folder_exists(small, tmp_path, name):
+    with pytest.raises(ConfigError, match=f"{name} searches the embedding layer; model 'lr' has none"):
+        run_experiment(_cfg(small, {"name": name}, model="lr"), tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

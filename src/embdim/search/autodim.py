@@ -40,7 +40,7 @@ from embdim.errors import ConfigError, TrainingDivergedError, short_repr
 from embdim.nn.models import ModelOptions, RecModel, build_model
 from embdim.nn.supernet import GUMBEL_SCOPES, LOOKUPS, UNIFIERS, SupernetEmbedding, normalise_candidates
 from embdim.plan import DimensionPlan
-from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.base import SearchContext, SearchMethod, register, require_embedding_layer
 from embdim.search.bilevel import (
     apply_alpha_grad,
     first_order_alpha_grad,
@@ -446,6 +446,9 @@ class AutoDim(SearchMethod):
         self.result = searcher.run()
         opts = dataclasses.asdict(self.options)
         return derive_plan(self.result, dataset.schema, self.name, opts, budget=self.options.budget)
+
+    def check_model(self, model_options) -> None:
+        require_embedding_layer(self.name, model_options)
 
     def check_dataset(self, dataset) -> None:
         """Refuse, before anything is written, a budget below the narrowest plan."""

@@ -115,7 +115,8 @@ class SearchMethod(ABC):
 
     def check_model(self, model_options) -> None:
         """Refuse, before the pipeline writes anything, a base model this method cannot search (one
-        without an embedding layer). The default accepts every model."""
+        without an embedding layer: :func:`require_embedding_layer`). The default accepts every
+        model."""
         return None
 
     @property
@@ -135,6 +136,14 @@ class SearchMethod(ABC):
         optional inheritance of searched weights) copies them in here, under ``torch.no_grad()``.
         On ``--resume`` it is not called: the checkpoint holds the weights."""
         return None
+
+
+def require_embedding_layer(method: str, model_options) -> None:
+    """A ConfigError for a base model without an embedding layer (``lr``): nothing to search."""
+    from embdim.nn.models import MODELS, resolve_model_name
+
+    if not getattr(MODELS[resolve_model_name(model_options.name)], "uses_embedding", True):
+        raise ConfigError(f"{method} searches the embedding layer; model {model_options.name!r} has none")
 
 
 def make_context(model: Any = "deepfm", train: Any = None, *, work_dir: str | Path | None = None,

@@ -46,10 +46,10 @@ from embdim.data.schema import RESERVED_IDS
 from embdim.errors import ConfigError, EmbdimError, SchemaMismatchError, TrainingDivergedError
 from embdim.io import atomic_torch_save
 from embdim.nn.block_embedding import BLOCK_SPLITS, block_size, blocks_to_ranges, frequency_blocks
-from embdim.nn.models import MODELS, ModelOptions, RecModel, build_model, resolve_model_name
+from embdim.nn.models import ModelOptions, RecModel, build_model
 from embdim.nn.multisize import MultiSizeSupernet
 from embdim.plan import DimensionPlan
-from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.base import SearchContext, SearchMethod, register, require_embedding_layer
 from embdim.search.bilevel import w_step
 from embdim.search.random import align_to_largest
 from embdim.train.metrics import binary_metrics, roc_auc
@@ -207,12 +207,6 @@ def _batch_quality(logits: torch.Tensor, labels: torch.Tensor, quality: str) -> 
     return -float(loss)
 
 
-def check_has_embedding(model_options: ModelOptions) -> None:
-    """A ConfigError for a base model without an embedding layer (``lr``): nothing to search."""
-    if not getattr(MODELS[resolve_model_name(model_options.name)], "uses_embedding", True):
-        raise ConfigError(f"nis searches the embedding layer; model {model_options.name!r} has none")
-
-
 # ---- the search loop --------------------------------------------------------------------------
 @dataclass
 class NISResult:
@@ -235,7 +229,7 @@ class NISSearch:
         if train.threads:
             torch.set_num_threads(train.threads)
         model_options = ctx.model_options or ModelOptions()
-        check_has_embedding(model_options)
+        require_embedding_layer(self.name, model_options)
         self.buckets = vocabulary_buckets(dataset.frequencies(), options)
         self.supernet = MultiSizeSupernet(schema.vocab_sizes, self.buckets, block_dim=options.block_dim,
                                           num_blocks=options.dim_blocks)
@@ -503,7 +497,7 @@ class NIS(SearchMethod):
         return plan
 
     def check_model(self, model_options: ModelOptions) -> None:
-        check_has_embedding(model_options)
+        require_embedding_layer(self.name, model_options)
 
     def retrain_model_options(self, model_options: ModelOptions, plan: DimensionPlan) -> ModelOptions:
         """Every bucket projected to the full width ``dim_blocks x block_dim`` (sec. 3.1), unless the
