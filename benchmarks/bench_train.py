@@ -106,7 +106,7 @@ def time_library(dataset: PreparedDataset, args, amp: bool) -> tuple[list[float]
     options = ModelOptions(name="deepfm", mlp=list(args.mlp), dropout=args.dropout)
     model = build_model("deepfm", dataset.schema, dim=args.dim, options=options)
     cfg = TrainConfig(batch_size=args.batch, epochs=1, max_steps_per_epoch=args.warmup,
-                      log_every=50, amp=amp, eval_batch_size=16384)
+                      log_every=50, amp=amp, eval_batch_size=16384, optimizer=args.optimizer)
     trainer = Trainer(model, dataset, cfg, quiet=True)
     trainer.train_epoch(0)  # warm-up (allocator, threads)
     trainer.cfg.max_steps_per_epoch = args.steps
@@ -142,6 +142,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed windows; the median is reported")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--optimizer", default="adam", choices=["adam", "sparse_adam"],
+                   help="train.optimizer of the library path (sparse_adam: lazy row-wise Adam on the tables)")
     p.add_argument("--amp", action="store_true",
                    help="also time the library with train.amp (bfloat16 matrix products)")
     p.add_argument("--out", default=str(RESULTS / "train.json"))
@@ -170,6 +172,7 @@ def main() -> None:
         "fields": schema.num_fields, "ids": int(sum(schema.vocab_sizes)),
         "batch": args.batch, "dim": args.dim, "mlp": args.mlp,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "optimizer": args.optimizer, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "steps_per_window": args.steps, "windows": args.repeats,
         "minimal_loop_train_samples_per_second": med(minimal),
         "library_train_samples_per_second": med(fp32),
