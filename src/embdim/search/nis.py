@@ -229,7 +229,7 @@ class NISSearch:
         if train.threads:
             torch.set_num_threads(train.threads)
         model_options = ctx.model_options or ModelOptions()
-        require_embedding_layer(self.name, model_options)
+        require_embedding_layer("nis", model_options)
         self.buckets = vocabulary_buckets(dataset.frequencies(), options)
         self.supernet = MultiSizeSupernet(schema.vocab_sizes, self.buckets, block_dim=options.block_dim,
                                           num_blocks=options.dim_blocks)
