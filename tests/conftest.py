@@ -1,6 +1,7 @@
 """Shared fixtures: small planted datasets built in code (tests never read ../shared), and the
 per-test isolation that makes the suite's outcome independent of test order and thread count."""
 
+import os
 import random
 
 import numpy as np
@@ -85,3 +86,16 @@ def interrupt_and_resume(tmp_path, monkeypatch):
         return full, run_experiment(cfg, tmp_path / "cut", resume=True, quiet=True)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def torchrec():
+    """The ``torchrec`` module; the test is skipped without it, and fails instead where
+    ``EMBDIM_REQUIRE_TORCHREC=1`` (CI) says it must run."""
+    try:
+        import torchrec
+    except (ImportError, OSError) as e:
+        if os.environ.get("EMBDIM_REQUIRE_TORCHREC") == "1":
+            pytest.fail(f"EMBDIM_REQUIRE_TORCHREC=1 but torchrec does not import: {e}")
+        pytest.skip(f"torchrec is not installed ({e}); install it as in docs/torchrec.md")
+    return torchrec

@@ -7,7 +7,6 @@ which installs it: .ci/run), where they fail instead.
 """
 
 import json
-import os
 import sys
 
 import pytest
@@ -31,17 +30,6 @@ from embdim.plan import DimensionPlan
 
 # Importing TorchRec makes FBGEMM warn about its own optional (SSD) kernels and module layout.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:fbgemm_gpu")
-
-
-@pytest.fixture(scope="module")
-def torchrec():
-    try:
-        import torchrec
-    except (ImportError, OSError) as e:
-        if os.environ.get("EMBDIM_REQUIRE_TORCHREC") == "1":
-            pytest.fail(f"EMBDIM_REQUIRE_TORCHREC=1 but torchrec does not import: {e}")
-        pytest.skip(f"torchrec is not installed ({e}); install it as in docs/torchrec.md")
-    return torchrec
 
 
 def _plan(dims, names=("a", "b", "c", "d", "e"), vocab=(10, 20, 30, 40, 50)):

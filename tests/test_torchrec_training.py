@@ -14,7 +14,6 @@ The TorchRec tests skip when TorchRec is not installed, except with EMBDIM_REQUI
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import pytest
@@ -38,17 +37,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:fbgemm_gpu")
 TRAIN = {"epochs": 2, "batch_size": 1000, "lr": 0.05, "early_stop": 0, "seed": 7, "log_every": 1,
          "optimizer": "rowwise_adagrad"}
 DIMS = [0, 4, 8, 4, 12, 4]  # mixed widths, multiples of 4; field 0 (pure noise) dropped
-
-
-@pytest.fixture(scope="module")
-def torchrec():
-    try:
-        import torchrec
-    except (ImportError, OSError) as e:
-        if os.environ.get("EMBDIM_REQUIRE_TORCHREC") == "1":
-            pytest.fail(f"EMBDIM_REQUIRE_TORCHREC=1 but torchrec does not import: {e}")
-        pytest.skip(f"torchrec is not installed ({e}); install it as in docs/torchrec.md")
-    return torchrec
 
 
 # ---- the optimiser -----------------------------------------------------------------------------
