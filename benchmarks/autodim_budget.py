@@ -30,13 +30,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from sseds_vs_fde import run  # noqa: E402 - one finished-run-aware runner for the equal-size scripts
 
 FULL = 32
 MODELS = {"deepfm": "DeepFM", "widedeep": "W&D"}
@@ -49,19 +49,6 @@ DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
 
 def fde_width(kappa: float) -> int:
     return max(1, round(kappa * FULL))
-
-
-def run(cfg: dict, out: Path, threads: int) -> dict:
-    from embdim.experiment import run_experiment
-
-    if (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
-    cfg = {**cfg, "train": {**cfg["train"], "threads": threads}}
-    t0 = time.perf_counter()
-    m = run_experiment(cfg, out, resume=(out / "config.yaml").exists(), quiet=True)
-    print(f"  {out.relative_to(out.parents[2])}: test AUC {m['test_auc']:.4f}, "
-          f"{m['embedding_params']:,} params, {time.perf_counter() - t0:.0f} s", flush=True)
-    return m
 
 
 def run_cell(work: Path, ds: str, model: str, seed: int, kappas: list[float], threads: int) -> None:
