@@ -48,6 +48,8 @@ from embdim.search.pruning import (
     no_embedding_plan,
     search_train_config,
     state_payload,
+    target_problems,
+    training_problems,
 )
 from embdim.search.sseds import budget_entries
 
@@ -72,11 +74,7 @@ class DeepLightOptions:
     retrain: str = "finetune"  # "finetune" (mask fixed), "random" (fresh masked model) or "none"
 
     def validate(self) -> None:
-        problems = []
-        if isinstance(self.budget, bool) or not 0 < float(self.budget) <= 1:
-            problems.append(f"method.budget must be in (0, 1], got {self.budget!r}")
-        if self.width < 1:
-            problems.append(f"method.width must be a positive integer, got {self.width!r}")
+        problems = target_problems(self)
         if self.warmup_epochs < 0:
             problems.append(f"method.warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
         if self.prune_every < 1 or self.damping_steps < 1:
@@ -86,13 +84,7 @@ class DeepLightOptions:
         if self.schedule not in SCHEDULES:
             problems.append(f"method.schedule must be one of {', '.join(SCHEDULES)}, got "
                             f"{self.schedule!r}")
-        if self.weight_decay < 0:
-            problems.append(f"method.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.epochs is not None and self.epochs < 1:
-            problems.append(f"method.epochs must be a positive integer or null, got {self.epochs!r}")
-        if self.retrain not in RETRAINS:
-            problems.append(f"method.retrain must be one of {', '.join(RETRAINS)}, got "
-                            f"{self.retrain!r}")
+        problems += training_problems(self, RETRAINS)
         if problems:
             raise ConfigError("deeplight: " + "; ".join(problems))
 

@@ -48,6 +48,8 @@ from embdim.search.pruning import (
     no_embedding_plan,
     search_train_config,
     state_payload,
+    target_problems,
+    training_problems,
 )
 from embdim.search.sseds import budget_entries
 from embdim.train.optim import make_adam
@@ -72,23 +74,13 @@ class PEPOptions:
     retrain: str = "rewind"  # "rewind" (lottery ticket), "random" (fresh weights), "none"
 
     def validate(self) -> None:
-        problems = []
-        if isinstance(self.budget, bool) or not 0 < float(self.budget) <= 1:
-            problems.append(f"method.budget must be in (0, 1], got {self.budget!r}")
-        if self.width < 1:
-            problems.append(f"method.width must be a positive integer, got {self.width!r}")
+        problems = target_problems(self)
         if self.threshold_type not in THRESHOLD_TYPES:
             problems.append(f"method.threshold_type must be one of {', '.join(THRESHOLD_TYPES)}, "
                             f"got {self.threshold_type!r}")
         if self.threshold_lr is not None and self.threshold_lr <= 0:
             problems.append(f"method.threshold_lr must be positive, got {self.threshold_lr!r}")
-        if self.weight_decay < 0:
-            problems.append(f"method.weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.epochs is not None and self.epochs < 1:
-            problems.append(f"method.epochs must be a positive integer or null, got {self.epochs!r}")
-        if self.retrain not in RETRAINS:
-            problems.append(f"method.retrain must be one of {', '.join(RETRAINS)}, got "
-                            f"{self.retrain!r}")
+        problems += training_problems(self, RETRAINS)
         if problems:
             raise ConfigError("pep: " + "; ".join(problems))
 

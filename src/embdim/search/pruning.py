@@ -169,3 +169,29 @@ def hand_over_(model: RecModel, source: RecModel, table: Tensor, vocab_sizes: li
 
     model.embedding.load_table_(table.to(model.embedding.mask.device))
     return inherit_network_(model, source.to(model.embedding.mask.device), vocab_sizes)
+
+
+def target_problems(opts) -> list[str]:
+    """What is wrong with the options every pruning method shares at its start: ``budget``
+    (kappa in (0, 1]) and the pruned table's ``width``."""
+    problems = []
+    if isinstance(opts.budget, bool) or not 0 < float(opts.budget) <= 1:
+        problems.append(f"method.budget must be in (0, 1], got {opts.budget!r}")
+    if opts.width < 1:
+        problems.append(f"method.width must be a positive integer, got {opts.width!r}")
+    return problems
+
+
+def training_problems(opts, retrains: tuple[str, ...]) -> list[str]:
+    """What is wrong with the search-training options every pruning method shares:
+    ``weight_decay``, ``epochs`` and ``retrain`` (one of ``retrains``)."""
+    problems = []
+    if opts.weight_decay < 0:
+        problems.append(f"method.weight_decay must be >= 0, got {opts.weight_decay!r}")
+    if opts.epochs is not None and opts.epochs < 1:
+        problems.append(f"method.epochs must be a positive integer or null, got {opts.epochs!r}")
+    if opts.retrain not in retrains:
+        problems.append(f"method.retrain must be one of {', '.join(retrains)}, got "
+                        f"{opts.retrain!r}")
+    return problems
+
