@@ -19,8 +19,8 @@ from embdim.experiment import run_experiment
 from embdim.nn.models import ModelOptions, build_model
 from embdim.plan import DimensionPlan, width_overlap
 from embdim.search import SearchContext, make_method
+from embdim.search.budget import budget_entries
 from embdim.search.sseds import (
-    budget_entries,
     compute_saliency,
     loss_gradient_wrt_alpha,
     plan_stability,

@@ -17,7 +17,7 @@ MILP interface).
 
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -31,9 +31,15 @@ def check_kappa(kappa: float | None, where: str = "method.budget") -> None:
                           f"(or null), got {kappa!r}")
 
 
+def budget_entries(kappa: float, total: int) -> int:
+    """``floor(kappa x total)`` computed exactly (kappa read as the decimal it prints as, so
+    ``0.57 x 100`` is 57, not 56 by float rounding): every method's budget in entries."""
+    return int(Fraction(str(float(kappa))) * total)
+
+
 def budget_params(vocab_sizes: list[int], full_dim: int, kappa: float) -> int:
     """The budget in embedding-table entries: ``floor(kappa * sum(vocab) * full_dim)``."""
-    return math.floor(float(kappa) * sum(vocab_sizes) * int(full_dim) + 1e-9)
+    return budget_entries(kappa, sum(vocab_sizes) * int(full_dim))
 
 
 def check_feasible(vocab_sizes: list[int], widths: list[list[int]], budget: int, kappa: float,

@@ -38,6 +38,7 @@ from embdim.errors import ConfigError
 from embdim.nn.models import RecModel
 from embdim.plan import DimensionPlan
 from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.budget import budget_entries
 from embdim.search.pruning import (
     FullTableEmbedding,
     build_search_model,
@@ -51,7 +52,6 @@ from embdim.search.pruning import (
     target_problems,
     training_problems,
 )
-from embdim.search.sseds import budget_entries
 
 SCHEDULES = ("exponential", "cubic")
 RETRAINS = ("finetune", "random", "none")

@@ -37,6 +37,7 @@ from embdim.errors import ConfigError
 from embdim.nn.models import RecModel
 from embdim.plan import DimensionPlan
 from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.budget import budget_entries
 from embdim.search.pruning import (
     FullTableEmbedding,
     TargetReached,
@@ -51,7 +52,6 @@ from embdim.search.pruning import (
     target_problems,
     training_problems,
 )
-from embdim.search.sseds import budget_entries
 from embdim.train.optim import make_adam
 
 THRESHOLD_TYPES = ("global", "dimension", "feature", "feature_dim", "field", "field_dim")

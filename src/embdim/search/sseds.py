@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from embdim.errors import ConfigError, SchemaMismatchError
 from embdim.nn.models import RecModel, build_model
 from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
+from embdim.search.budget import budget_entries
 from embdim.train.trainer import Trainer, resolve_device
 
 ALIGNS = ("scatter", "linear", "pad")
@@ -253,12 +253,6 @@ class PruneResult:
     @property
     def kept_indices(self) -> list[list[int]]:
         return [np.flatnonzero(row).tolist() for row in self.mask]
-
-
-def budget_entries(kappa: float, total: int) -> int:
-    """``floor(kappa x total)`` computed exactly (kappa read as the decimal it prints as, so
-    ``0.57 x 100`` is 57, not 56 by float rounding)."""
-    return int(Fraction(str(float(kappa))) * total)
 
 
 def alignment_params(dims: list[int], align_cost: int | str) -> int:
