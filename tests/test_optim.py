@@ -79,3 +79,77 @@ def test_optimizer_option_is_checked():
         TrainConfig(optimizer="sgd").validate()
     with pytest.raises(ConfigError, match="no weight decay"):
         TrainConfig(optimizer="sparse_adam", weight_decay=1e-5).validate()
+
+
+@pytest.mark.parametrize("size", [1, 7, 500])
+def test_distinct_rows_is_torch_unique_without_sorting_the_batch(size):
+    from embdim.nn.embedding import distinct_rows
+
+    g = torch.Generator().manual_seed(size)
+    slots = torch.full((1000,), -5, dtype=torch.long)
+    for rows in (torch.randint(0, 1000, (size,), generator=g),
+                 torch.randint(0, 3, (size,), generator=g),  # few values, many duplicates
+                 torch.full((size,), 999)):
+        distinct, inverse = distinct_rows(rows, slots)
+        expected = torch.unique(rows, sorted=True, return_inverse=True)
+        assert torch.equal(distinct, expected[0]) and torch.equal(inverse, expected[1])
+
+
+def test_sparse_table_gradient_is_the_summed_rows_read_each_once_in_order():
+    """The sparse gradient of a table lookup (``gather_rows(..., sparse=True)``) equals
+    ``F.embedding(sparse=True)``'s, with each row read exactly once and in increasing order, so
+    the optimisers need no sort to coalesce it."""
+    from embdim.nn.embedding import gather_rows
+    from embdim.train.optim import coalesced
+
+    g = torch.Generator().manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(50, 4, generator=g))
+    rows = torch.randint(0, 20, (300,), generator=g)
+    upstream = torch.randn(300, 4, generator=g)
+    (gather_rows(weight, rows, sparse=True) * upstream).sum().backward()
+    ours = weight.grad
+    weight.grad = None
+    (torch.nn.functional.embedding(rows, weight, sparse=True) * upstream).sum().backward()
+    reference = weight.grad.coalesce()
+    assert ours.is_sparse and torch.equal(ours._indices(), reference._indices())
+    torch.testing.assert_close(ours._values(), reference._values())
+    assert coalesced(ours).is_coalesced()
+
+
+def test_coalesced_sums_duplicate_rows_of_other_sparse_gradients():
+    from embdim.train.optim import coalesced
+
+    grad = torch.sparse_coo_tensor(torch.tensor([[3, 1, 3]]), torch.ones(3, 2), (5, 2),
+                                   check_invariants=True)
+    out = coalesced(grad)
+    assert out._indices().tolist() == [[1, 3]] and out._values().tolist() == [[1, 1], [2, 2]]
+    unsorted = torch.sparse_coo_tensor(torch.tensor([[4, 0]]), torch.ones(2, 2), (5, 2),
+                                        check_invariants=True)
+    assert coalesced(unsorted)._indices().tolist() == [[0, 4]]
+
+
+def test_lazy_adam_is_torch_sparse_adam():
+    """``LazyAdam`` (the tables' optimiser for ``sparse_adam``) computes torch's SparseAdam update
+    and keeps its state: same values after several steps, state dicts interchangeable."""
+    from embdim.nn.embedding import gather_rows
+    from embdim.train.optim import LazyAdam
+
+    g = torch.Generator().manual_seed(1)
+    ours = torch.nn.Parameter(torch.randn(60, 3, generator=g))
+    theirs = torch.nn.Parameter(ours.detach().clone())
+    opt_ours, opt_theirs = LazyAdam([ours], lr=0.05), torch.optim.SparseAdam([theirs], lr=0.05)
+    for step in range(6):
+        rows = torch.randint(0, 20 + 6 * step, (40,), generator=g)  # new rows appear over time
+        upstream = torch.randn(40, 3, generator=g)
+        (gather_rows(ours, rows, sparse=True) * upstream).sum().backward()
+        (torch.nn.functional.embedding(rows, theirs, sparse=True) * upstream).sum().backward()
+        opt_ours.step()
+        opt_theirs.step()
+        opt_ours.zero_grad()
+        opt_theirs.zero_grad()
+    torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-5, atol=1e-6)
+    state_ours, state_theirs = opt_ours.state[ours], opt_theirs.state[theirs]
+    assert state_ours["step"] == state_theirs["step"] == 6
+    for key in ("exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(state_ours[key], state_theirs[key], rtol=1e-5, atol=1e-7)
+    torch.optim.SparseAdam([theirs], lr=0.05).load_state_dict(opt_ours.state_dict())

@@ -57,14 +57,64 @@ def _offsets(vocab_sizes: list[int]) -> Tensor:
     return torch.tensor([0, *vocab_sizes[:-1]], dtype=torch.long).cumsum(0)
 
 
+def distinct_rows(rows: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """The distinct values of ``rows`` (sorted) and, for each element, its position among them:
+    ``torch.unique(rows, sorted=True, return_inverse=True)`` in O(len(rows)) work, not a sort of
+    ``rows``. ``slots`` is scratch space with one int64 entry per table row (its content is
+    irrelevant and is overwritten).
+
+    Each row value first claims a slot (the last writer of duplicate ids wins, whichever it is);
+    the elements that find their own position in their row's slot are the one representative per
+    distinct value; only those ``U`` values are sorted, and the slots then hold their ranks."""
+    n = rows.numel()
+    positions = torch.arange(n, device=rows.device)
+    slots.index_copy_(0, rows, positions)
+    representative = slots.index_select(0, rows) == positions
+    distinct = rows[representative].sort().values
+    slots.index_copy_(0, distinct, torch.arange(distinct.numel(), device=rows.device))
+    return distinct, slots.index_select(0, rows)
+
+
+class _GatherRowsSparseGrad(torch.autograd.Function):
+    """``weight[rows]`` whose gradient is a *coalesced* sparse tensor: the distinct rows read
+    (sorted) and the sum of their gradients. What ``F.embedding(sparse=True)`` computes, without
+    its uncoalesced ``[len(rows), D]`` gradient and the optimiser's sort to coalesce it."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: Tensor, slots: Tensor) -> Tensor:
+        ctx.save_for_backward(rows, slots)
+        ctx.table_shape = weight.shape
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, slots = ctx.saved_tensors
+        distinct, inverse = distinct_rows(rows, slots)
+        values = grad.new_zeros(distinct.numel(), grad.shape[1]).index_add_(0, inverse, grad)
+        sparse = torch.sparse_coo_tensor(distinct.unsqueeze(0), values, ctx.table_shape,
+                                         is_coalesced=True, check_invariants=False)
+        return sparse, None, None
+
+
 def gather_rows(weight: Tensor, rows: Tensor, sparse: bool) -> Tensor:
     """``weight[rows]``: ``index_select`` (its backward is an ``index_add_`` into a dense gradient,
-    several times faster on CPU than ``F.embedding``'s dense backward), or with ``sparse`` an
-    embedding lookup whose gradient is sparse (only the rows read; for lazy Adam,
-    ``train.optimizer: sparse_adam``)."""
-    if sparse:
-        return F.embedding(rows, weight, sparse=True)
+    several times faster on CPU than ``F.embedding``'s dense backward), or with ``sparse`` a lookup
+    whose gradient is a coalesced sparse tensor over the rows read only (for the row-wise table
+    optimisers, ``train.optimizer: sparse_adam | rowwise_adagrad``): its cost is O(rows read),
+    whatever the table's size."""
+    if sparse and weight.requires_grad and torch.is_grad_enabled():
+        return _GatherRowsSparseGrad.apply(weight, rows, _row_slots(weight))
     return weight.index_select(0, rows)
+
+
+def _row_slots(weight: Tensor) -> Tensor:
+    """Scratch int64 ``[rows of weight]`` for :func:`distinct_rows`, kept on the table itself
+    (reused across steps; never read before being written; 8 bytes per row)."""
+    slots = getattr(weight, "_row_slots", None)
+    if slots is None or slots.shape[0] != weight.shape[0] or slots.device != weight.device:
+        slots = torch.empty(weight.shape[0], dtype=torch.long, device=weight.device)
+        weight._row_slots = slots
+    return slots
 
 
 class WidthGroup(nn.Module):

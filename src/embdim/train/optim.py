@@ -5,9 +5,10 @@ then reads and writes every row of every embedding table (its gradient, two mome
 so a step's cost grows with the vocabulary, not with the batch.
 
 ``train.optimizer: sparse_adam``: the embedding tables (and the first-order weights) produce
-sparse gradients (``F.embedding(..., sparse=True)``) and are updated by ``torch.optim.SparseAdam``
-("lazy Adam": the moments and values of the rows a batch reads only, bias correction by the global
-step); every other parameter by Adam. A step then costs O(rows in the batch). The update differs
+sparse gradients over the distinct rows a batch reads (``embdim.nn.embedding.gather_rows``) and
+are updated by :class:`LazyAdam`, torch's ``SparseAdam`` rule ("lazy Adam": the moments and values
+of the rows a batch reads only, bias correction by the table's step count); every other parameter
+by Adam. A step then costs O(rows in the batch), whatever the vocabulary. The update differs
 from dense Adam for rows a batch does not read (dense Adam keeps moving them with their decaying
 momentum; lazy Adam leaves them), so it is an option, compared with Adam in docs/training.md.
 No weight decay on the tables (SparseAdam has none), not under torchrun (DDP) and no CUDA graphs.
@@ -29,6 +30,7 @@ weight-decay mode is none).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,6 +52,19 @@ def make_adam(params, *, lr: float, weight_decay: float = 0.0,
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True, **extra)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **extra)
+
+
+def coalesced(grad: torch.Tensor) -> torch.Tensor:
+    """A sparse table gradient with each row once, in order. The tables' own gradients are built
+    that way (``embdim.nn.embedding.gather_rows``) but autograd drops the flag that says so when it
+    stores them in ``.grad``; strictly increasing row indices (an O(rows) check) are the proof, and
+    only other gradients pay for ``coalesce``'s sort."""
+    if grad.is_coalesced():
+        return grad
+    rows = grad._indices()[0]
+    if grad._indices().shape[0] == 1 and bool((rows[1:] > rows[:-1]).all()):
+        return grad._coalesced_(True)
+    return grad.coalesce()
 
 
 class RowwiseAdagrad(torch.optim.Optimizer):
@@ -74,7 +89,7 @@ class RowwiseAdagrad(torch.optim.Optimizer):
                     state["sum"] = torch.zeros(p.shape[0], dtype=torch.float32, device=p.device)
                 grad = p.grad
                 if grad.is_sparse:
-                    grad = grad.coalesce()  # duplicate rows summed: the "exact" variant
+                    grad = coalesced(grad)  # duplicate rows summed: the "exact" variant
                     rows, g = grad.indices()[0], grad.values().float()
                 else:
                     rows, g = None, grad.float()
@@ -88,6 +103,55 @@ class RowwiseAdagrad(torch.optim.Optimizer):
                     step = g / (acc.sqrt() + eps).unsqueeze(1)
                     p.index_add_(0, rows, (-lr * step).to(p.dtype))
         return None
+
+
+class LazyAdam(torch.optim.SparseAdam):
+    """``torch.optim.SparseAdam``'s update, state and checkpoints, computed on the rows of the
+    gradient only: the rows' moments are gathered, updated and written back, and the rows' values
+    written back. torch's own step builds several sparse tensors per table and sorts
+    the gradient to coalesce it; the tables' gradients here are coalesced already
+    (``embdim.nn.embedding.gather_rows``), so a step costs a few passes over the rows read.
+    For each row ``r`` of the gradient (``t`` the table's step count)::
+
+        m_r = beta1 m_r + (1 - beta1) g_r;   v_r = beta2 v_r + (1 - beta2) g_r^2
+        w_r -= lr * sqrt(1 - beta2^t) / (1 - beta1^t) * m_r / (sqrt(v_r) + eps)
+    """
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps = float(group["lr"]), group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise RuntimeError("LazyAdam updates tables with sparse gradients; "
+                                       "got a dense gradient")
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                grad = coalesced(p.grad)
+                rows, g = grad._indices()[0], grad._values()
+                if group.get("maximize", False):
+                    g = -g
+                m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(
+                    g, g, value=1 - beta2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                t = state["step"]
+                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                w = p.index_select(0, rows).addcdiv_(m, v.sqrt_().add_(eps), value=-step_size)
+                p.index_copy_(0, rows, w)  # each row once: a copy, cheaper than an index_add_
+        return loss
 
 
 class TableAdam:
@@ -105,7 +169,7 @@ class TableAdam:
         elif table_rule == "rowwise_adagrad":
             self.sparse = RowwiseAdagrad(tables, lr=lr)
         else:
-            self.sparse = torch.optim.SparseAdam(tables, lr=lr)
+            self.sparse = LazyAdam(tables, lr=lr)
         self.param_groups = self.dense.param_groups + (self.sparse.param_groups if self.sparse else [])
 
     def zero_grad(self, set_to_none: bool = True) -> None:
