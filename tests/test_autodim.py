@@ -90,8 +90,8 @@ def _reference_supernet(net: SupernetEmbedding, ids: torch.Tensor, p: torch.Tens
 @pytest.mark.parametrize("scope", ["sample", "batch"])
 def test_vectorised_supernet_computes_the_papers_equations(lookup, unify, scope):
     """The one-pass supernet (all candidates in one product and one BatchNorm) equals eq. 1-7
-    written out per candidate, in values and in every gradient; its running statistics are the
-    per-(field, candidate, channel) ones."""
+    written out per candidate, in values and in every gradient (the mixing weights' included);
+    its running statistics are the per-(field, candidate, channel) ones."""
     torch.manual_seed(0)
     net = SupernetEmbedding([5, 7, 3], [[2, 8, 16], [8, 16], [2, 16]], lookup=lookup,
                             unify=unify).double()  # float64: BatchNorm of tiny rows cancels digits
@@ -101,6 +101,7 @@ def test_vectorised_supernet_computes_the_papers_equations(lookup, unify, scope)
         net.alpha_logits.normal_()
     ids = torch.randint(0, 3, (64, 3))
     fixed = net.mixing_weights(64).detach() if scope == "sample" else net.alpha().detach()
+    fixed.requires_grad_()  # the gradient reaching the mixing weights (and alpha) is compared too
     laid_out = fixed.permute(1, 2, 0) if scope == "sample" else fixed.unsqueeze(-1)  # [F, N, B | 1]
     net._weights_fnb = lambda batch: laid_out
     net.train()
@@ -108,6 +109,7 @@ def test_vectorised_supernet_computes_the_papers_equations(lookup, unify, scope)
     want = _reference_supernet(net, ids, fixed)
     assert torch.allclose(got, want, atol=1e-12)
     params = [p for p in net.parameters() if p.requires_grad and p is not net.alpha_logits]
+    params.append(fixed)
     probe = torch.linspace(-1, 1, 16, dtype=torch.float64)
     g_got = torch.autograd.grad((got * probe).sum(), params, allow_unused=True)
     g_want = torch.autograd.grad((want * probe).sum(), params, allow_unused=True)

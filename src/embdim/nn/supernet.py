@@ -307,32 +307,39 @@ class SupernetEmbedding(nn.Module):
     # Exactly BatchNorm's training-mode output and gradient (tests/test_autodim.py compares both with
     # the equations written out per candidate), without ever forming the N candidate embeddings.
     def _shared_training_forward(self, ids: Tensor, p: Tensor) -> Tensor:
-        """``[F, D, B]`` mixed embeddings, training mode, shared lookup; updates running stats."""
+        """``[B, F, D]`` mixed embeddings times the field scale, training mode, shared lookup;
+        updates the running statistics."""
         b, nf = ids.shape
         d_max, eps = self.out_dim, self.norm.eps
         rows = (ids.t() + self.offsets[:, None]).reshape(-1)
         x = self.table.weight.index_select(0, rows).view(nf, b, d_max)  # [F, B, D]
         mu = x.mean(1, keepdim=True)
-        xc = (x - mu).transpose(1, 2)  # [F, D, B]
+        xc = x - mu  # [F, B, D]
         q = p.to(x.dtype)  # [F, N, B | 1]
+        scale = None if self.field_scale is None else self.field_scale.unsqueeze(-1)  # [F, 1, 1]
         if self.weights is None:  # pad: one normalisation, weighted by the candidates covering j
-            var = xc.square().mean(2, keepdim=True)  # [F, D, 1]
-            xhat = xc * torch.rsqrt(var + eps)
+            var = xc.square().mean(1, keepdim=True)  # [F, 1, D]
+            xhat = (xc * torch.rsqrt(var + eps)).transpose(1, 2)  # [F, D, B]
             covers = (torch.arange(d_max, device=x.device)[None, :]
                       < torch.tensor(self.widths, device=x.device)[:, None]).to(x.dtype)  # [N, D]
             out = xhat * torch.einsum("nd,fnb->fdb", covers, q)
-            self._update_running_stats(mu.squeeze(1), var.squeeze(-1), b)
-            return out
-        cov = torch.bmm(xc, xc.transpose(1, 2)) / b  # [F, D, D]
+            self._update_running_stats(mu.squeeze(1), var.squeeze(1), b)
+            out = out if scale is None else out * scale
+            return out.permute(2, 0, 1).contiguous()
+        cov = torch.bmm(xc.transpose(1, 2), xc) / b  # [F, D, D]
         scaled, stats = [], []
         for w_n in self.weights:  # [F, d_n, D]
             d = w_n.shape[1]
             var_n = (torch.bmm(cov[:, :d, :d], w_n) * w_n).sum(1)  # [F, D]: diag(W^T S W)
-            scaled.append(w_n * torch.rsqrt(var_n + eps).unsqueeze(1))
+            w_hat = w_n * torch.rsqrt(var_n + eps).unsqueeze(1)
+            scaled.append(w_hat if scale is None else w_hat * scale)  # the field scale folds in
             stats.append((var_n, d))
-        w_all = torch.cat(scaled, dim=1)  # [F, sum d_n, D]
-        z = xc.index_select(1, self._prefix_coordinates) * q.index_select(1, self._prefix_candidates)
-        out = torch.bmm(w_all.transpose(1, 2), z)  # [F, D, B]
+        if q.shape[-1] == 1:  # one weight per (field, candidate): mix the transforms, one product
+            mixed = sum(F.pad(w_hat, (0, 0, 0, d_max - w_hat.shape[1])) * q[:, n:n + 1]
+                        for n, w_hat in enumerate(scaled))  # [F, D, D]
+            out = torch.bmm(xc, mixed)  # [F, B, D]
+        else:
+            out = _MixPrefixes.apply(xc, q, torch.cat(scaled, dim=1), self.widths)  # [F, B, D]
         with torch.no_grad():
             mu_x = mu.squeeze(1)
             means = [torch.einsum("fd,fde->fe", mu_x[:, :d], w_n)
@@ -341,7 +348,7 @@ class SupernetEmbedding(nn.Module):
                 means = [m + b_n for m, b_n in zip(means, self.biases, strict=True)]
             self._update_running_stats(torch.cat(means, dim=1),
                                        torch.cat([v for v, _ in stats], dim=1), b)
-        return out
+        return out.transpose(0, 1).contiguous()
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, batch: int) -> None:
@@ -367,9 +374,8 @@ class SupernetEmbedding(nn.Module):
         p = self._weights_fnb(ids.shape[0])  # [F, N, B | 1]
         if (self.training and self.lookup == "shared" and self.norm.momentum is not None
                 and ids.shape[0] > 1):
-            out = self._shared_training_forward(ids, p)
-        else:
-            out = self._mix(self._normalised_channels(ids), p)
+            return self._shared_training_forward(ids, p)
+        out = self._mix(self._normalised_channels(ids), p)
         if self.field_scale is not None:
             out = out * self.field_scale.unsqueeze(-1)
         return out.permute(2, 0, 1).contiguous()
@@ -377,3 +383,43 @@ class SupernetEmbedding(nn.Module):
     def extra_repr(self) -> str:
         return (f"fields={self.num_fields}, widths={self.widths}, lookup={self.lookup}, "
                 f"unify={self.unify}, gumbel={self.gumbel}, hard={self.hard}")
+
+
+class _MixPrefixes(torch.autograd.Function):
+    """Eq. 7 for the shared lookup with per-example weights, from the centred rows:
+    ``out[f, b] = sum_n q[f, n, b] * xc[f, b, :d_n] @ W_n[f]`` with ``W_n`` already divided by
+    the candidate's standard deviation (``w_all`` = the ``W_n`` stacked over ``n``, ``[F, sum d_n,
+    D]``). ``z[f, (n, j), b] = q[f, n, b] * xc[f, b, j]`` (``j < d_n``) is built slice by slice
+    and the output is one batched product ``z^T w_all``; the backward writes the gradients of
+    ``xc`` and ``q`` slice by slice as well, instead of going through gathers and scatters along
+    the channel axis (what autograd would do for the same formula)."""
+
+    @staticmethod
+    def forward(ctx, xc: Tensor, q: Tensor, w_all: Tensor, widths: list[int]) -> Tensor:
+        nf, b, _ = xc.shape
+        xc_t = xc.transpose(1, 2)  # [F, D, B]
+        z = xc.new_empty(nf, w_all.shape[1], b)
+        start = 0
+        for n, d in enumerate(widths):
+            torch.mul(xc_t[:, :d], q[:, n:n + 1], out=z[:, start:start + d])
+            start += d
+        ctx.save_for_backward(xc, q, w_all, z)
+        ctx.widths = widths
+        return torch.bmm(z.transpose(1, 2), w_all)  # [F, B, D]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        xc, q, w_all, z = ctx.saved_tensors
+        grad = grad.contiguous()  # [F, B, D] (a transposed view of the body's [B, F, D] gradient)
+        grad_w = torch.bmm(z, grad)  # [F, sum d_n, D]
+        grad_z = torch.bmm(w_all, grad.transpose(1, 2))  # [F, sum d_n, B]
+        xc_t = xc.transpose(1, 2)
+        grad_xc = torch.zeros_like(xc_t, memory_format=torch.contiguous_format)  # [F, D, B]
+        grad_q = torch.empty_like(q)
+        start = 0
+        for n, d in enumerate(ctx.widths):
+            grad_zn = grad_z[:, start:start + d]
+            grad_xc[:, :d].addcmul_(grad_zn, q[:, n:n + 1])
+            torch.sum(grad_zn * xc_t[:, :d], dim=1, out=grad_q[:, n])
+            start += d
+        return grad_xc.transpose(1, 2), grad_q, grad_w, None
