@@ -478,3 +478,25 @@ def test_a_model_without_embedding_layer_is_refused_before_the_run_folder_exists
     with pytest.raises(ConfigError, match=f"{name} searches the embedding layer; model 'lr' has none"):
         run_experiment(_cfg(small, {"name": name}, model="lr"), tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("unify", ["linear", "pad"])
+@pytest.mark.parametrize("weights", ["alpha", "argmax"])
+def test_supernet_evaluation_as_one_affine_map_per_field_equals_eq_7(unify, weights):
+    """In eval mode (BatchNorm's running statistics) the shared-lookup supernet is one affine map
+    per field; it equals the candidates normalised one by one and mixed by eq. 7."""
+    torch.manual_seed(0)
+    net = SupernetEmbedding([5, 7, 3], [[2, 8, 16], [8, 16], [2, 16]], unify=unify).double()
+    with torch.no_grad():
+        for b in net.biases or []:
+            b.normal_()
+        net.alpha_logits.normal_()
+        net.field_scale.uniform_(0.5, 2.0)
+        net.norm.running_mean.normal_()
+        net.norm.running_var.uniform_(0.5, 2.0)
+    ids = torch.randint(0, 3, (32, 3))
+    net.eval()
+    net.eval_weights = weights
+    q = net._weights_fnb(32)
+    want = (net._mix(net._normalised_channels(ids), q) * net.field_scale.unsqueeze(-1)).permute(2, 0, 1)
+    assert torch.allclose(net(ids), want, atol=1e-12)

@@ -370,11 +370,42 @@ class SupernetEmbedding(nn.Module):
         with torch.autocast(ids.device.type, enabled=False):
             return self._forward(ids)
 
+    def _shared_eval_forward(self, ids: Tensor, q: Tensor) -> Tensor:
+        """``[B, F, D]`` in eval mode, shared lookup: with BatchNorm's running statistics every
+        candidate is an affine map of the row, ``xhat_n = (x_{:d_n} W_n + b_n - m_n) / s_n``
+        (``W_n = [I | 0]``, ``b_n = 0`` for the padding), so eq. 7 with the weights ``q``
+        ``[F, N, 1]`` is one affine map per field: ``x M + c`` with ``M = sum_n q_n W_n / s_n``
+        and ``c = sum_n q_n (b_n - m_n) / s_n`` (times the field scale)."""
+        b, nf = ids.shape
+        d_max = self.out_dim
+        rows = (ids.t() + self.offsets[:, None]).reshape(-1)
+        x = self.table.weight.index_select(0, rows).view(nf, b, d_max)  # [F, B, D]
+        q = q.to(x.dtype)
+        transform = x.new_zeros(nf, d_max, d_max)
+        shift = x.new_zeros(nf, 1, d_max)
+        for n, d in enumerate(self.widths):
+            mean, var = self.candidate_statistics(n)  # [F, D] (linear) or [F, d_n] (pad)
+            inv_sd = torch.rsqrt(var + self.norm.eps)
+            weight = q[:, n]  # [F, 1]
+            if self.weights is not None:
+                transform[:, :d] += self.weights[n] * (inv_sd * weight).unsqueeze(1)
+                bias = -mean if self.biases is None else self.biases[n] - mean
+                shift[:, 0] += bias * inv_sd * weight
+            else:
+                transform[:, :d, :d] += torch.diag_embed(inv_sd * weight)
+                shift[:, 0, :d] -= mean * inv_sd * weight
+        if self.field_scale is not None:
+            transform = transform * self.field_scale.unsqueeze(-1)
+            shift = shift * self.field_scale.unsqueeze(-1)
+        return torch.baddbmm(shift, x, transform).transpose(0, 1).contiguous()
+
     def _forward(self, ids: Tensor) -> Tensor:
         p = self._weights_fnb(ids.shape[0])  # [F, N, B | 1]
         if (self.training and self.lookup == "shared" and self.norm.momentum is not None
                 and ids.shape[0] > 1):
             return self._shared_training_forward(ids, p)
+        if not self.training and self.lookup == "shared" and p.shape[-1] == 1:
+            return self._shared_eval_forward(ids, p)
         out = self._mix(self._normalised_channels(ids), p)
         if self.field_scale is not None:
             out = out * self.field_scale.unsqueeze(-1)
