@@ -334,12 +334,6 @@ class SupernetEmbedding(nn.Module):
             w_hat = w_n * torch.rsqrt(var_n + eps).unsqueeze(1)
             scaled.append(w_hat if scale is None else w_hat * scale)  # the field scale folds in
             stats.append((var_n, d))
-        if q.shape[-1] == 1:  # one weight per (field, candidate): mix the transforms, one product
-            mixed = sum(F.pad(w_hat, (0, 0, 0, d_max - w_hat.shape[1])) * q[:, n:n + 1]
-                        for n, w_hat in enumerate(scaled))  # [F, D, D]
-            out = torch.bmm(xc, mixed)  # [F, B, D]
-        else:
-            out = _MixPrefixes.apply(xc, q, torch.cat(scaled, dim=1), self.widths)  # [F, B, D]
         with torch.no_grad():
             mu_x = mu.squeeze(1)
             means = [torch.einsum("fd,fde->fe", mu_x[:, :d], w_n)
@@ -348,7 +342,11 @@ class SupernetEmbedding(nn.Module):
                 means = [m + b_n for m, b_n in zip(means, self.biases, strict=True)]
             self._update_running_stats(torch.cat(means, dim=1),
                                        torch.cat([v for v, _ in stats], dim=1), b)
-        return out.transpose(0, 1).contiguous()
+        if q.shape[-1] == 1:  # one weight per (field, candidate): mix the transforms, one product
+            mixed = sum(F.pad(w_hat, (0, 0, 0, d_max - w_hat.shape[1])) * q[:, n:n + 1]
+                        for n, w_hat in enumerate(scaled))  # [F, D, D]
+            return torch.bmm(xc, mixed).transpose(0, 1).contiguous()
+        return _MixPrefixes.apply(xc, q, torch.cat(scaled, dim=1), self.widths)  # [B, F, D]
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, batch: int) -> None:
@@ -428,29 +426,33 @@ class _MixPrefixes(torch.autograd.Function):
     @staticmethod
     def forward(ctx, xc: Tensor, q: Tensor, w_all: Tensor, widths: list[int]) -> Tensor:
         nf, b, _ = xc.shape
-        xc_t = xc.transpose(1, 2)  # [F, D, B]
+        xc_t = xc.transpose(1, 2).contiguous()  # [F, D, B]: the slices below read it contiguously
         z = xc.new_empty(nf, w_all.shape[1], b)
         start = 0
         for n, d in enumerate(widths):
             torch.mul(xc_t[:, :d], q[:, n:n + 1], out=z[:, start:start + d])
             start += d
-        ctx.save_for_backward(xc, q, w_all, z)
+        ctx.save_for_backward(xc_t, q, w_all, z)
         ctx.widths = widths
-        return torch.bmm(z.transpose(1, 2), w_all)  # [F, B, D]
+        out = xc.new_empty(b, nf, w_all.shape[2])  # [B, F, D], the body's layout
+        torch.bmm(z.transpose(1, 2), w_all, out=out.transpose(0, 1))  # written in place
+        return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        xc, q, w_all, z = ctx.saved_tensors
-        grad = grad.contiguous()  # [F, B, D] (a transposed view of the body's [B, F, D] gradient)
+        xc_t, q, w_all, z = ctx.saved_tensors
+        grad = grad.transpose(0, 1).contiguous()  # [F, B, D]
         grad_w = torch.bmm(z, grad)  # [F, sum d_n, D]
-        grad_z = torch.bmm(w_all, grad.transpose(1, 2))  # [F, sum d_n, B]
-        xc_t = xc.transpose(1, 2)
-        grad_xc = torch.zeros_like(xc_t, memory_format=torch.contiguous_format)  # [F, D, B]
+        grad_z = torch.matmul(w_all, grad.transpose(1, 2))  # [F, sum d_n, B] (faster than bmm here)
+        grad_xc = None  # [F, D, B]; the widest candidate (d = D, the last) covers every channel
         grad_q = torch.empty_like(q)
-        start = 0
-        for n, d in enumerate(ctx.widths):
-            grad_zn = grad_z[:, start:start + d]
-            grad_xc[:, :d].addcmul_(grad_zn, q[:, n:n + 1])
+        ends = torch.tensor(ctx.widths).cumsum(0).tolist()
+        for n in reversed(range(len(ctx.widths))):
+            d = ctx.widths[n]
+            grad_zn = grad_z[:, ends[n] - d:ends[n]]
+            if grad_xc is None:
+                grad_xc = grad_zn * q[:, n:n + 1]
+            else:
+                grad_xc[:, :d].addcmul_(grad_zn, q[:, n:n + 1])
             torch.sum(grad_zn * xc_t[:, :d], dim=1, out=grad_q[:, n])
-            start += d
         return grad_xc.transpose(1, 2), grad_q, grad_w, None
