@@ -445,7 +445,7 @@ class _MixPrefixes(torch.autograd.Function):
         grad_w = torch.bmm(z, grad)  # [F, sum d_n, D]
         grad_z = torch.matmul(w_all, grad.transpose(1, 2))  # [F, sum d_n, B] (faster than bmm here)
         grad_xc = None  # [F, D, B]; the widest candidate (d = D, the last) covers every channel
-        grad_q = torch.empty_like(q)
+        grad_q = torch.empty_like(q) if ctx.needs_input_grad[1] else None  # not in W-steps
         ends = torch.tensor(ctx.widths).cumsum(0).tolist()
         for n in reversed(range(len(ctx.widths))):
             d = ctx.widths[n]
@@ -454,5 +454,6 @@ class _MixPrefixes(torch.autograd.Function):
                 grad_xc = grad_zn * q[:, n:n + 1]
             else:
                 grad_xc[:, :d].addcmul_(grad_zn, q[:, n:n + 1])
-            torch.sum(grad_zn * xc_t[:, :d], dim=1, out=grad_q[:, n])
+            if grad_q is not None:
+                torch.sum(grad_zn * xc_t[:, :d], dim=1, out=grad_q[:, n])
         return grad_xc.transpose(1, 2), grad_q, grad_w, None

@@ -24,6 +24,7 @@ the finite differences compare the same function.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -45,13 +46,29 @@ def batch_loss(model: nn.Module, batch: Batch) -> Tensor:
 
 def w_step(model: nn.Module, w_params: Sequence[Tensor], optimizer: torch.optim.Optimizer,
            batch: Batch) -> Tensor:
-    """One update of ``W`` on a training batch (Alg. 1 lines 4-6); returns the detached loss."""
-    loss = batch_loss(model, batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward(inputs=list(w_params))
+    """One update of ``W`` on a training batch (Alg. 1 lines 4-6); returns the detached loss.
+    The other parameters (``alpha``) are frozen for the step, so that no gradient towards them is
+    computed at all."""
+    w_ids = {id(p) for p in w_params}
+    with _frozen([p for p in model.parameters() if p.requires_grad and id(p) not in w_ids]):
+        loss = batch_loss(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=list(w_params))
     distributed.average_gradients(w_params)  # data-parallel (torchrun): the global-batch gradient
     optimizer.step()
     return loss.detach()
+
+
+@contextmanager
+def _frozen(params: Sequence[Tensor]):
+    """``requires_grad`` off for ``params`` inside the block, back on afterwards."""
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def joint_step(model: nn.Module, w_params: Sequence[Tensor], alpha_params: Sequence[Tensor],
