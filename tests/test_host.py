@@ -72,3 +72,17 @@ def test_memory_is_kept_in_the_process_unless_the_user_opts_out(monkeypatch):
     monkeypatch.setattr(host, "_applied", None)
     monkeypatch.setenv("EMBDIM_MALLOC", "system")
     assert host.keep_memory_in_process() is False and len(calls) == 3
+
+
+def test_searches_keep_memory_in_the_process_like_the_trainer(monkeypatch, planted):
+    """A search runs its own loop before any Trainer exists (AutoDim, NIS, ...): it applies the
+    same memory setting."""
+    from embdim.data.dataset import PreparedDataset
+    from embdim.search import make_method
+
+    calls = []
+    monkeypatch.setattr(host, "keep_memory_in_process", lambda: calls.append(1) or True)
+    method = make_method({"name": "autodim", "epochs": 1, "max_steps": 3, "pretrain_steps": 1,
+                          "candidates": [2, 4]})
+    method.search(PreparedDataset(planted), model={"name": "fm"}, train={"batch_size": 256})
+    assert calls

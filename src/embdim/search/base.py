@@ -96,6 +96,11 @@ class SearchMethod(ABC):
         """
         if ctx is None:
             ctx = make_context(model, train, work_dir=work_dir, quiet=quiet)
+        from embdim.train.host import keep_memory_in_process
+        from embdim.train.trainer import resolve_device
+
+        if resolve_device(ctx.train.device).type == "cpu":
+            keep_memory_in_process()  # searches run their own loops: the trainer's memory setting
         plan = self._search(dataset, ctx)
         if self.round_to > 1:
             plan = plan.rounded(self.round_to)
