@@ -105,7 +105,7 @@ def main() -> None:
     for name in methods:
         cfg = method_config(name, args.epochs, args.candidates, args.order)
 
-        def search_seconds() -> float:
+        def search_seconds(cfg: dict = cfg) -> float:
             method = make_method(cfg)
             seed_everything(0)
             with tempfile.TemporaryDirectory() as work:
