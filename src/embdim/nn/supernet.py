@@ -442,18 +442,19 @@ class _MixPrefixes(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         xc_t, q, w_all, z = ctx.saved_tensors
         grad = grad.transpose(0, 1).contiguous()  # [F, B, D]
-        grad_w = torch.bmm(z, grad)  # [F, sum d_n, D]
+        needs_xc, needs_q, needs_w = ctx.needs_input_grad[:3]  # W-steps: no q; alpha steps: only q
+        grad_w = torch.bmm(z, grad) if needs_w else None  # [F, sum d_n, D]
         grad_z = torch.matmul(w_all, grad.transpose(1, 2))  # [F, sum d_n, B] (faster than bmm here)
         grad_xc = None  # [F, D, B]; the widest candidate (d = D, the last) covers every channel
-        grad_q = torch.empty_like(q) if ctx.needs_input_grad[1] else None  # not in W-steps
+        grad_q = torch.empty_like(q) if needs_q else None
         ends = torch.tensor(ctx.widths).cumsum(0).tolist()
         for n in reversed(range(len(ctx.widths))):
             d = ctx.widths[n]
             grad_zn = grad_z[:, ends[n] - d:ends[n]]
-            if grad_xc is None:
+            if needs_xc and grad_xc is None:
                 grad_xc = grad_zn * q[:, n:n + 1]
-            else:
+            elif needs_xc:
                 grad_xc[:, :d].addcmul_(grad_zn, q[:, n:n + 1])
             if grad_q is not None:
                 torch.sum(grad_zn * xc_t[:, :d], dim=1, out=grad_q[:, n])
-        return grad_xc.transpose(1, 2), grad_q, grad_w, None
+        return None if grad_xc is None else grad_xc.transpose(1, 2), grad_q, grad_w, None

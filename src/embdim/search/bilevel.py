@@ -94,9 +94,11 @@ def first_order_alpha_grad(model: nn.Module, alpha_params: Sequence[Tensor],
     put back, as the second-order step does, so validation rows never enter the model's state.
     """
     saved_buffers = _buffers(model)
+    alpha_ids = {id(p) for p in alpha_params}
     try:
-        loss = batch_loss(model, valid_batch)
-        grads = torch.autograd.grad(loss, list(alpha_params))
+        with _frozen([p for p in model.parameters() if p.requires_grad and id(p) not in alpha_ids]):
+            loss = batch_loss(model, valid_batch)  # W frozen: no gradient towards W is computed
+            grads = torch.autograd.grad(loss, list(alpha_params))
     finally:
         _restore_buffers(model, saved_buffers)
     return list(grads), loss.detach()
