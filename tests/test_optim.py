@@ -153,3 +153,22 @@ def test_lazy_adam_is_torch_sparse_adam():
     for key in ("exp_avg", "exp_avg_sq"):
         torch.testing.assert_close(state_ours[key], state_theirs[key], rtol=1e-5, atol=1e-7)
     torch.optim.SparseAdam([theirs], lr=0.05).load_state_dict(opt_ours.state_dict())
+
+
+def test_lookups_of_other_rows_in_one_backward_get_their_own_gradients():
+    """The distinct rows of one lookup are reused by the next only when it reads the same rows
+    (the embedding table and the first-order weights); a lookup of other rows of an equally long
+    table gets its own."""
+    from embdim.nn.embedding import gather_rows
+
+    g = torch.Generator().manual_seed(3)
+    tables = [torch.nn.Parameter(torch.randn(40, 2, generator=g)) for _ in range(3)]
+    rows_a = torch.randint(0, 40, (100,), generator=g)
+    rows_b = torch.randint(0, 40, (100,), generator=g)  # same shape, other values
+    upstream = torch.randn(100, 2, generator=g)
+    loss = sum((gather_rows(t, r, sparse=True) * upstream).sum()
+               for t, r in zip(tables, (rows_a, rows_a, rows_b), strict=True))
+    loss.backward()
+    for t, r in zip(tables, (rows_a, rows_a, rows_b), strict=True):
+        reference = torch.zeros(40, 2).index_add_(0, r, upstream)
+        torch.testing.assert_close(t.grad.to_dense(), reference)

@@ -89,11 +89,28 @@ class _GatherRowsSparseGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         rows, slots = ctx.saved_tensors
-        distinct, inverse = distinct_rows(rows, slots)
+        distinct, inverse = _distinct_rows_of_batch(rows, slots)
         values = grad.new_zeros(distinct.numel(), grad.shape[1]).index_add_(0, inverse, grad)
         sparse = torch.sparse_coo_tensor(distinct.unsqueeze(0), values, ctx.table_shape,
                                          is_coalesced=True, check_invariants=False)
         return sparse, None, None
+
+
+_LAST_DISTINCT: list = []  # (rows, distinct, inverse) of the last lookup's backward
+
+
+def _distinct_rows_of_batch(rows: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`distinct_rows`, reusing the last backward's result when ``rows`` holds the same
+    values: the embedding table and the first-order weights of a model read the same rows of
+    equally long tables (one comparison instead of a second pass)."""
+    if _LAST_DISTINCT:
+        last_rows, distinct, inverse = _LAST_DISTINCT
+        if (last_rows.shape == rows.shape and last_rows.device == rows.device
+                and slots.shape[0] > int(distinct[-1]) and torch.equal(last_rows, rows)):
+            return distinct, inverse
+    distinct, inverse = distinct_rows(rows, slots)
+    _LAST_DISTINCT[:] = [rows, distinct, inverse]
+    return distinct, inverse
 
 
 def gather_rows(weight: Tensor, rows: Tensor, sparse: bool) -> Tensor:
