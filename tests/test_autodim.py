@@ -439,6 +439,19 @@ def test_temperature_anneals_from_the_first_alpha_update(small):
     assert plan.extra["final_tau"] == pytest.approx(0.9)
 
 
+def test_search_history_records_alpha_per_epoch(small):
+    """Each search epoch logs every field's alpha: equal while the first epoch is all pre-training,
+    the final alpha (the one eq. 13 derives from) after the last epoch."""
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 4, "update_every": 1, "alpha_lr": 0.03},
+               epochs=2, max_steps_per_epoch=4)
+    seed_everything(0)
+    plan = make_method(cfg.method).search(PreparedDataset(small), _ctx(cfg))
+    first, last = plan.extra["search_history"]
+    assert first["alpha"] == [[0.2] * 5] * len(plan.field_names)
+    for name, row in zip(plan.field_names, last["alpha"], strict=True):
+        assert row == pytest.approx(plan.extra["alpha"][name], abs=1e-4)
+    assert last["alpha"] != first["alpha"]
+
 # ---- the search uses the training step's fast paths ----------------------------------------------
 @pytest.mark.parametrize("has_bf16", [True, False])
 def test_search_runs_under_bf16_autocast_where_the_cpu_has_it(small, monkeypatch, has_bf16):

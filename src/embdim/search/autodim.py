@@ -237,6 +237,12 @@ class AutoDimSearch:
         if not self.ctx.quiet:
             tqdm.write(msg)
 
+    def _alpha_by_field(self) -> list[list[float]]:
+        """Per field, the softmax of alpha over that field's candidates (4 decimals, for the history)."""
+        alpha = self.supernet.alpha().detach().cpu()
+        return [[round(float(a), 4) for a, ok in zip(row, mask, strict=True) if ok]
+                for row, mask in zip(alpha, self.supernet.mask.tolist(), strict=True)]
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
@@ -300,7 +306,7 @@ class AutoDimSearch:
             entry = {"epoch": epoch + 1, "train_loss": mean_loss, "valid_auc": valid["auc"],
                      "valid_logloss": valid["logloss"], "tau": net.tau, "steps": step,
                      "alpha_updates": alpha_updates, "seconds": time.perf_counter() - t0,
-                     "dims": net.selected_widths()}
+                     "dims": net.selected_widths(), "alpha": self._alpha_by_field()}
             history.append(entry)
             self._log(f"search epoch {epoch + 1}: train_loss={mean_loss:.5f} valid_auc={valid['auc']:.5f} "
                       f"tau={net.tau:.3f} dims={entry['dims']}")
