@@ -391,10 +391,10 @@ def test_second_order_update_with_sparse_tables_equals_the_dense_one():
 
 @pytest.mark.parametrize("method", ["autoemb", "fse"])
 def test_sparse_tables_touch_only_the_rows_of_the_batch(method):
-    """``train.sparse_tables``: a step (controller update included) changes the id-table rows of
-    the batch's users and items only (dense Adam moves every row with momentum)."""
+    """``train.optimizer: sparse_adam``: a step (controller update included) changes the id-table
+    rows of the batch's users and items only (dense Adam moves every row with momentum)."""
     stream = random_stream(n=400, users=60, items=40)
-    learner = StreamLearner(stream, tiny_config(method, train__sparse_tables=True), quiet=True)
+    learner = StreamLearner(stream, tiny_config(method, train__optimizer="sparse_adam"), quiet=True)
     for start in range(0, 200, 20):
         learner.step(start, start + 20, 0)
     before = [t.weight.detach().clone() for t in learner.model.tables()]
@@ -415,6 +415,53 @@ def test_config_refuses_unknown_keys_and_bad_values():
         load_stream_config(None, ["method.name=nope"])
     cfg = load_stream_config(None, ["method.order=first"])
     assert cfg.xi == 0.0 and load_stream_config(None, []).xi == cfg.train.lr
+
+
+def test_sparse_tables_is_an_alias_of_optimizer_sparse_adam():
+    """``train.sparse_tables: true|false`` (older configs and run folders) reads as the CTR
+    trainer's key ``train.optimizer: sparse_adam|adam``: the same lazy-Adam id tables, and the
+    resolved config names only the new key."""
+    for alias, name in ((True, "sparse_adam"), (False, "adam")):
+        cfg = tiny_config("autoemb", train__sparse_tables=alias)
+        assert cfg.train.optimizer == name and cfg.sparse_tables is alias
+        assert "sparse_tables" not in cfg.to_dict()["train"]
+        learner = StreamLearner(random_stream(), cfg, quiet=True)
+        assert (learner.w_opt.sparse is not None) is alias
+    with pytest.raises(ConfigError, match="^train.sparse_tables: expected true or false, got 'yes'$"):
+        tiny_config("fse", train__sparse_tables="yes")
+    with pytest.raises(ConfigError, match="contradicts train.optimizer: adam"):
+        tiny_config("fse", train__sparse_tables=True, train__optimizer="adam")
+    with pytest.raises(ConfigError, match="^train.optimizer 'rowwise_adagrad': a streaming run takes "
+                                          "adam or sparse_adam$"):
+        tiny_config("fse", train__optimizer="rowwise_adagrad")
+
+
+def test_a_run_folder_written_with_the_old_key_resumes_and_reports(tmp_path, capsys):
+    """A run folder whose ``config.yaml`` has ``train.sparse_tables`` (written before the key was
+    renamed) resumes with the same config given either way, and is read by the reports."""
+    import yaml
+
+    stream_dir = random_stream().save(tmp_path / "s")
+    args = _resume_args(stream_dir, "fse", tmp_path / "old", "--set", "train.optimizer=sparse_adam")
+    assert main(args) == 0
+    m = json.loads((tmp_path / "old" / "metrics.json").read_text())
+    cfg = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    assert cfg["train"].pop("optimizer") == "sparse_adam"
+    cfg["train"]["sparse_tables"] = True  # what the folder held before the rename
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    capsys.readouterr()
+    assert main(["stream", "report", str(tmp_path / "old"), "--out", str(tmp_path / "rep"),
+                 "--no-plots"]) == 0
+    assert f"{m['online_mse']:.4f}" in capsys.readouterr().out
+    # an unfinished run of the old config resumes under the new key (and under the old one)
+    (tmp_path / "old" / "metrics.json").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert _without_timings(tmp_path / "old" / "metrics.json") == {
+        k: v for k, v in m.items() if k not in TIMINGS}
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (tmp_path / "old" / "metrics.json").unlink()
+    old_args = [a.replace("train.optimizer=sparse_adam", "train.sparse_tables=true") for a in args]
+    assert main(old_args + ["--resume"]) == 0
 
 
 def test_cli_prepare_run_report(tmp_path, capsys):
@@ -514,7 +561,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, meth
 def test_interrupted_run_with_sparse_tables_resumes_to_the_same_metrics(tmp_path, monkeypatch, method):
     """The lazy-Adam state of the id tables is in the checkpoint too."""
     stream_dir = random_stream().save(tmp_path / "s")
-    extra = ("--set", "train.checkpoint_every=3", "--set", "train.sparse_tables=true")
+    extra = ("--set", "train.checkpoint_every=3", "--set", "train.optimizer=sparse_adam")
     assert main(_resume_args(stream_dir, method, tmp_path / "whole", *extra)) == 0
     calls = [0]
     step = StreamLearner.step

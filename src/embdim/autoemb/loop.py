@@ -102,7 +102,7 @@ class StreamLearner:
         self.method = cfg.method.name
         nu, ni = stream.num_users, stream.num_items
         m = cfg.model
-        sparse = cfg.train.sparse_tables
+        sparse = cfg.sparse_tables
         if self.method == "fse":
             self.model: nn.Module = FixedWidthModel(nu, ni, cfg.fixed_width, m.hidden, m.task,
                                                     transform=m.fse_transform, out_dim=max(m.widths),
@@ -118,7 +118,7 @@ class StreamLearner:
         self.model.to(self.device)
         self.w_params = [p for p in self.model.parameters()]
         self.table_params = [t.weight for t in self.model.tables()] if sparse else []
-        # Adam, or with train.sparse_tables lazy Adam on the id tables (embdim.train.optim)
+        # Adam, or with train.optimizer sparse_adam lazy Adam on the id tables (embdim.train.optim)
         self.w_opt = TableAdam(self.w_params, self.table_params, lr=cfg.train.lr)
         if self.weights is not None:
             self.weights.to(self.device)
@@ -236,7 +236,7 @@ class StreamLearner:
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed here."""
         return {"method": self.method, "task": self.cfg.model.task, "norm": self.cfg.model.norm,
-                "sparse_tables": self.cfg.train.sparse_tables,
+                "sparse_tables": self.cfg.sparse_tables,
                 "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
                 "users": self.stream.num_users, "items": self.stream.num_items,
                 "interactions": self.length, "offline_end": self.offline_end,
