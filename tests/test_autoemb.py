@@ -625,15 +625,17 @@ def test_plan_json_describes_the_learned_rule_consistently_with_metrics(tmp_path
         cfg = tiny_config(method, method__controller_lr=0.05)
         m = run_stream(cfg, tmp_path / method, stream=stream, quiet=True, plots=False)
         plan = load_stream_plan(tmp_path / method / "plan.json")
-        assert plan["method"] == method and plan["kind"] == "stream"
-        assert plan["embedding_params"] == m["embedding_params"]
-        assert plan["fde_embedding_params"] == (stream.num_users + stream.num_items) * sum(widths)
+        assert plan.to_dict() == DimensionPlan.load(tmp_path / method / "plan.json").to_dict()
+        assert plan.method == method and plan.extra["kind"] == "stream"
+        assert plan.field_names == ["user", "item"] and plan.vocab_sizes == [30, 20]
+        assert plan.embedding_params == m["embedding_params"]
+        assert plan.fde_embedding_params == (stream.num_users + stream.num_items) * sum(widths)
         if method == "fse":
-            assert plan["value_dim_rule"] == {"kind": "uniform", "width": 7}
+            assert plan.value_dim_rule == {"kind": "uniform", "width": 7} and plan.embedding is None
             continue
-        rule = plan["value_dim_rule"]
+        rule = plan.value_dim_rule
         assert rule["kind"] == "popularity_buckets" and rule["candidates"] == widths
-        assert plan["aligned_dim"] == 4
+        assert plan.dims == [4, 4] and plan.embedding["kind"] == "autoemb_mixture"
         final = {"user": np.bincount(np.asarray(stream.arrays["users"]), minlength=stream.num_users),
                  "item": np.bincount(np.asarray(stream.arrays["items"]), minlength=stream.num_items)}
         hard = 0
@@ -648,9 +650,52 @@ def test_plan_json_describes_the_learned_rule_consistently_with_metrics(tmp_path
                 assert rule_width(plan, name, row["min_popularity"]) == row["argmax_width"]
             assert sum(r["entities_at_end"] for r in rows) <= len(final[name])
             hard += sum(rule_width(plan, name, int(p)) for p in final[name])
-        assert plan["hard_embedding_params"] == hard
-        with pytest.raises(EmbdimError):  # not a CTR DimensionPlan
-            DimensionPlan.load(tmp_path / method / "plan.json")
+        assert plan.extra["hard_embedding_params"] == hard
+        from embdim.nn.models import build_model
+
+        with pytest.raises(EmbdimError, match="autoemb_mixture"):  # no CTR model builds the mixture
+            build_model("fm", plan.vocab_sizes, plan)
+
+
+def _legacy_stream_plan(plan) -> dict:
+    """``plan`` in the streaming plan.json format of older run folders (before it was a
+    DimensionPlan), key by key as that version wrote it."""
+    mixture = plan.embedding is not None
+    candidates = plan.embedding["candidates"] if mixture else [plan.full_dim]
+    width = plan.embedding["table_width"] if mixture else plan.full_dim
+    fields = [{"name": n, "vocab_size": v, "table_width": width, "embedding_params": v * width}
+              for n, v in zip(plan.field_names, plan.vocab_sizes, strict=True)]
+    return {"format_version": 1, "kind": "stream", "method": plan.method, "options": plan.options,
+            "stream_hash": plan.schema_hash, "candidates": candidates, "aligned_dim": max(candidates),
+            "fields": fields, "embedding_params": sum(f["embedding_params"] for f in fields),
+            "fde_embedding_params": sum(plan.vocab_sizes) * plan.full_dim, "fde_width": plan.full_dim,
+            "hard_embedding_params": plan.extra["hard_embedding_params"],
+            "value_dim_rule": plan.value_dim_rule}
+
+
+@pytest.mark.parametrize("method", ["autoemb", "fse"])
+def test_a_plan_json_in_the_older_streaming_format_is_still_read(tmp_path, method):
+    """Run folders written before the streaming plan was a DimensionPlan: load_stream_plan reads
+    their plan.json as the same plan (rule, counts, stream hash); DimensionPlan.load points to it."""
+    from embdim.autoemb.plan import load_stream_plan, rule_width
+    from embdim.autoemb.run import run_stream
+    from embdim.errors import EmbdimError
+    from embdim.plan import DimensionPlan
+
+    run_stream(tiny_config(method, method__controller_lr=0.05), tmp_path / "r", stream=random_stream(),
+               quiet=True, plots=False)
+    plan = load_stream_plan(tmp_path / "r" / "plan.json")
+    (tmp_path / "old.json").write_text(json.dumps(_legacy_stream_plan(plan)))
+    old = load_stream_plan(tmp_path / "old.json")
+    assert old.to_dict() == plan.to_dict()
+    assert old.embedding_params == plan.embedding_params and old.schema_hash == plan.schema_hash
+    assert rule_width(old, "user", 5) == rule_width(plan, "user", 5)
+    with pytest.raises(EmbdimError, match="load_stream_plan"):
+        DimensionPlan.load(tmp_path / "old.json")
+    (tmp_path / "ctr.json").write_text(json.dumps(DimensionPlan(
+        method="fde", field_names=["a"], vocab_sizes=[3], dims=[2], full_dim=2).to_dict()))
+    with pytest.raises(EmbdimError, match="not a streaming plan"):
+        load_stream_plan(tmp_path / "ctr.json")
 
 
 def test_embdim_run_dispatches_a_stream_config(tmp_path, capsys):

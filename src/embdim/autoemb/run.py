@@ -1,13 +1,14 @@
 """Streaming run folders, the Table 2 report and the streaming demo (AutoEmb sec. 3).
 
-A run folder holds ``config.yaml`` (fully resolved), ``plan.json`` (the learned popularity -> width
-rule, :mod:`embdim.autoemb.plan`), ``metrics.json``, ``log.txt``, ``checkpoints/last.pt`` (for
-``--resume``) and PNG plots (``curve.png``, ``by_popularity.png``, ``weights.png``), each written
-atomically; ``metrics.json`` is written last, so its presence marks a finished run. ``metrics.json``
-has the online and offline metrics (``mse`` or ``cross_entropy``, ``accuracy``), flat keys
-``online_<metric>`` for tables, ``by_popularity`` (per user/item popularity bucket and stage:
-interactions, metrics, mean weight per width), ``curve``, ``seconds``, ``interactions_per_second``,
-parameter counts, the seed, the stream's content hash and package versions.
+A run folder is the library's (:mod:`embdim.folders`: resolved ``config.yaml``, ``log.txt``,
+atomic writes, resume and its refusals, ``metrics.json`` written last) with ``plan.json`` (a
+:class:`embdim.plan.DimensionPlan` whose rule maps popularity to width, :mod:`embdim.autoemb.plan`),
+``checkpoints/last.pt`` (the loop's, for ``--resume``) and PNG plots (``curve.png``,
+``by_popularity.png``, ``weights.png``). ``metrics.json`` has the online and offline metrics
+(``mse`` or ``cross_entropy``, ``accuracy``), flat keys ``online_<metric>`` for tables,
+``by_popularity`` (per user/item popularity bucket and stage: interactions, metrics, mean weight
+per width), ``curve``, ``seconds``, ``interactions_per_second``, parameter counts, the seed, the
+stream's content hash and package versions.
 
 ``report`` groups runs by (stream, task, method) and prints the paper's Table 2: rows task x metric,
 columns FSE, SAM, DARTS, AutoEmb, cells mean ± sample std over seeds. AutoEmb is compared with the
@@ -27,7 +28,7 @@ import torch
 
 from embdim.autoemb.config import StreamConfig, stream_config_from_dict
 from embdim.autoemb.loop import StreamLearner
-from embdim.autoemb.plan import stream_plan, write_stream_plan
+from embdim.autoemb.plan import stream_plan
 from embdim.autoemb.plots import plot_by_popularity, plot_curve, plot_weights
 from embdim.autoemb.stream import InteractionStream
 from embdim.config import recorded_config
@@ -98,9 +99,9 @@ def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream 
         f"interactions/s")
     plan = stream_plan(cfg, metrics, num_users=stream.num_users, num_items=stream.num_items,
                        user_counts=learner.user_counts, item_counts=learner.item_counts)
-    write_stream_plan(out / "plan.json", plan)
-    if plan["value_dim_rule"]["kind"] == "popularity_buckets":
-        rule = plan["value_dim_rule"]
+    plan.save(out / "plan.json")
+    if plan.value_dim_rule["kind"] == "popularity_buckets":
+        rule = plan.value_dim_rule
         log("plan: expected width by user popularity bucket " + ", ".join(
             f"{r['bucket']}: {r['expected_width']:.1f}" for r in rule["user"]))
     if plots:
