@@ -317,12 +317,7 @@ class DimensionPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> DimensionPlan:
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise EmbdimError(f"{path}: plan file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EmbdimError(f"{path}: not valid JSON: {e}") from None
+        d = read_plan_json(path)
         try:
             plan = cls.from_dict(d)
             if plan.embedding is not None and "payload" in plan.embedding:
@@ -330,6 +325,16 @@ class DimensionPlan:
             return plan
         except EmbdimError as e:
             raise type(e)(f"{path}: {e}") from None
+
+
+def read_plan_json(path: str | Path) -> Any:
+    """The parsed JSON of a plan file, or an EmbdimError naming the file (missing, not JSON)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EmbdimError(f"{path}: plan file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EmbdimError(f"{path}: not valid JSON: {e}") from None
 
 
 def payload_path(plan_path: str | Path) -> Path:

@@ -66,8 +66,8 @@ from embdim.autoemb.controller import ControllerWeights, TableWeights
 from embdim.autoemb.metrics import StreamMetrics
 from embdim.autoemb.model import AutoEmbModel, FixedWidthModel, labels_for, per_example_loss
 from embdim.autoemb.stream import InteractionStream
-from embdim.errors import EmbdimError, SchemaMismatchError, TrainingDivergedError
-from embdim.io import atomic_torch_save
+from embdim.errors import EmbdimError, TrainingDivergedError
+from embdim.io import atomic_torch_save, read_checkpoint
 from embdim.train.optim import TableAdam, make_adam
 from embdim.train.trainer import resolve_device
 
@@ -292,18 +292,8 @@ class StreamLearner:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None or not path.exists():
             return False
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # a corrupt or foreign file
-            raise EmbdimError(f"{path}: cannot read checkpoint: {e}") from e
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise EmbdimError(f"{path}: not a streaming checkpoint (format "
-                              f"{state.get('format') if isinstance(state, dict) else None!r})")
-        theirs, ours = state.get("fingerprint", {}), self.fingerprint()
-        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs now {v!r}" for k, v in ours.items()
-                if theirs.get(k) != v]
-        if diff:
-            raise SchemaMismatchError(f"{path} belongs to another run: " + "; ".join(diff))
+        state = read_checkpoint(path, fmt=CHECKPOINT_FORMAT, fingerprint=self.fingerprint(),
+                                map_location=self.device)
         self.load_state_dict(state)
         return True
 

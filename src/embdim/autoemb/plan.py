@@ -32,7 +32,6 @@ reads both.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import torch
 from embdim.autoemb.config import StreamConfig
 from embdim.autoemb.controller import POPULARITY_BUCKETS, popularity_bucket
 from embdim.errors import EmbdimError
-from embdim.plan import DimensionPlan
+from embdim.plan import DimensionPlan, read_plan_json
 
 STREAM_PLAN_KIND = "stream"  # extra["kind"] of a streaming plan
 MIXTURE_KIND = "autoemb_mixture"  # embedding["kind"]: every candidate width stored side by side
@@ -121,12 +120,7 @@ def is_stream_plan(plan: DimensionPlan) -> bool:
 def load_stream_plan(path: str | Path) -> DimensionPlan:
     """Read a streaming run's ``plan.json`` (this format, or the earlier streaming one of older run
     folders), refusing a plan that is not a streaming run's."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise EmbdimError(f"{path}: plan file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EmbdimError(f"{path}: not valid JSON: {e}") from None
+    d = read_plan_json(path)
     if isinstance(d, dict) and d.get("kind") == STREAM_PLAN_KIND:
         if d.get("format_version") != LEGACY_FORMAT:
             raise EmbdimError(f"{path}: unsupported streaming plan format_version "
