@@ -236,7 +236,7 @@ class StreamLearner:
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed here."""
         return {"method": self.method, "task": self.cfg.model.task, "norm": self.cfg.model.norm,
-                "sparse_tables": self.cfg.sparse_tables,
+                "sparse_tables": self.cfg.sparse_tables,  # (train.optimizer; key kept: old checkpoints)
                 "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
                 "users": self.stream.num_users, "items": self.stream.num_items,
                 "interactions": self.length, "offline_end": self.offline_end,
