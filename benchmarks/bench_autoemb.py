@@ -9,7 +9,7 @@ evaluate-then-train loop (controller update, scoring, model update), at the pape
 
 ``--ml20m``: a planted stream with ML-20M's 138,493 users and 26,744 items (the id counts are
 what make a dense pass over the tables expensive). Every method is timed with dense id tables
-(Adam over every row) and with ``train.sparse_tables`` (rows of the batch only), unless
+(Adam over every row) and with ``train.optimizer: sparse_adam`` (rows of the batch only), unless
 ``--tables`` says otherwise.
 
 Prints one line per method and writes benchmarks/results/autoemb.json.
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--ml20m", action="store_true",
                     help="planted stream with ML-20M's id counts (138,493 users, 26,744 items)")
     ap.add_argument("--tables", nargs="+", choices=("dense", "sparse"), default=["dense", "sparse"],
-                    help="id-table updates to time (train.sparse_tables off / on)")
+                    help="id-table updates to time (train.optimizer adam / sparse_adam)")
     ap.add_argument("--out", default=str(RESULTS / "autoemb.json"))
     args = ap.parse_args()
 
@@ -71,7 +71,7 @@ def main() -> None:
                 "data": {"limit": args.interactions},
                 "method": {"name": method, **({"order": order} if order != "-" else {})},
                 "train": {"batch_size": args.batch_size, "threads": args.threads, "device": args.device,
-                          "sparse_tables": tables == "sparse"}})
+                          "optimizer": "sparse_adam" if tables == "sparse" else "adam"}})
             learner = StreamLearner(stream, cfg, quiet=True)
             t0 = time.perf_counter()
             summary = learner.run()

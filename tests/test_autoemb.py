@@ -391,10 +391,10 @@ def test_second_order_update_with_sparse_tables_equals_the_dense_one():
 
 @pytest.mark.parametrize("method", ["autoemb", "fse"])
 def test_sparse_tables_touch_only_the_rows_of_the_batch(method):
-    """``train.sparse_tables``: a step (controller update included) changes the id-table rows of
-    the batch's users and items only (dense Adam moves every row with momentum)."""
+    """``train.optimizer: sparse_adam``: a step (controller update included) changes the id-table
+    rows of the batch's users and items only (dense Adam moves every row with momentum)."""
     stream = random_stream(n=400, users=60, items=40)
-    learner = StreamLearner(stream, tiny_config(method, train__sparse_tables=True), quiet=True)
+    learner = StreamLearner(stream, tiny_config(method, train__optimizer="sparse_adam"), quiet=True)
     for start in range(0, 200, 20):
         learner.step(start, start + 20, 0)
     before = [t.weight.detach().clone() for t in learner.model.tables()]
@@ -415,6 +415,53 @@ def test_config_refuses_unknown_keys_and_bad_values():
         load_stream_config(None, ["method.name=nope"])
     cfg = load_stream_config(None, ["method.order=first"])
     assert cfg.xi == 0.0 and load_stream_config(None, []).xi == cfg.train.lr
+
+
+def test_sparse_tables_is_an_alias_of_optimizer_sparse_adam():
+    """``train.sparse_tables: true|false`` (older configs and run folders) reads as the CTR
+    trainer's key ``train.optimizer: sparse_adam|adam``: the same lazy-Adam id tables, and the
+    resolved config names only the new key."""
+    for alias, name in ((True, "sparse_adam"), (False, "adam")):
+        cfg = tiny_config("autoemb", train__sparse_tables=alias)
+        assert cfg.train.optimizer == name and cfg.sparse_tables is alias
+        assert "sparse_tables" not in cfg.to_dict()["train"]
+        learner = StreamLearner(random_stream(), cfg, quiet=True)
+        assert (learner.w_opt.sparse is not None) is alias
+    with pytest.raises(ConfigError, match="^train.sparse_tables: expected true or false, got 'yes'$"):
+        tiny_config("fse", train__sparse_tables="yes")
+    with pytest.raises(ConfigError, match="contradicts train.optimizer: adam"):
+        tiny_config("fse", train__sparse_tables=True, train__optimizer="adam")
+    with pytest.raises(ConfigError, match="^train.optimizer 'rowwise_adagrad': a streaming run takes "
+                                          "adam or sparse_adam$"):
+        tiny_config("fse", train__optimizer="rowwise_adagrad")
+
+
+def test_a_run_folder_written_with_the_old_key_resumes_and_reports(tmp_path, capsys):
+    """A run folder whose ``config.yaml`` has ``train.sparse_tables`` (written before the key was
+    renamed) resumes with the same config given either way, and is read by the reports."""
+    import yaml
+
+    stream_dir = random_stream().save(tmp_path / "s")
+    args = _resume_args(stream_dir, "fse", tmp_path / "old", "--set", "train.optimizer=sparse_adam")
+    assert main(args) == 0
+    m = json.loads((tmp_path / "old" / "metrics.json").read_text())
+    cfg = yaml.safe_load((tmp_path / "old" / "config.yaml").read_text())
+    assert cfg["train"].pop("optimizer") == "sparse_adam"
+    cfg["train"]["sparse_tables"] = True  # what the folder held before the rename
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    capsys.readouterr()
+    assert main(["stream", "report", str(tmp_path / "old"), "--out", str(tmp_path / "rep"),
+                 "--no-plots"]) == 0
+    assert f"{m['online_mse']:.4f}" in capsys.readouterr().out
+    # an unfinished run of the old config resumes under the new key (and under the old one)
+    (tmp_path / "old" / "metrics.json").unlink()
+    assert main(args + ["--resume"]) == 0
+    assert _without_timings(tmp_path / "old" / "metrics.json") == {
+        k: v for k, v in m.items() if k not in TIMINGS}
+    (tmp_path / "old" / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (tmp_path / "old" / "metrics.json").unlink()
+    old_args = [a.replace("train.optimizer=sparse_adam", "train.sparse_tables=true") for a in args]
+    assert main(old_args + ["--resume"]) == 0
 
 
 def test_cli_prepare_run_report(tmp_path, capsys):
@@ -514,7 +561,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, meth
 def test_interrupted_run_with_sparse_tables_resumes_to_the_same_metrics(tmp_path, monkeypatch, method):
     """The lazy-Adam state of the id tables is in the checkpoint too."""
     stream_dir = random_stream().save(tmp_path / "s")
-    extra = ("--set", "train.checkpoint_every=3", "--set", "train.sparse_tables=true")
+    extra = ("--set", "train.checkpoint_every=3", "--set", "train.optimizer=sparse_adam")
     assert main(_resume_args(stream_dir, method, tmp_path / "whole", *extra)) == 0
     calls = [0]
     step = StreamLearner.step
@@ -578,15 +625,17 @@ def test_plan_json_describes_the_learned_rule_consistently_with_metrics(tmp_path
         cfg = tiny_config(method, method__controller_lr=0.05)
         m = run_stream(cfg, tmp_path / method, stream=stream, quiet=True, plots=False)
         plan = load_stream_plan(tmp_path / method / "plan.json")
-        assert plan["method"] == method and plan["kind"] == "stream"
-        assert plan["embedding_params"] == m["embedding_params"]
-        assert plan["fde_embedding_params"] == (stream.num_users + stream.num_items) * sum(widths)
+        assert plan.to_dict() == DimensionPlan.load(tmp_path / method / "plan.json").to_dict()
+        assert plan.method == method and plan.extra["kind"] == "stream"
+        assert plan.field_names == ["user", "item"] and plan.vocab_sizes == [30, 20]
+        assert plan.embedding_params == m["embedding_params"]
+        assert plan.fde_embedding_params == (stream.num_users + stream.num_items) * sum(widths)
         if method == "fse":
-            assert plan["value_dim_rule"] == {"kind": "uniform", "width": 7}
+            assert plan.value_dim_rule == {"kind": "uniform", "width": 7} and plan.embedding is None
             continue
-        rule = plan["value_dim_rule"]
+        rule = plan.value_dim_rule
         assert rule["kind"] == "popularity_buckets" and rule["candidates"] == widths
-        assert plan["aligned_dim"] == 4
+        assert plan.dims == [4, 4] and plan.embedding["kind"] == "autoemb_mixture"
         final = {"user": np.bincount(np.asarray(stream.arrays["users"]), minlength=stream.num_users),
                  "item": np.bincount(np.asarray(stream.arrays["items"]), minlength=stream.num_items)}
         hard = 0
@@ -601,9 +650,52 @@ def test_plan_json_describes_the_learned_rule_consistently_with_metrics(tmp_path
                 assert rule_width(plan, name, row["min_popularity"]) == row["argmax_width"]
             assert sum(r["entities_at_end"] for r in rows) <= len(final[name])
             hard += sum(rule_width(plan, name, int(p)) for p in final[name])
-        assert plan["hard_embedding_params"] == hard
-        with pytest.raises(EmbdimError):  # not a CTR DimensionPlan
-            DimensionPlan.load(tmp_path / method / "plan.json")
+        assert plan.extra["hard_embedding_params"] == hard
+        from embdim.nn.models import build_model
+
+        with pytest.raises(EmbdimError, match="autoemb_mixture"):  # no CTR model builds the mixture
+            build_model("fm", plan.vocab_sizes, plan)
+
+
+def _legacy_stream_plan(plan) -> dict:
+    """``plan`` in the streaming plan.json format of older run folders (before it was a
+    DimensionPlan), key by key as that version wrote it."""
+    mixture = plan.embedding is not None
+    candidates = plan.embedding["candidates"] if mixture else [plan.full_dim]
+    width = plan.embedding["table_width"] if mixture else plan.full_dim
+    fields = [{"name": n, "vocab_size": v, "table_width": width, "embedding_params": v * width}
+              for n, v in zip(plan.field_names, plan.vocab_sizes, strict=True)]
+    return {"format_version": 1, "kind": "stream", "method": plan.method, "options": plan.options,
+            "stream_hash": plan.schema_hash, "candidates": candidates, "aligned_dim": max(candidates),
+            "fields": fields, "embedding_params": sum(f["embedding_params"] for f in fields),
+            "fde_embedding_params": sum(plan.vocab_sizes) * plan.full_dim, "fde_width": plan.full_dim,
+            "hard_embedding_params": plan.extra["hard_embedding_params"],
+            "value_dim_rule": plan.value_dim_rule}
+
+
+@pytest.mark.parametrize("method", ["autoemb", "fse"])
+def test_a_plan_json_in_the_older_streaming_format_is_still_read(tmp_path, method):
+    """Run folders written before the streaming plan was a DimensionPlan: load_stream_plan reads
+    their plan.json as the same plan (rule, counts, stream hash); DimensionPlan.load points to it."""
+    from embdim.autoemb.plan import load_stream_plan, rule_width
+    from embdim.autoemb.run import run_stream
+    from embdim.errors import EmbdimError
+    from embdim.plan import DimensionPlan
+
+    run_stream(tiny_config(method, method__controller_lr=0.05), tmp_path / "r", stream=random_stream(),
+               quiet=True, plots=False)
+    plan = load_stream_plan(tmp_path / "r" / "plan.json")
+    (tmp_path / "old.json").write_text(json.dumps(_legacy_stream_plan(plan)))
+    old = load_stream_plan(tmp_path / "old.json")
+    assert old.to_dict() == plan.to_dict()
+    assert old.embedding_params == plan.embedding_params and old.schema_hash == plan.schema_hash
+    assert rule_width(old, "user", 5) == rule_width(plan, "user", 5)
+    with pytest.raises(EmbdimError, match="load_stream_plan"):
+        DimensionPlan.load(tmp_path / "old.json")
+    (tmp_path / "ctr.json").write_text(json.dumps(DimensionPlan(
+        method="fde", field_names=["a"], vocab_sizes=[3], dims=[2], full_dim=2).to_dict()))
+    with pytest.raises(EmbdimError, match="not a streaming plan"):
+        load_stream_plan(tmp_path / "ctr.json")
 
 
 def test_embdim_run_dispatches_a_stream_config(tmp_path, capsys):

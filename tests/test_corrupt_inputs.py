@@ -84,6 +84,21 @@ def test_a_corrupt_stream_folder_is_one_line(tmp_path, capsys, damage, words):
     _one_line_error(capsys, *words)
 
 
+@pytest.mark.parametrize("content", [b"garbage", b"", b"PK\x03\x04 truncated zip"])
+def test_a_corrupt_stream_checkpoint_on_resume_is_one_line(tmp_path, capsys, content):
+    """The streaming loop reads its checkpoint with the trainer's reader (embdim.io.read_checkpoint)."""
+    stream = _stream(tmp_path)
+    run = ["--quiet", "stream", "run", "--set", f"data.path={stream}", "--set", "model.widths=[1,2]",
+           "--set", "model.hidden=[4]", "--set", "method.controller_hidden=[4]", "--out",
+           str(tmp_path / "r"), "--no-plots"]
+    assert main(run) == 0
+    (tmp_path / "r" / "metrics.json").unlink()
+    (tmp_path / "r" / "checkpoints" / "last.pt").write_bytes(content)
+    capsys.readouterr()
+    assert main([*run, "--resume"]) == 2
+    _one_line_error(capsys, "last.pt", "cannot read checkpoint", "damaged")
+
+
 @pytest.mark.parametrize("table, words", [
     (pa.table([pa.array([1, 0] * 5), pa.array(["a", "b"] * 5), pa.array(["x", "y"] * 5)],
               names=["label", "a", "a"]), ("duplicate column name 'a'",)),

@@ -110,12 +110,20 @@ class ExperimentConfig:
 SECTIONS = ("data", "model", "method", "train")
 
 
-def _dataclass_from(cls, d: dict[str, Any], section: str):
+def section_from_dict(cls, d: Any, section: str, hints: dict[str, str] | None = None):
+    """The dataclass ``cls`` from the config section ``d`` (a mapping, or None for the defaults):
+    unknown keys are refused with the list of valid ones (plus ``hints[key]`` for a known
+    mistake, e.g. a key that belongs to another pipeline), every value typed by
+    :func:`typed_fields`."""
+    d = {} if d is None else d
+    if not isinstance(d, dict):
+        raise ConfigError(f"section '{section}' must be a mapping, got {d!r}")
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - valid)
     if unknown:
+        hint = "".join(hints[k] for k in unknown if k in (hints or {}))
         raise ConfigError(f"unknown key(s) {unknown} in section '{section}'; valid keys: "
-                          f"{sorted(valid)}")
+                          f"{sorted(valid)}{hint}")
     return cls(**typed_fields(cls, d, section))
 
 
@@ -232,14 +240,14 @@ def config_from_dict(d: dict[str, Any]) -> ExperimentConfig:
     for s in SECTIONS:
         if d.get(s) is not None and not isinstance(d[s], dict):
             raise ConfigError(f"section '{s}' must be a mapping, got {d[s]!r}")
-    data = _dataclass_from(DataConfig, d.get("data") or {}, "data")
+    data = section_from_dict(DataConfig, d.get("data"), "data")
     model = ModelOptions.from_dict(typed_fields(ModelOptions, dict(d.get("model") or {"name": "deepfm"}),
                                                 "model"))
     resolve_model_name(model.name)  # an unknown model is refused here, before any file is written
     method = dict(d.get("method") or {"name": "fde"})
     method.setdefault("name", "fde")
     method = typed_method_section(method)
-    train = _dataclass_from(TrainConfig, d.get("train") or {}, "train")
+    train = section_from_dict(TrainConfig, d.get("train"), "train")
     train.validate()
     return ExperimentConfig(data=data, model=model, method=method, train=train)
 
@@ -304,14 +312,15 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return out
 
 
-def recorded_config(recorded: dict[str, Any]) -> dict[str, Any]:
-    """A run folder's recorded ``config.yaml`` resolved by this version of the library: keys added
-    since it was written take their defaults, so a run made before a new option existed still
-    compares equal to the same config today (resume, grid restart). Returned unchanged when it no
-    longer validates (the comparison then shows the differences)."""
+def recorded_config(recorded: dict[str, Any], parse: Any = None) -> dict[str, Any]:
+    """A run folder's recorded ``config.yaml`` resolved by this version of the library (``parse``:
+    the pipeline's config parser, :func:`config_from_dict` by default): keys added since it was
+    written take their defaults and renamed keys their new names, so a run made before a new
+    option existed still compares equal to the same config today (resume, grid restart).
+    Returned unchanged when it no longer validates (the comparison then shows the differences)."""
     import copy
 
     try:
-        return config_from_dict(copy.deepcopy(recorded)).to_dict()
+        return (parse or config_from_dict)(copy.deepcopy(recorded)).to_dict()
     except ConfigError:
         return recorded

@@ -11,7 +11,8 @@ Run folder contents::
     checkpoints/     last.pt (every epoch, for --resume) and best.pt (best validation AUC)
 
 Every file is written atomically; ``metrics.json`` is written last, so its presence marks a
-finished run.
+finished run. Creating, refusing and resuming run folders, ``log.txt`` and the ``versions`` record
+are :mod:`embdim.folders`' (shared with the streaming runner, :mod:`embdim.autoemb.run`).
 
 Re-running a finished run: ``embdim run RUNDIR/config.yaml --out NEW`` (from the folder the run was
 started in, if ``data.path`` is relative) gives the same metrics on the same machine with the same
@@ -25,31 +26,23 @@ import dataclasses
 import json
 import os
 import platform
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
 
 import embdim
 from embdim import distributed
-from embdim.config import ExperimentConfig, config_diff, config_from_dict, recorded_config
+from embdim.config import ExperimentConfig, config_from_dict, recorded_config
 from embdim.data.dataset import PreparedDataset
 from embdim.errors import ConfigError
-from embdim.io import atomic_write_json, atomic_write_yaml
+from embdim.folders import RunLog, prepare_run_folder, versions, write_metrics
+from embdim.io import atomic_write_yaml
 from embdim.nn.models import build_model
 from embdim.plan import DimensionPlan
 from embdim.search import SearchContext, make_method
 from embdim.train.trainer import FitResult, Trainer, seed_everything
-
-
-def versions() -> dict[str, str]:
-    return {"embdim": embdim.__version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": sys.version.split()[0], "platform": platform.platform()}
 
 
 def cpu_model() -> str:
@@ -110,20 +103,6 @@ def check_against_record(config_path: str | Path, cfg: ExperimentConfig) -> list
     return notes
 
 
-class RunLog:
-    """Appends timestamped lines to ``log.txt`` (and nothing else: the trainer prints)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __call__(self, msg: str) -> None:
-        if not distributed.is_main():  # under torchrun only rank 0 writes the run folder
-            return
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.path, "a") as f:
-            f.write(f"{stamp} {msg}\n")
-
-
 def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
     """Check and create the run folder (rank 0 under torchrun; the others get its verdict)."""
     error = None
@@ -138,34 +117,7 @@ def _prepare_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None
 
 
 def _check_and_create_run_dir(run_dir: Path, cfg: ExperimentConfig, resume: bool) -> None:
-    cfg_path = run_dir / "config.yaml"
-    if (run_dir / "metrics.json").exists():  # a finished run is never rewritten, even with --resume
-        raise ConfigError(f"run folder {run_dir} already holds a finished run (metrics.json); "
-                          "choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not resume:
-            raise ConfigError(f"run folder {run_dir} already holds an unfinished run; pass --resume "
-                              "to continue it, or choose another --out")
-        if cfg_path.exists():
-            old = recorded_config(_read_recorded_config(cfg_path))
-            if old != cfg.to_dict():
-                diff = config_diff(old, cfg.to_dict())
-                raise ConfigError(f"cannot resume {run_dir}: its config differs in {diff}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(cfg_path, cfg.to_dict())
-
-
-def _read_recorded_config(path: Path) -> dict[str, Any]:
-    """A run folder's ``config.yaml`` as a mapping, or a ConfigError saying it is unreadable."""
-    try:
-        recorded = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid YAML ({type(e).__name__}); the run folder is "
-                          "damaged: choose another --out") from None
-    if not isinstance(recorded, dict):
-        raise ConfigError(f"{path} does not hold a config mapping; the run folder is damaged: "
-                          "choose another --out")
-    return recorded
+    prepare_run_folder(run_dir, cfg.to_dict(), resume=resume, recorded=recorded_config)
 
 
 def open_experiment(cfg: ExperimentConfig | dict[str, Any],
@@ -325,7 +277,7 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         metrics["unrounded_embedding_params"] = int(plan.extra["unrounded_embedding_params"])
         metrics["unrounded_dims"] = dict(zip(plan.field_names, plan.extra["unrounded_dims"], strict=True))
     if distributed.is_main():
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        write_metrics(run_dir, metrics)
     log(f"test_auc={test['auc']:.5f} test_logloss={test['logloss']:.5f} "
         f"embedding_params={metrics['embedding_params']}")
     return metrics

@@ -60,6 +60,35 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
+def read_checkpoint(path: str | os.PathLike, *, fmt: str, fingerprint: dict[str, Any],
+                    map_location: Any = None) -> dict[str, Any]:
+    """A checkpoint written by :func:`atomic_torch_save` (a dict with ``format`` and
+    ``fingerprint``), loaded with ``torch.load(..., weights_only=True)`` (nothing is executed).
+    Refused in one line: an unreadable file, another ``format`` than ``fmt``
+    (:class:`~embdim.errors.EmbdimError`), a ``fingerprint`` that differs from the given one, each
+    differing key listed (:class:`~embdim.errors.SchemaMismatchError`)."""
+    import torch
+
+    from embdim.errors import EmbdimError, SchemaMismatchError
+
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a corrupt or foreign file; torch's own message runs to many lines
+        text = str(e).split("WeightsUnpickler error:")[-1]  # not torch's weights_only advice
+        first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+        raise EmbdimError(f"{path}: cannot read checkpoint ({first[:160]}); the run "
+                          "folder is damaged: choose another --out") from None
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise EmbdimError(f"{path}: unsupported checkpoint format {found!r} (expected {fmt!r})")
+    theirs = state.get("fingerprint", {})
+    diff = [f"{k}: checkpoint {theirs.get(k)!r} vs now {v!r}" for k, v in fingerprint.items()
+            if theirs.get(k) != v]
+    if diff:
+        raise SchemaMismatchError(f"{path} belongs to another run: " + "; ".join(diff))
+    return state
+
+
 def allocate(path: str | os.PathLike) -> None:
     """Give the existing file ``path`` its whole size on disk now (``posix_fallocate``), so that a
     full disk is a :class:`~embdim.errors.DiskFullError` here, naming the file, and not a SIGBUS

@@ -7,13 +7,16 @@ data: it loads from JSON without executing anything and can be applied to any ba
 Optional parts, filled by the methods that need them:
 
 * ``kept_indices`` (SSEDS): per field, which columns of the pretrained full-width table were kept;
-* ``value_dim_rule`` (MDE, NIS, AutoEmb): the rule that maps a value's frequency/popularity to a
-  width; with ``"blocks"`` in it (MDE's per-frequency-block variant, NIS's multi-size embedding), per
-  field the list of its blocks ``{"start", "stop", "dim"[, "reserved_ids"]}`` (see
-  :mod:`embdim.nn.block_embedding`): the model then has one table per block of ``dim > 0`` (a block
-  of ``dim`` 0 has no embedding), ``dims[i]`` is field ``i``'s largest block width (0: the field is
-  dropped) and ``embedding_params`` counts ``sum n_k * d_k`` over the blocks;
-* ``embedding`` (pruning and quantisation methods: PEP, DeepLight, DPQ, MGQE): an embedding that
+* ``value_dim_rule`` (MDE, NIS, AutoEmb on CTR data and on streams): the rule that maps a value's
+  frequency/popularity to a width (a streaming run's ``kind: "popularity_buckets"`` rows, see
+  :mod:`embdim.autoemb.plan`); with ``"blocks"`` in it (MDE's per-frequency-block variant, NIS's
+  multi-size embedding), per field the list of its blocks ``{"start", "stop", "dim"[,
+  "reserved_ids"]}`` (see :mod:`embdim.nn.block_embedding`): the model then has one table per
+  block of ``dim > 0`` (a block of ``dim`` 0 has no embedding), ``dims[i]`` is field ``i``'s
+  largest block width (0: the field is dropped) and ``embedding_params`` counts ``sum n_k * d_k``
+  over the blocks;
+* ``embedding`` (pruning and quantisation methods: PEP, DeepLight, DPQ, MGQE; AutoEmb's streaming
+  mixture, ``kind: "autoemb_mixture"``, which no CTR base model builds): an embedding that
   is not a set of dense per-field tables, ``{"kind": ..., "embedding_params": N, "params_note": ...,
   <the kind's options>}``. ``kind`` names a builder registered in :mod:`embdim.nn.plan_embeddings`;
   ``embedding_params`` is the method's honest count on the common basis (non-zero entries of a
@@ -263,8 +266,8 @@ class DimensionPlan:
         if not isinstance(d, dict):
             raise EmbdimError(f"malformed plan: expected a JSON object, got {type(d).__name__}")
         if d.get("kind") == "stream":
-            raise EmbdimError("this is an AutoEmb streaming plan (a popularity -> width rule, not "
-                              "per-field widths); read it with embdim.autoemb.plan.load_stream_plan")
+            raise EmbdimError("this is an AutoEmb streaming plan in the format of older run "
+                              "folders; read it with embdim.autoemb.plan.load_stream_plan")
         if d.get("format_version") != PLAN_FORMAT_VERSION:
             raise EmbdimError(f"unsupported plan format_version {d.get('format_version')!r}")
         try:
@@ -314,12 +317,7 @@ class DimensionPlan:
 
     @classmethod
     def load(cls, path: str | Path) -> DimensionPlan:
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise EmbdimError(f"{path}: plan file not found") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EmbdimError(f"{path}: not valid JSON: {e}") from None
+        d = read_plan_json(path)
         try:
             plan = cls.from_dict(d)
             if plan.embedding is not None and "payload" in plan.embedding:
@@ -327,6 +325,16 @@ class DimensionPlan:
             return plan
         except EmbdimError as e:
             raise type(e)(f"{path}: {e}") from None
+
+
+def read_plan_json(path: str | Path) -> Any:
+    """The parsed JSON of a plan file, or an EmbdimError naming the file (missing, not JSON)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EmbdimError(f"{path}: plan file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EmbdimError(f"{path}: not valid JSON: {e}") from None
 
 
 def payload_path(plan_path: str | Path) -> Path:

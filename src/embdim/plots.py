@@ -37,7 +37,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.\-]+", "_", text).strip("_.") or "x"
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas (no pyplot): every report figure starts here."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,7 +47,8 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """Write ``fig`` as PNG to ``path``, atomically."""
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png"), mode="wb")
 
@@ -73,7 +75,7 @@ def _label(g: Group, groups: list[Group]) -> str:
 def plot_auc_vs_params(groups: list[Group], path: str | Path, title: str) -> Path:
     """Test AUC vs embedding parameters of the groups of one dataset x model."""
     path = Path(path)
-    fig = _figure(7.5, 5.0)
+    fig = figure(7.5, 5.0)
     ax = fig.add_subplot(1, 1, 1)
     series: dict[str, list[Group]] = defaultdict(list)
     for g in groups:
@@ -103,7 +105,7 @@ def plot_auc_vs_params(groups: list[Group], path: str | Path, title: str) -> Pat
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(title="method", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -119,7 +121,7 @@ def plot_dims(groups: list[Group], path: str | Path, title: str) -> Path | None:
     groups = sorted(groups, key=lambda g: g.method)
     width = 0.8 / len(groups)
     x = np.arange(len(fields))
-    fig = _figure(max(6.0, 0.6 * len(fields) * max(1, len(groups)) ** 0.5 + 2), 4.5)
+    fig = figure(max(6.0, 0.6 * len(fields) * max(1, len(groups)) ** 0.5 + 2), 4.5)
     ax = fig.add_subplot(1, 1, 1)
     for i, g in enumerate(groups):
         values = np.array([[float(r.get("dims", {}).get(f, np.nan)) for f in fields] for r in g.runs])
@@ -135,7 +137,7 @@ def plot_dims(groups: list[Group], path: str | Path, title: str) -> Path | None:
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(title="method", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 
@@ -201,7 +203,7 @@ def plot_saliency(groups: list[Group], path: str | Path, title: str) -> Path | N
                 break
         else:
             clusters.append([st])
-    fig = _figure(max(11.0, 6.0 + 0.45 * len(fields) * max(1, len(clusters)) ** 0.5), 4.6)
+    fig = figure(max(11.0, 6.0 + 0.45 * len(fields) * max(1, len(clusters)) ** 0.5), 4.6)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     width = 0.8 / len(clusters)
     x = np.arange(len(fields))
@@ -236,7 +238,7 @@ def plot_saliency(groups: list[Group], path: str | Path, title: str) -> Path | N
     if len(clusters) > 1:
         ax2.legend(fontsize=8)
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
     return path
 
 

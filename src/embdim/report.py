@@ -33,11 +33,11 @@ import yaml
 from embdim.errors import EmbdimError
 from embdim.io import atomic_write_text
 from embdim.plan import width_overlap
-from embdim.stats import welch_ttest
+from embdim.stats import ALPHA, format_mean_std, mean_std, welch_ttest
+from embdim.stats import significance_mark as stats_mark
 
 METRICS = ("test_auc", "test_logloss", "embedding_params", "params")
 BASELINES = ("fde", "ras", "random", "mde")  # method names the proposed methods are tested against
-ALPHA = 0.05
 
 
 @dataclass
@@ -56,9 +56,7 @@ class Group:
 
     def stat(self, key: str) -> tuple[float, float]:
         """Mean and sample standard deviation (0 for a single run) of a metric."""
-        values = self.values(key)
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        return float(values.mean()), std
+        return mean_std(self.values(key))
 
     @property
     def seeds(self) -> list[int]:
@@ -97,9 +95,9 @@ def add_significance(groups: list[Group]) -> None:
 
 def significance_mark(g: Group) -> str:
     """``*`` significantly better than the best baseline, ``†`` significantly worse, else ''."""
-    if g.p_value is None or g.p_value >= ALPHA or g.baseline_auc is None:
+    if g.baseline_auc is None:
         return ""
-    return "*" if g.stat("test_auc")[0] > g.baseline_auc else "†"
+    return stats_mark(g.p_value, better=g.stat("test_auc")[0] > g.baseline_auc)
 
 
 def method_label(method: dict[str, Any]) -> str:
@@ -109,7 +107,8 @@ def method_label(method: dict[str, Any]) -> str:
 
 
 def find_runs(paths: list[str | Path]) -> list[Path]:
-    """Every finished run folder (one with metrics.json) at or below the given paths."""
+    """Every finished run folder (one with metrics.json) at or below the given paths: CTR and
+    streaming runs alike (:func:`is_stream_metrics` tells them apart)."""
     found: list[Path] = []
     for p in map(Path, paths):
         if not p.exists():
@@ -138,9 +137,7 @@ def collect(run_dirs: list[Path]) -> list[Group]:
 def _cell(g: Group | None, key: str, fmt: str, mark: bool = False) -> str:
     if g is None:
         return "–"
-    mean, std = g.stat(key)
-    text = f"{mean:{fmt}} ± {std:{fmt}}" if len(g.runs) > 1 else f"{mean:{fmt}}"
-    return text + (significance_mark(g) if mark else "")
+    return format_mean_std(g.values(key), fmt) + (significance_mark(g) if mark else "")
 
 
 def markdown_table(groups: list[Group]) -> str:
@@ -299,6 +296,10 @@ def write_report(paths: list[str | Path], out: str | Path, *, plots: bool = True
 
 
 def _is_stream_run(run: Path) -> bool:
-    """An AutoEmb streaming run (online metrics by popularity) rather than a CTR run."""
-    metrics = json.loads((run / "metrics.json").read_text())
-    return "by_popularity" in metrics and "test_auc" not in metrics
+    return is_stream_metrics(json.loads((run / "metrics.json").read_text()))
+
+
+def is_stream_metrics(metrics: dict[str, Any]) -> bool:
+    """The ``metrics.json`` of an AutoEmb streaming run (online metrics by popularity) rather than
+    of a CTR run."""
+    return "by_popularity" in metrics and "online_accuracy" in metrics and "test_auc" not in metrics

@@ -12,7 +12,7 @@
   where ``W+- = W +- eps v`` and ``eps = eps_scale / ||v||`` (a finite-difference Hessian-vector
   product: two extra forward/backward passes instead of second derivatives).
 
-Id tables with sparse gradients (``nn.Embedding(sparse=True)``, ``train.sparse_tables``) are
+Id tables with sparse gradients (``nn.Embedding(sparse=True)``, ``train.optimizer: sparse_adam``) are
 handled row-wise: only the rows a gradient touches are changed, saved and restored, so the update
 costs O(rows in the two batches), not O(ids).
 

@@ -133,7 +133,7 @@ def run_if_stream(args: argparse.Namespace) -> int | None:
     # a path that is not a string is left to the config's type check
     is_stream = isinstance(path, str) and bool(path) and (Path(path) / META_FILE).is_file()
     if not is_stream:
-        if method in ("autoemb", "sam", "darts", "fse"):
+        if method in METHODS:
             where = f"data.path {path} is not a stream folder" if path else "data.path is not set"
             raise ConfigError(f"method.name {method!r} is a streaming method (AutoEmb and its "
                               f"baselines) and runs on an interaction stream, but {where}: prepare "

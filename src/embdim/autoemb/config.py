@@ -10,21 +10,23 @@ library's experiments:
              controller_lr: 0.001, controller_inputs: [popularity, context]}
     train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu, checkpoint_seconds: 60}
 
-``--set section.key=value`` overrides any key (values parsed as YAML); unknown keys are refused.
-:func:`config_diff` lists what differs between two configs (``--resume`` refuses a changed one).
+Parsing, typing and the one-line errors are the library's (:mod:`embdim.config`:
+``section_from_dict``, ``typed_fields``, ``--set`` overrides); this module declares the streaming
+sections, their range checks and the alias ``train.sparse_tables`` (:func:`resolve_aliases`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embdim.config import (  # noqa: F401  (config_diff: re-exported)
     check_sections,
+    coerce,
     config_diff,
     load_config_dict,
-    typed_fields,
+    section_from_dict,
 )
 from embdim.errors import ConfigError
 
@@ -32,6 +34,7 @@ METHODS = ("autoemb", "sam", "darts", "fse")
 ORDERS = ("first", "second")
 NORMS = ("running", "batch", "row")
 CONTROLLER_INPUTS = ("popularity", "context")
+STREAM_OPTIMIZERS = ("adam", "sparse_adam")  # of embdim.train.optim.OPTIMIZERS
 
 
 @dataclass
@@ -75,8 +78,10 @@ class StreamTrainConfig:
     seed: int = 2022
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
-    # id tables with sparse gradients and lazy Adam (rows of the batch only): for large id counts
-    sparse_tables: bool = False
+    # "adam" (every parameter) | "sparse_adam": id tables with sparse gradients and lazy Adam
+    # (rows of the batch only), for large id counts; the CTR trainer's train.optimizer, the same
+    # embdim.train.optim.TableAdam. Alias: train.sparse_tables: true|false (resolve_aliases).
+    optimizer: str = "adam"
     curve_points: int = 100  # points of the metric curve over the stream (Fig. 8)
     log_every: int = 20  # batches between progress-bar updates
     # Checkpoints (run_folder/checkpoints/last.pt, for --resume) are written after a batch once
@@ -102,6 +107,11 @@ class StreamConfig:
         if self.method.order == "first":
             return 0.0
         return self.method.xi or self.train.lr
+
+    @property
+    def sparse_tables(self) -> bool:
+        """Id tables with sparse gradients and lazy Adam (``train.optimizer: sparse_adam``)."""
+        return self.train.optimizer == "sparse_adam"
 
     @property
     def fixed_width(self) -> int:
@@ -131,6 +141,9 @@ class StreamConfig:
                               "method.xi and method.val_batch_size >= 0")
         if d.limit < 0 or t.curve_points <= 0 or t.log_every <= 0:
             raise ConfigError("data.limit must be >= 0; train.curve_points and train.log_every > 0")
+        if t.optimizer not in STREAM_OPTIMIZERS:
+            raise ConfigError(f"train.optimizer {t.optimizer!r}: a streaming run takes "
+                              f"{' or '.join(STREAM_OPTIMIZERS)}")
         if t.checkpoint_every < 0 or t.checkpoint_seconds < 0:
             raise ConfigError("train.checkpoint_every and train.checkpoint_seconds must be >= 0 "
                               "(0 = that trigger off)")
@@ -139,27 +152,34 @@ class StreamConfig:
 
 SECTIONS = {"data": StreamDataConfig, "model": StreamModelConfig, "method": StreamMethodConfig,
             "train": StreamTrainConfig}
+# hints for keys of the CTR pipeline's config that a streaming config does not have
+HINTS = {"method": {"candidates": " (the candidate widths of a streaming run are model.widths)"},
+         "model": {"name": " (a streaming run has one model, the DLRS of AutoEmb sec. 2.1; "
+                           "see docs/autoemb.md)"}}
+
+
+def resolve_aliases(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the documented alias ``train.sparse_tables: true|false`` (the streaming runner's
+    name before it shared ``train.optimizer`` with the CTR trainer, still in older configs and run
+    folders) replaced by ``train.optimizer: sparse_adam|adam``; both keys at once must agree."""
+    train = d.get("train")
+    if not isinstance(train, dict) or "sparse_tables" not in train:
+        return d
+    train = dict(train)
+    alias = coerce(train.pop("sparse_tables"), bool, "train.sparse_tables")
+    named = "sparse_adam" if alias else "adam"
+    if train.get("optimizer", named) != named:
+        raise ConfigError(f"train.sparse_tables: {str(alias).lower()} (an alias of train.optimizer: "
+                          f"{named}) contradicts train.optimizer: {train['optimizer']}; keep one")
+    train["optimizer"] = named
+    return {**d, "train": train}
 
 
 def stream_config_from_dict(d: dict[str, Any]) -> StreamConfig:
     check_sections(d, SECTIONS)
-    parts = {}
-    for name, cls in SECTIONS.items():
-        section = d.get(name) or {}
-        if not isinstance(section, dict):
-            raise ConfigError(f"section '{name}' must be a mapping, got {section!r}")
-        valid = {f.name for f in fields(cls)}
-        bad = sorted(set(section) - valid)
-        if bad:
-            hint = ""
-            if name == "method" and "candidates" in bad:
-                hint = " (the candidate widths of a streaming run are model.widths)"
-            elif name == "model" and "name" in bad:
-                hint = (" (a streaming run has one model, the DLRS of AutoEmb sec. 2.1; "
-                        "see docs/autoemb.md)")
-            raise ConfigError(f"unknown key(s) {bad} in section '{name}'; valid keys: "
-                              f"{sorted(valid)}{hint}")
-        parts[name] = cls(**typed_fields(cls, section, name))
+    d = resolve_aliases(d)
+    parts = {name: section_from_dict(cls, d.get(name), name, HINTS.get(name))
+             for name, cls in SECTIONS.items()}
     return StreamConfig(**parts).validate()
 
 

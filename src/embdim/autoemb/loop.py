@@ -66,8 +66,8 @@ from embdim.autoemb.controller import ControllerWeights, TableWeights
 from embdim.autoemb.metrics import StreamMetrics
 from embdim.autoemb.model import AutoEmbModel, FixedWidthModel, labels_for, per_example_loss
 from embdim.autoemb.stream import InteractionStream
-from embdim.errors import EmbdimError, SchemaMismatchError, TrainingDivergedError
-from embdim.io import atomic_torch_save
+from embdim.errors import EmbdimError, TrainingDivergedError
+from embdim.io import atomic_torch_save, read_checkpoint
 from embdim.train.optim import TableAdam, make_adam
 from embdim.train.trainer import resolve_device
 
@@ -102,7 +102,7 @@ class StreamLearner:
         self.method = cfg.method.name
         nu, ni = stream.num_users, stream.num_items
         m = cfg.model
-        sparse = cfg.train.sparse_tables
+        sparse = cfg.sparse_tables
         if self.method == "fse":
             self.model: nn.Module = FixedWidthModel(nu, ni, cfg.fixed_width, m.hidden, m.task,
                                                     transform=m.fse_transform, out_dim=max(m.widths),
@@ -118,7 +118,7 @@ class StreamLearner:
         self.model.to(self.device)
         self.w_params = [p for p in self.model.parameters()]
         self.table_params = [t.weight for t in self.model.tables()] if sparse else []
-        # Adam, or with train.sparse_tables lazy Adam on the id tables (embdim.train.optim)
+        # Adam, or with train.optimizer sparse_adam lazy Adam on the id tables (embdim.train.optim)
         self.w_opt = TableAdam(self.w_params, self.table_params, lr=cfg.train.lr)
         if self.weights is not None:
             self.weights.to(self.device)
@@ -236,7 +236,7 @@ class StreamLearner:
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed here."""
         return {"method": self.method, "task": self.cfg.model.task, "norm": self.cfg.model.norm,
-                "sparse_tables": self.cfg.train.sparse_tables,
+                "sparse_tables": self.cfg.sparse_tables,  # (train.optimizer; key kept: old checkpoints)
                 "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
                 "users": self.stream.num_users, "items": self.stream.num_items,
                 "interactions": self.length, "offline_end": self.offline_end,
@@ -292,18 +292,8 @@ class StreamLearner:
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None or not path.exists():
             return False
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # a corrupt or foreign file
-            raise EmbdimError(f"{path}: cannot read checkpoint: {e}") from e
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise EmbdimError(f"{path}: not a streaming checkpoint (format "
-                              f"{state.get('format') if isinstance(state, dict) else None!r})")
-        theirs, ours = state.get("fingerprint", {}), self.fingerprint()
-        diff = [f"{k}: checkpoint {theirs.get(k)!r} vs now {v!r}" for k, v in ours.items()
-                if theirs.get(k) != v]
-        if diff:
-            raise SchemaMismatchError(f"{path} belongs to another run: " + "; ".join(diff))
+        state = read_checkpoint(path, fmt=CHECKPOINT_FORMAT, fingerprint=self.fingerprint(),
+                                map_location=self.device)
         self.load_state_dict(state)
         return True
 

@@ -1,42 +1,37 @@
-"""``plan.json`` of a streaming run: the learned rule that maps a user's (an item's) popularity to
-its embedding width.
+"""``plan.json`` of a streaming run: the library's :class:`embdim.plan.DimensionPlan`, whose
+``value_dim_rule`` is the learned rule that maps a user's (an item's) popularity to its width.
 
 AutoEmb does not give a value a fixed width: a controller gives every interaction a soft mixture
 of the candidate widths, from the popularity (and context) the user/item has at that moment. What
 the run learned is therefore summarised per popularity bucket (``floor(log2(1 + popularity))``,
 the buckets of ``metrics.json``): the mean weight on each candidate over the online stage, the
-resulting expected width ``sum_n w_n d_n`` and the most-weighted width. This is the "rule that maps
-a value's popularity to its dim" of DESIGN.md's ``plan.json``.
+resulting expected width ``sum_n w_n d_n`` and the most-weighted width.
 
-It is *not* a :class:`embdim.plan.DimensionPlan`, for three reasons (a DimensionPlan would have
-to misstate one of them):
+The plan's parts (docs/autoemb.md, "plan.json"):
 
-* the trained tables store **every** candidate for every user/item side by side
-  (``d_1 + ... + d_N`` per row), so ``vocab_size x dim`` (DimensionPlan's ``embedding_params``)
-  is wrong whichever single ``dim`` is recorded;
-* a DimensionPlan is bound to a prepared CTR dataset (``schema_hash``, ``check_schema``) and is
-  applied by ``build_model`` to a CTR base model, which would silently build uniform user/item
-  tables, not AutoEmb's mixture;
-* the width is a function of a quantity that changes over the stream (popularity), not of the id.
+* ``fields``: ``user`` and ``item``, their id counts as ``vocab_size``, ``dim`` the width the
+  embedding hands to the DLRS (the largest candidate; FSE: ``model.fixed_width``);
+* ``schema_hash``: the stream's content hash (``stream.json``), so a CTR dataset refuses the plan;
+* ``full_dim``: FSE's width, so ``fde_embedding_params`` is the FSE baseline's table;
+* ``embedding`` (AutoEmb, SAM, DARTS): ``{"kind": "autoemb_mixture", "candidates", "table_width",
+  "embedding_params", "params_note"}``: the trained tables store **every** candidate side by side
+  (``d_1 + ... + d_N`` per row), which is what ``embedding_params`` counts. No CTR base model
+  builds this kind (``build_model`` refuses it by name); FSE has no entry (plain tables);
+* ``value_dim_rule``: ``kind: "popularity_buckets"`` with, for ``user`` and ``item``, one row per
+  bucket seen in the online stage (``bucket``, ``min_popularity``, ``max_popularity`` (None for the
+  last, open bucket), ``interactions``, ``weights``, ``expected_width``, ``argmax_width``,
+  ``entities_at_end``); FSE: ``{"kind": "uniform", "width": W}``. A popularity in a bucket
+  without a row uses the nearest row (the lower one on a tie); :func:`rule_width` applies it;
+* ``extra``: ``kind: "stream"`` and ``hard_embedding_params``, the table size if every user/item
+  kept only the most-weighted width of its end-of-stream bucket.
 
-So the file has the same spirit and the same top-level keys where they mean the same thing
-(``format_version``, ``method``, ``options``, ``embedding_params``, ``fde_embedding_params``,
-``fields``, ``value_dim_rule``), ``kind: "stream"`` and ``stream_hash`` instead of
-``schema_hash``; ``fields`` entries have no ``dim``, so ``DimensionPlan.load`` refuses the file.
-:func:`load_stream_plan` reads it back and :func:`rule_width` applies the rule to a popularity.
-
-``value_dim_rule`` (``kind: "popularity_buckets"``) has, for ``user`` and for ``item``, one row per
-bucket seen in the online stage: ``bucket`` (label), ``min_popularity``, ``max_popularity`` (None
-for the last, open bucket), ``interactions``, ``weights`` (mean weight per candidate),
-``expected_width``, ``argmax_width``, ``entities_at_end`` (users/items whose popularity at the end
-of the stream falls in the bucket). A popularity in a bucket without a row uses the nearest row
-(the lower one on a tie). ``hard_embedding_params`` is the table size if every user/item kept only
-the most-weighted width of its end-of-stream bucket. The FSE baseline has ``kind: "uniform"``.
+Run folders written before the plan was a DimensionPlan hold the earlier streaming format
+(``kind: "stream"`` at the top, ``stream_hash``, ``fields`` without ``dim``); :func:`load_stream_plan`
+reads both.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -46,10 +41,13 @@ import torch
 from embdim.autoemb.config import StreamConfig
 from embdim.autoemb.controller import POPULARITY_BUCKETS, popularity_bucket
 from embdim.errors import EmbdimError
-from embdim.io import atomic_write_json
+from embdim.plan import DimensionPlan, read_plan_json
 
-STREAM_PLAN_FORMAT = 1
-STREAM_PLAN_KIND = "stream"
+STREAM_PLAN_KIND = "stream"  # extra["kind"] of a streaming plan
+MIXTURE_KIND = "autoemb_mixture"  # embedding["kind"]: every candidate width stored side by side
+LEGACY_FORMAT = 1  # the streaming plan.json before it was a DimensionPlan (read only)
+PARAMS_NOTE = ("entries of the user and item tables, every candidate width stored side by side: "
+               "(users + items) x (d_1 + ... + d_N)")
 
 
 def _nearest_row(rows: list[dict[str, Any]], bucket: int) -> dict[str, Any]:
@@ -63,24 +61,25 @@ def _bucket_index(row: dict[str, Any]) -> int:
 
 
 def stream_plan(cfg: StreamConfig, metrics: dict[str, Any], *, num_users: int, num_items: int,
-                user_counts: torch.Tensor, item_counts: torch.Tensor) -> dict[str, Any]:
+                user_counts: torch.Tensor, item_counts: torch.Tensor) -> DimensionPlan:
     """The plan of a finished run, from its ``metrics`` (online ``by_popularity`` rows) and the
     popularity counts at the end of the stream."""
     method = cfg.method.name
-    sizes = {"user": num_users, "item": num_items}
     counts = {"user": user_counts, "item": item_counts}
-    fde = (num_users + num_items) * cfg.fixed_width
-    options = {"task": cfg.model.task, "hidden": list(cfg.model.hidden)}
+    options: dict[str, Any] = {"task": cfg.model.task, "hidden": list(cfg.model.hidden)}
+    embedding = None
     if method == "fse":
         rule: dict[str, Any] = {"kind": "uniform", "width": cfg.fixed_width}
         candidates = [cfg.fixed_width]
-        hard = fde
-        table_width = cfg.fixed_width
+        hard = (num_users + num_items) * cfg.fixed_width
     else:
         candidates = [int(w) for w in cfg.model.widths]
         table_width = sum(candidates)
         options.update({k: v for k, v in asdict(cfg.method).items() if k != "name"})
         options["xi"] = cfg.xi  # the step actually used (0 for first order)
+        embedding = {"kind": MIXTURE_KIND, "candidates": candidates, "table_width": table_width,
+                     "embedding_params": (num_users + num_items) * table_width,
+                     "params_note": PARAMS_NOTE}
         rule = {"kind": "popularity_buckets", "stage": "online",
                 "popularity": "interactions of the user (item) strictly before the current one",
                 "bucket": f"min(floor(log2(1 + popularity)), {POPULARITY_BUCKETS - 1})",
@@ -107,52 +106,64 @@ def stream_plan(cfg: StreamConfig, metrics: dict[str, Any], *, num_users: int, n
                 raise EmbdimError(f"no online {name} weights in the metrics: cannot write plan.json")
             rule[name] = rows
             hard += sum(n * _nearest_row(rows, k)["argmax_width"] for k, n in enumerate(at_end) if n)
-    fields = [{"name": name, "vocab_size": sizes[name], "table_width": table_width,
-               "embedding_params": sizes[name] * table_width} for name in ("user", "item")]
-    return {
-        "format_version": STREAM_PLAN_FORMAT,
-        "kind": STREAM_PLAN_KIND,
-        "method": method,
-        "options": options,
-        "stream_hash": metrics.get("stream_hash"),
-        "candidates": candidates,
-        "aligned_dim": max(candidates),
-        "fields": fields,
-        "embedding_params": sum(f["embedding_params"] for f in fields),
-        "fde_embedding_params": fde,
-        "fde_width": cfg.fixed_width,
-        "hard_embedding_params": hard,
-        "value_dim_rule": rule,
-    }
+    return DimensionPlan(method=method, field_names=["user", "item"],
+                         vocab_sizes=[num_users, num_items], dims=[max(candidates)] * 2,
+                         full_dim=cfg.fixed_width, schema_hash=str(metrics.get("stream_hash") or ""),
+                         options=options, value_dim_rule=rule, embedding=embedding,
+                         extra={"kind": STREAM_PLAN_KIND, "hard_embedding_params": hard})
 
 
-def write_stream_plan(path: str | Path, plan: dict[str, Any]) -> None:
-    atomic_write_json(path, plan)
+def is_stream_plan(plan: DimensionPlan) -> bool:
+    return plan.extra.get("kind") == STREAM_PLAN_KIND
 
 
-def load_stream_plan(path: str | Path) -> dict[str, Any]:
-    """Read a streaming run's ``plan.json`` (plain JSON), refusing any other kind of file."""
+def load_stream_plan(path: str | Path) -> DimensionPlan:
+    """Read a streaming run's ``plan.json`` (this format, or the earlier streaming one of older run
+    folders), refusing a plan that is not a streaming run's."""
+    d = read_plan_json(path)
+    if isinstance(d, dict) and d.get("kind") == STREAM_PLAN_KIND:
+        if d.get("format_version") != LEGACY_FORMAT:
+            raise EmbdimError(f"{path}: unsupported streaming plan format_version "
+                              f"{d.get('format_version')!r}")
+        d = from_legacy(d)
     try:
-        plan = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise EmbdimError(f"{path}: plan file not found") from None
-    except json.JSONDecodeError as e:
-        raise EmbdimError(f"{path}: not valid JSON: {e}") from e
-    kind = plan.get("kind") if isinstance(plan, dict) else None
-    if kind != STREAM_PLAN_KIND:
-        raise EmbdimError(f"{path}: not a streaming plan (kind {kind!r}); a CTR plan loads with "
-                          "embdim.plan.DimensionPlan.load")
-    if plan.get("format_version") != STREAM_PLAN_FORMAT:
-        raise EmbdimError(f"{path}: unsupported streaming plan format_version "
-                          f"{plan.get('format_version')!r}")
+        plan = DimensionPlan.from_dict(d)
+    except EmbdimError as e:
+        raise EmbdimError(f"{path}: {e}") from None
+    if not is_stream_plan(plan):
+        raise EmbdimError(f"{path}: not a streaming plan (a CTR plan: per-field widths); load it "
+                          "with embdim.plan.DimensionPlan.load")
     return plan
 
 
-def rule_width(plan: dict[str, Any], field: str, popularity: int, *, expected: bool = False) -> float:
+def from_legacy(d: dict[str, Any]) -> dict[str, Any]:
+    """The DimensionPlan dict of a plan.json in the earlier streaming format (``kind: "stream"``,
+    ``stream_hash``, ``candidates``, ``aligned_dim``, ``fde_width``, ``hard_embedding_params`` at the
+    top; ``fields`` with ``table_width`` and no ``dim``)."""
+    try:
+        rule = d["value_dim_rule"]
+        embedding = None
+        if rule.get("kind") != "uniform":
+            width = int(d["fields"][0]["table_width"])
+            embedding = {"kind": MIXTURE_KIND, "candidates": list(d["candidates"]),
+                         "table_width": width, "embedding_params": int(d["embedding_params"]),
+                         "params_note": PARAMS_NOTE}
+        return {"format_version": 1, "method": d["method"], "options": d.get("options") or {},
+                "schema_hash": d.get("stream_hash") or "", "full_dim": d["fde_width"],
+                "fields": [{"name": f["name"], "vocab_size": f["vocab_size"], "dim": d["aligned_dim"]}
+                           for f in d["fields"]],
+                "value_dim_rule": rule, "embedding": embedding,
+                "extra": {"kind": STREAM_PLAN_KIND,
+                          "hard_embedding_params": d["hard_embedding_params"]}}
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+        raise EmbdimError(f"malformed streaming plan: {e!r}") from None
+
+
+def rule_width(plan: DimensionPlan, field: str, popularity: int, *, expected: bool = False) -> float:
     """The width the plan's rule gives a ``field`` (``user`` / ``item``) value of this popularity:
     the most-weighted candidate of its bucket, or with ``expected`` the expected width."""
-    rule = plan["value_dim_rule"]
-    if rule["kind"] == "uniform":
+    rule = plan.value_dim_rule or {}
+    if rule.get("kind") == "uniform":
         return rule["width"]
     k = int(popularity_bucket(torch.tensor([popularity]))[0])
     row = _nearest_row(rule[field], k)

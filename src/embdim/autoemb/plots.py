@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from embdim.plots import _figure, _save
+from embdim.plots import figure, save_figure
 
 
 def _loss_key(metrics: dict[str, Any]) -> str:
@@ -31,7 +31,7 @@ def _loss_label(key: str) -> str:
 
 def plot_by_popularity(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str) -> Path:
     """``runs``: method -> metrics of its seeds (one task)."""
-    fig = _figure(11, 7)
+    fig = figure(11, 7)
     first = next(iter(runs.values()))[0]
     key = _loss_key(first)
     for row, stage in enumerate(("offline", "online")):
@@ -55,7 +55,7 @@ def plot_by_popularity(runs: dict[str, list[dict[str, Any]]], path: str | Path, 
             if row == 0 and col == 0:
                 ax.legend(fontsize=8)
     fig.suptitle(title)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
@@ -64,7 +64,7 @@ def plot_weights(metrics: dict[str, Any], path: str | Path, title: str, stage: s
     widths = metrics.get("widths") or []
     if not any(b.get("weights") for b in metrics["by_popularity"]["user"][stage]):
         return None
-    fig = _figure(11, 4.5)
+    fig = figure(11, 4.5)
     for col, who in enumerate(("user", "item")):
         ax = fig.add_subplot(1, 2, col + 1)
         rows = [b for b in metrics["by_popularity"][who][stage] if b.get("weights")]
@@ -81,13 +81,13 @@ def plot_weights(metrics: dict[str, Any], path: str | Path, title: str, stage: s
         ax.set_title(f"{who}s, {stage} stage", fontsize=9)
         ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(title)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)
 
 
 def plot_curve(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: str) -> Path:
     """Loss and accuracy over the stream, one line per method (mean over seeds)."""
-    fig = _figure(11, 4.5)
+    fig = figure(11, 4.5)
     first = next(iter(runs.values()))[0]
     key = _loss_key(first)
     for col, (metric, label) in enumerate(((key, _loss_label(key)), ("accuracy", "accuracy"))):
@@ -107,5 +107,5 @@ def plot_curve(runs: dict[str, list[dict[str, Any]]], path: str | Path, title: s
         if col == 0:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
     return Path(path)

@@ -1,13 +1,14 @@
 """Streaming run folders, the Table 2 report and the streaming demo (AutoEmb sec. 3).
 
-A run folder holds ``config.yaml`` (fully resolved), ``plan.json`` (the learned popularity -> width
-rule, :mod:`embdim.autoemb.plan`), ``metrics.json``, ``log.txt``, ``checkpoints/last.pt`` (for
-``--resume``) and PNG plots (``curve.png``, ``by_popularity.png``, ``weights.png``), each written
-atomically; ``metrics.json`` is written last, so its presence marks a finished run. ``metrics.json``
-has the online and offline metrics (``mse`` or ``cross_entropy``, ``accuracy``), flat keys
-``online_<metric>`` for tables, ``by_popularity`` (per user/item popularity bucket and stage:
-interactions, metrics, mean weight per width), ``curve``, ``seconds``, ``interactions_per_second``,
-parameter counts, the seed, the stream's content hash and package versions.
+A run folder is the library's (:mod:`embdim.folders`: resolved ``config.yaml``, ``log.txt``,
+atomic writes, resume and its refusals, ``metrics.json`` written last) with ``plan.json`` (a
+:class:`embdim.plan.DimensionPlan` whose rule maps popularity to width, :mod:`embdim.autoemb.plan`),
+``checkpoints/last.pt`` (the loop's, for ``--resume``) and PNG plots (``curve.png``,
+``by_popularity.png``, ``weights.png``). ``metrics.json`` has the online and offline metrics
+(``mse`` or ``cross_entropy``, ``accuracy``), flat keys ``online_<metric>`` for tables,
+``by_popularity`` (per user/item popularity bucket and stage: interactions, metrics, mean weight
+per width), ``curve``, ``seconds``, ``interactions_per_second``, parameter counts, the seed, the
+stream's content hash and package versions.
 
 ``report`` groups runs by (stream, task, method) and prints the paper's Table 2: rows task x metric,
 columns FSE, SAM, DARTS, AutoEmb, cells mean ± sample std over seeds. AutoEmb is compared with the
@@ -19,44 +20,25 @@ from __future__ import annotations
 import csv
 import io
 import json
-import platform
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import yaml
 
-from embdim import __version__
-from embdim.autoemb.config import StreamConfig, config_diff, stream_config_from_dict
+from embdim.autoemb.config import StreamConfig, stream_config_from_dict
 from embdim.autoemb.loop import StreamLearner
-from embdim.autoemb.plan import stream_plan, write_stream_plan
+from embdim.autoemb.plan import stream_plan
 from embdim.autoemb.plots import plot_by_popularity, plot_curve, plot_weights
 from embdim.autoemb.stream import InteractionStream
-from embdim.errors import ConfigError, EmbdimError
-from embdim.io import atomic_write_json, atomic_write_text, atomic_write_yaml
-from embdim.stats import welch_ttest
+from embdim.config import recorded_config
+from embdim.errors import EmbdimError
+from embdim.folders import RunLog, prepare_run_folder, read_recorded_config, versions, write_metrics
+from embdim.io import atomic_write_text
+from embdim.report import find_runs, is_stream_metrics
+from embdim.stats import ALPHA, format_mean_std, mean_std, significance_mark, welch_ttest
 
-ALPHA = 0.05
 METHOD_LABELS = {"fse": "FSE", "sam": "SAM", "darts": "DARTS", "autoemb": "AutoEmb"}
-
-
-def _check_run_dir(out: Path, cfg: StreamConfig, resume: bool) -> None:
-    """Refuse a finished run, a non-empty folder without ``resume``, and a changed config."""
-    if (out / "metrics.json").exists():
-        raise EmbdimError(f"{out} already holds a finished run (metrics.json); choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not resume:
-            raise ConfigError(f"run folder {out} already holds an unfinished run; pass --resume to "
-                              "continue it from its last checkpoint, or choose another --out")
-        cfg_path = out / "config.yaml"
-        if cfg_path.exists():
-            old = yaml.safe_load(cfg_path.read_text()) or {}
-            diff = config_diff(old, cfg.to_dict())
-            if diff:
-                raise ConfigError(f"cannot resume {out}: its config differs in {diff}")
 
 
 def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream | None = None,
@@ -69,20 +51,13 @@ def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream 
     run gives on the same machine."""
     out = Path(out)
     cfg.validate()
-    _check_run_dir(out, cfg, resume)
     if stream is None:
         if not cfg.data.path:
             raise EmbdimError("data.path is not set: give a folder written by `embdim stream prepare`")
         stream = InteractionStream.open(cfg.data.path)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_yaml(out / "config.yaml", cfg.to_dict())
-    log_path = out / "log.txt"
-    lines: list[str] = log_path.read_text().splitlines() if resume and log_path.exists() else []
-
-    def log(msg: str) -> None:
-        lines.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}")
-        atomic_write_text(log_path, "\n".join(lines) + "\n")
-
+    prepare_run_folder(out, cfg.to_dict(), resume=resume,
+                       recorded=lambda d: recorded_config(d, stream_config_from_dict))
+    log = RunLog(out / "log.txt")
     log(f"stream {cfg.data.path or stream.meta.get('source')}: {len(stream):,} interactions, "
         f"{stream.num_users:,} users, {stream.num_items:,} items")
     checkpoint = out / "checkpoints" / "last.pt"
@@ -116,8 +91,7 @@ def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream 
         "embedding_params": learner.embedding_params(),
         "controller_params": learner.controller_params(),
         **summary,
-        "versions": {"embdim": __version__, "torch": torch.__version__, "numpy": np.__version__,
-                     "python": platform.python_version()},
+        "versions": versions(),
         "threads": torch.get_num_threads(),
     }
     log(f"online {loss_key}={metrics[f'online_{loss_key}']:.5f} "
@@ -125,9 +99,9 @@ def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream 
         f"interactions/s")
     plan = stream_plan(cfg, metrics, num_users=stream.num_users, num_items=stream.num_items,
                        user_counts=learner.user_counts, item_counts=learner.item_counts)
-    write_stream_plan(out / "plan.json", plan)
-    if plan["value_dim_rule"]["kind"] == "popularity_buckets":
-        rule = plan["value_dim_rule"]
+    plan.save(out / "plan.json")
+    if plan.value_dim_rule["kind"] == "popularity_buckets":
+        rule = plan.value_dim_rule
         log("plan: expected width by user popularity bucket " + ", ".join(
             f"{r['bucket']}: {r['expected_width']:.1f}" for r in rule["user"]))
     if plots:
@@ -136,25 +110,24 @@ def run_stream(cfg: StreamConfig, out: str | Path, *, stream: InteractionStream 
         plot_by_popularity({cfg.method.name: [metrics]}, out / "by_popularity.png",
                            f"By user popularity — {title}")
         plot_weights(metrics, out / "weights.png", f"Weight per width — {title}")
-    atomic_write_json(out / "metrics.json", metrics)
+    write_metrics(out, metrics)
     return metrics
 
 
 # ---- report -----------------------------------------------------------------------------------------
 
 def find_stream_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
-    """metrics.json of every finished streaming run at or below ``paths``."""
+    """metrics.json of every finished streaming run at or below ``paths`` (found by the library's
+    :func:`embdim.report.find_runs`), with its config (``_config``; an older run's aliases
+    resolved) and folder (``_run``)."""
     runs = []
-    for p in map(Path, paths):
-        if not p.exists():
-            raise EmbdimError(f"{p}: no such run folder")
-        for m in ([p / "metrics.json"] if (p / "metrics.json").exists() else sorted(p.rglob("metrics.json"))):
-            metrics = json.loads(m.read_text())
-            if "by_popularity" in metrics and "online_accuracy" in metrics:
-                cfg = stream_config_from_dict(yaml.safe_load((m.parent / "config.yaml").read_text()))
-                metrics["_config"] = cfg
-                metrics["_run"] = str(m.parent)
-                runs.append(metrics)
+    for run in find_runs(paths):
+        metrics = json.loads((run / "metrics.json").read_text())
+        if is_stream_metrics(metrics):
+            recorded = read_recorded_config(run / "config.yaml")
+            metrics["_config"] = stream_config_from_dict(recorded)
+            metrics["_run"] = str(run)
+            runs.append(metrics)
     if not runs:
         raise EmbdimError(f"no finished streaming run under {', '.join(map(str, paths))}")
     return runs
@@ -167,11 +140,6 @@ def _variant(m: dict[str, Any]) -> str:
     if m["method"] in ("autoemb", "darts") and cfg.method.order == "first":
         label += " (1st)"
     return label
-
-
-def _stat(values: list[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 def stream_report(paths: list[str | Path], out: str | Path | None = None, *,
@@ -195,26 +163,25 @@ def stream_report(paths: list[str | Path], out: str | Path | None = None, *,
             loss_key = "mse" if task == "regression" else "cross_entropy"
             for key, label, better in ((f"online_{loss_key}", "MSE loss" if task == "regression"
                                         else "CE loss", min), ("online_accuracy", "accuracy", max)):
-                stats = {v: _stat([m[key] for m in ms]) for v, ms in by_method.items()}
+                stats = {v: mean_std([m[key] for m in ms]) for v, ms in by_method.items()}
                 cells = []
                 for v in methods:
                     if v not in stats:
                         cells.append("–")
                         continue
-                    mean, std = stats[v]
+                    mean = stats[v][0]
                     mark = ""
                     if v.startswith("AutoEmb") and len(stats) > 1:
                         others = {o: s for o, s in stats.items() if not o.startswith("AutoEmb")}
                         if others:
                             best = better(others, key=lambda o: others[o][0])
                             p = welch_ttest([m[key] for m in by_method[v]], [m[key] for m in by_method[best]])
-                            if p is not None and p < ALPHA:
-                                mark = "*" if better(mean, others[best][0]) == mean else "†"
+                            mark = significance_mark(p, better=better(mean, others[best][0]) == mean)
                             rows_csv.append([data, task, key, v, "p_vs_" + best, p])
                     n = len(by_method[v])
-                    cells.append(f"{mean:.4f} ± {std:.4f}{mark}" if n > 1 else f"{mean:.4f}{mark}")
+                    cells.append(format_mean_std([m[key] for m in by_method[v]], ".4f") + mark)
                     rows_csv.append([data, task, key, v, "mean", mean])
-                    rows_csv.append([data, task, key, v, "std", std])
+                    rows_csv.append([data, task, key, v, "std", stats[v][1]])
                     rows_csv.append([data, task, key, v, "seeds", n])
                 md.append(f"| {task} | {label} | " + " | ".join(cells) + " |")
         md += ["", "Online stage; mean ± sample std over seeds. `*` / `†`: AutoEmb better / worse than "
@@ -226,7 +193,7 @@ def stream_report(paths: list[str | Path], out: str | Path | None = None, *,
                 if v not in by_method:
                     continue
                 ms = by_method[v]
-                ips, secs = _stat([m["interactions_per_second"] for m in ms]), _stat(
+                ips, secs = mean_std([m["interactions_per_second"] for m in ms]), mean_std(
                     [m["seconds"]["total"] for m in ms])
                 md.append(f"| {task} | {v} | {len(ms)} | {ips[0]:,.0f} ± {ips[1]:,.0f} | "
                           f"{secs[0]:.1f} | {ms[0]['embedding_params']:,} | {ms[0]['controller_params']:,} |")

@@ -128,9 +128,9 @@ def write_study(result: dict[str, Any], out: str | Path, plots: bool = True) -> 
     atomic_write_text(out / "study.md", "# Fixed widths by popularity (AutoEmb Fig. 1)\n\n"
                       + study_markdown(result))
     if plots:
-        from embdim.plots import _figure, _save
+        from embdim.plots import figure, save_figure
 
-        fig = _figure(11, 4.5)
+        fig = figure(11, 4.5)
         for col, (metric, label) in enumerate(((result["loss"], result["loss"]), ("accuracy", "accuracy"))):
             ax = fig.add_subplot(1, 2, col + 1)
             for w in result["widths"]:
@@ -142,4 +142,4 @@ def write_study(result: dict[str, Any], out: str | Path, plots: bool = True) -> 
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(f"Fixed embedding widths by user popularity ({result['task']})")
-        _save(fig, out / "study.png")
+        save_figure(fig, out / "study.png")

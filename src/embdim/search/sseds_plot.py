@@ -20,14 +20,14 @@ def plot_plan(plan: DimensionPlan | str | Path, out: str | Path) -> Path:
     Drawn on matplotlib's Agg canvas directly (no pyplot, no global backend switch) and written
     atomically. ``embdim report`` draws the same distribution over seeds and budgets
     (:func:`embdim.plots.plot_saliency`)."""
-    from embdim.plots import _figure, _save
+    from embdim.plots import figure, save_figure
 
     if not isinstance(plan, DimensionPlan):
         plan = DimensionPlan.load(plan)
     if "saliency" not in plan.extra:
         raise EmbdimError(f"plan of method {plan.method!r} has no saliency matrix (not an SSEDS plan)")
     s = np.asarray(plan.extra["saliency"], dtype=float)  # [F, d]
-    fig = _figure(11, 3.8)
+    fig = figure(11, 3.8)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ranked = np.sort(s.reshape(-1))[::-1]
     ax1.plot(np.arange(1, ranked.size + 1), np.maximum(ranked, 1e-12))
@@ -43,5 +43,5 @@ def plot_plan(plan: DimensionPlan | str | Path, out: str | Path) -> Path:
     ax2.set_ylabel("searched dimension")
     ax2.set_title(f"dims per field (kappa={kappa}; red: dropped)")
     out = Path(out)
-    _save(fig, out)
+    save_figure(fig, out)
     return out

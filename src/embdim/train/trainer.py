@@ -33,8 +33,8 @@ from embdim import distributed
 from embdim.config import TrainConfig
 from embdim.data.dataset import PreparedDataset
 from embdim.data.loader import BatchLoader
-from embdim.errors import ConfigError, EmbdimError, SchemaMismatchError, TrainingDivergedError
-from embdim.io import atomic_torch_save
+from embdim.errors import ConfigError, EmbdimError, TrainingDivergedError
+from embdim.io import atomic_torch_save, read_checkpoint
 from embdim.train.host import cpu_has_fast_bf16, keep_memory_in_process
 from embdim.train.metrics import binary_metrics
 from embdim.train.optim import make_optimizer
@@ -364,22 +364,8 @@ class Trainer:
         atomic_torch_save(self._last_path, state)
 
     def _read(self, path: Path) -> dict[str, Any]:
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # a corrupt or foreign file; torch's own message runs to many lines
-            text = str(e).split("WeightsUnpickler error:")[-1]  # not torch's weights_only advice
-            first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
-            raise EmbdimError(f"{path}: cannot read checkpoint ({first[:160]}); the run "
-                              "folder is damaged: choose another --out") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            found = state.get("format") if isinstance(state, dict) else type(state).__name__
-            raise EmbdimError(f"{path}: unsupported checkpoint format {found!r}")
-        theirs = state.get("fingerprint", {})
-        diff = {k: (theirs.get(k), v) for k, v in self.fingerprint.items() if theirs.get(k) != v}
-        if diff:
-            detail = "; ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise SchemaMismatchError(f"{path} belongs to another experiment: {detail}")
-        return state
+        return read_checkpoint(path, fmt=CHECKPOINT_FORMAT, fingerprint=self.fingerprint,
+                               map_location=self.device)
 
     def _load_checkpoint(self) -> tuple[FitResult, int, int, bool]:
         state = self._read(self._last_path)
