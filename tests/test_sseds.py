@@ -337,6 +337,33 @@ def test_without_ticket_the_slim_model_keeps_its_fresh_initialisation(searched, 
         assert torch.equal(a, b)
 
 
+def test_ticket_with_a_fresh_body_copies_only_the_kept_columns(searched, planted):
+    """inherit_network: false (sec. 3.2.3's text: the pruned table, the other parameters random):
+    the slim tables hold the kept pretrained columns, the body and first-order weights keep the
+    fresh initialisation."""
+    method, plan, _ = searched
+    ctx = _ctx()
+    fresh_body = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                              "inherit_network": False})
+    fresh_body._pretrained_state = method._pretrained_state
+    options = fresh_body.retrain_model_options(ctx.model_options, plan)
+    schema = PreparedDataset(planted).schema
+    torch.manual_seed(0)
+    fresh = build_model("deepfm", schema, plan, options=options)
+    torch.manual_seed(0)
+    slim = build_model("deepfm", schema, plan, options=options)
+    fresh_body.init_retrain_model(slim, plan, ctx)
+    pre = _pretrained(method, plan, ctx)
+    for i in slim.kept_fields:
+        torch.testing.assert_close(slim.embedding.field_weight(i),
+                                   pre.embedding.field_weight(i)[:, plan.kept_indices[i]],
+                                   rtol=0, atol=0)
+    for part in ("body", "linear"):
+        for a, b in zip(getattr(fresh, part).state_dict().values(),
+                        getattr(slim, part).state_dict().values(), strict=True):
+            assert torch.equal(a, b), part
+
+
 def _masked_pretrained_logits(pre, plan, ids):
     """Eq. 8 with the binary alpha of eq. 12: the pretrained model on ``V ⊙ alpha``."""
     alpha = torch.zeros(len(plan.dims), WIDTH)
