@@ -152,11 +152,13 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
 
 
 def plot(data: dict, variants, path: Path) -> None:
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    fig = Figure(figsize=(5 * len(data), 4))
+    colours = colormaps["tab20"]  # one distinct colour per variant (up to 20)
+    fig = Figure(figsize=(5 * len(data), 4.5))
     FigureCanvasAgg(fig)
     for j, (ds, d) in enumerate(data.items()):
         ax = fig.add_subplot(1, len(data), j + 1)
@@ -169,13 +171,13 @@ def plot(data: dict, variants, path: Path) -> None:
             if pts:
                 ax.errorbar([s["params"] for s in pts], [s["auc"] for s in pts],
                             [s["std"] for s in pts], marker="s", label=f"SSEDS {v}", capsize=2,
-                            color=f"C{list(VARIANTS).index(v)}")
+                            color=colours(list(VARIANTS).index(v) % 20))
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("embedding parameters (tables + alignment)")
         ax.set_ylabel("test AUC")
         ax.set_title(f"{DATASETS.get(ds, ds)}, DeepFM")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

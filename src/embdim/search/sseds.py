@@ -9,7 +9,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    the field embeddings (:class:`IndicatorEmbedding`). One forward-backward pass on a training
    mini-batch gives ``g = dL/d alpha`` at ``alpha = 1``, the first-order estimate of the loss change
    ``Delta L_ij`` from masking cell ``(i, j)`` (eq. 9-10); ``s = |g| / sum |g|`` (eq. 11). Optionally
-   ``|g|`` is averaged over several mini-batches.
+   ``|g|`` is averaged over several mini-batches, taken on validation batches (``saliency_split``),
+   or the budget is reached in rounds with ``|g|`` measured again at each round's mask
+   (``saliency_rounds``; beyond the paper's single shot).
 3. **Pruning to the budget** (eq. 12): cells are ranked by saliency and kept, most salient first,
    while the kept embedding entries (a cell of field ``i`` costs ``vocab_i``) stay within
    ``kappa x sum_i vocab_i x d``; the first ranked cell that does not fit ends the selection (the
