@@ -19,7 +19,13 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    batches instead of the paper's one) and ``scatter-noticket`` (ablation "w/o ticket": the
    searched widths at the same coordinates, retrained from a fresh initialisation), ``pad``
    (columns packed first, zero padding, fresh body) and ``per-entry`` (cells ranked by saliency per
-   table entry instead of saliency) and ``per-entry-avg20`` (both changes).
+   table entry instead of saliency) and ``per-entry-avg20`` (both changes), ``per-entry-noticket``
+   (per-entry plans retrained from a fresh initialisation), ``per-entry-r5`` (per-entry ranking
+   pruned in 5 rounds, ``|g|`` measured again at each round's mask: ``saliency_rounds: 5``),
+   ``per-entry-r5-noticket`` (its plans from a fresh initialisation), ``per-entry-r5-freshbody``
+   (its plans with the kept pretrained columns but a fresh body and first-order weights, the
+   reading of the paper's text: ``inherit_network: false``) and ``per-entry-valid-r5`` (the
+   rounds with the saliency taken on validation batches: ``saliency_split: valid``).
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -52,6 +58,11 @@ VARIANTS = {
     "pad": {"align": "pad", "align_width": "max"},
     "per-entry": {"rank": "per_entry"},
     "per-entry-avg20": {"rank": "per_entry", "saliency_batches": 20},
+    "per-entry-noticket": {"rank": "per_entry", "ticket": False},
+    "per-entry-r5": {"rank": "per_entry", "saliency_rounds": 5},
+    "per-entry-r5-noticket": {"rank": "per_entry", "saliency_rounds": 5, "ticket": False},
+    "per-entry-valid-r5": {"rank": "per_entry", "saliency_rounds": 5, "saliency_split": "valid"},
+    "per-entry-r5-freshbody": {"rank": "per_entry", "saliency_rounds": 5, "inherit_network": False},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
@@ -141,11 +152,13 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
 
 
 def plot(data: dict, variants, path: Path) -> None:
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
-    fig = Figure(figsize=(5 * len(data), 4))
+    colours = colormaps["tab20"]  # one distinct colour per variant (up to 20)
+    fig = Figure(figsize=(5 * len(data), 4.5))
     FigureCanvasAgg(fig)
     for j, (ds, d) in enumerate(data.items()):
         ax = fig.add_subplot(1, len(data), j + 1)
@@ -158,13 +171,13 @@ def plot(data: dict, variants, path: Path) -> None:
             if pts:
                 ax.errorbar([s["params"] for s in pts], [s["auc"] for s in pts],
                             [s["std"] for s in pts], marker="s", label=f"SSEDS {v}", capsize=2,
-                            color=f"C{list(VARIANTS).index(v)}")
+                            color=colours(list(VARIANTS).index(v) % 20))
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("embedding parameters (tables + alignment)")
         ax.set_ylabel("test AUC")
         ax.set_title(f"{DATASETS.get(ds, ds)}, DeepFM")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -24,7 +24,9 @@ from embdim.search.sseds import (
     compute_saliency,
     loss_gradient_wrt_alpha,
     plan_stability,
+    prune_in_rounds,
     prune_to_budget,
+    round_budgets,
 )
 from embdim.train.trainer import seed_everything
 
@@ -215,6 +217,59 @@ def test_plan_stability_compares_the_plans_of_other_single_batches(searched, pla
     assert width_overlap([0, 2, 4], [1, 2, 2]) == pytest.approx(4 / 7)
 
 
+def test_rounds_measure_the_saliency_at_the_previous_rounds_mask(searched, planted):
+    """saliency_rounds: round r keeps cells of round r - 1 within kappa^(r/R), its |g| taken at the
+    binary mask of round r - 1 (the first at alpha = 1); the last round honours kappa exactly, and
+    one round is the single shot of eq. 10-12."""
+    method, plan, _ = searched
+    model = _pretrained(method, plan, _ctx())
+    loader = BatchLoader(PreparedDataset(planted).split("train"), 500, shuffle=True, seed=5)
+    vocab, kappa = plan.vocab_sizes, 0.2
+    assert round_budgets(kappa, 3) == pytest.approx([kappa ** (1 / 3), kappa ** (2 / 3), kappa])
+    seen, kept = [], []
+
+    def saliency_at(alpha):
+        seen.append(None if alpha is None else alpha.clone())
+        return compute_saliency(model, loader, 2, 0, alpha)
+
+    def prune(s, k, allowed):
+        kept.append(prune_to_budget(s, vocab, k, per_entry=True, allowed=allowed))
+        return kept[-1]
+
+    saliency, result = prune_in_rounds(saliency_at, kappa, 3, prune)
+    assert seen[0] is None and len(seen) == 3
+    for r in (1, 2):
+        np.testing.assert_array_equal(seen[r].numpy(), kept[r - 1].mask.astype(np.float32))
+        assert not (kept[r].mask & ~kept[r - 1].mask).any()  # nested: a pruned cell stays pruned
+        assert kept[r].mask.sum() < kept[r - 1].mask.sum()
+    np.testing.assert_allclose(saliency, compute_saliency(model, loader, 2, 0, seen[2]), rtol=1e-6)
+    assert result is kept[-1] and result.kept_params <= budget_entries(kappa, sum(vocab) * WIDTH)
+    # At the mask the remaining cells are judged without the pruned ones: the gradient differs.
+    assert not np.allclose(saliency[result.mask], compute_saliency(model, loader, 2)[result.mask])
+    single = prune_to_budget(compute_saliency(model, loader, 2), vocab, kappa, per_entry=True)
+    _, one = prune_in_rounds(lambda a: compute_saliency(model, loader, 2, 0, a), kappa, 1,
+                             lambda s, k, allowed: prune_to_budget(s, vocab, k, per_entry=True,
+                                                                   allowed=allowed))
+    np.testing.assert_array_equal(one.mask, single.mask)
+
+
+def test_saliency_split_valid_takes_the_batches_from_the_validation_rows(searched, planted):
+    """saliency_split: valid: the saliency of the plan is that of the first validation batch of the
+    loader seeded by train.seed + 1 (not a training batch)."""
+    method, plan, work = searched
+    data = PreparedDataset(planted)
+    ctx = _ctx()
+    searched_valid = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                                  "saliency_split": "valid", "stability_batches": 0,
+                                  "pretrain_checkpoint": str(work / "pretrain" / "best.pt")})
+    got = np.array(searched_valid.search(data, ctx).extra["saliency"])
+    model = _pretrained(method, plan, ctx)
+    for split, same in (("valid", True), ("train", False)):
+        loader = BatchLoader(data.split(split), ctx.train.batch_size, shuffle=True,
+                             seed=ctx.train.seed + 1)
+        assert np.allclose(got, compute_saliency(model, loader, 1), rtol=1e-5) == same, split
+
+
 # ---- plan, ticket, dropped fields --------------------------------------------------------------
 def test_plan_records_kept_indices_and_round_trips(searched, tmp_path):
     _, plan, _ = searched
@@ -280,6 +335,33 @@ def test_without_ticket_the_slim_model_keeps_its_fresh_initialisation(searched, 
     no_ticket.init_retrain_model(slim, plan, ctx)
     for a, b in zip(fresh.state_dict().values(), slim.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_ticket_with_a_fresh_body_copies_only_the_kept_columns(searched, planted):
+    """inherit_network: false (sec. 3.2.3's text: the pruned table, the other parameters random):
+    the slim tables hold the kept pretrained columns, the body and first-order weights keep the
+    fresh initialisation."""
+    method, plan, _ = searched
+    ctx = _ctx()
+    fresh_body = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                              "inherit_network": False})
+    fresh_body._pretrained_state = method._pretrained_state
+    options = fresh_body.retrain_model_options(ctx.model_options, plan)
+    schema = PreparedDataset(planted).schema
+    torch.manual_seed(0)
+    fresh = build_model("deepfm", schema, plan, options=options)
+    torch.manual_seed(0)
+    slim = build_model("deepfm", schema, plan, options=options)
+    fresh_body.init_retrain_model(slim, plan, ctx)
+    pre = _pretrained(method, plan, ctx)
+    for i in slim.kept_fields:
+        torch.testing.assert_close(slim.embedding.field_weight(i),
+                                   pre.embedding.field_weight(i)[:, plan.kept_indices[i]],
+                                   rtol=0, atol=0)
+    for part in ("body", "linear"):
+        for a, b in zip(getattr(fresh, part).state_dict().values(),
+                        getattr(slim, part).state_dict().values(), strict=True):
+            assert torch.equal(a, b), part
 
 
 def _masked_pretrained_logits(pre, plan, ids):
@@ -401,7 +483,8 @@ def test_pretraining_resumes_from_its_checkpoint_and_user_checkpoints_are_checke
 
 def test_options_are_validated():
     for bad in ({"budget": 0}, {"budget": 1.5}, {"budget": True}, {"pretrain_width": 0},
-                {"saliency_batches": 0}, {"stability_batches": -1},
+                {"saliency_batches": 0}, {"stability_batches": -1}, {"saliency_rounds": 0},
+                {"saliency_rounds": True}, {"saliency_split": "test"},
                 {"retrain": False, "ticket": False}, {"colour": "red"},
                 {"align": "zeros"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
                 {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"}):

@@ -9,7 +9,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    the field embeddings (:class:`IndicatorEmbedding`). One forward-backward pass on a training
    mini-batch gives ``g = dL/d alpha`` at ``alpha = 1``, the first-order estimate of the loss change
    ``Delta L_ij`` from masking cell ``(i, j)`` (eq. 9-10); ``s = |g| / sum |g|`` (eq. 11). Optionally
-   ``|g|`` is averaged over several mini-batches.
+   ``|g|`` is averaged over several mini-batches, taken on validation batches (``saliency_split``),
+   or the budget is reached in rounds with ``|g|`` measured again at each round's mask
+   (``saliency_rounds``; beyond the paper's single shot).
 3. **Pruning to the budget** (eq. 12): cells are ranked by saliency and kept, most salient first,
    while the kept embedding entries (a cell of field ``i`` costs ``vocab_i``) stay within
    ``kappa x sum_i vocab_i x d``; the first ranked cell that does not fit ends the selection (the
@@ -51,6 +53,7 @@ ALIGNS = ("scatter", "linear", "pad")
 ALIGN_WIDTHS = ("pretrain", "max")
 ALIGN_INITS = ("select", "random")
 RANKS = ("saliency", "per_entry")
+SALIENCY_SPLITS = ("train", "valid")
 
 
 @dataclass
@@ -70,6 +73,10 @@ class SSEDSOptions:
     pretrain_checkpoint: str | None = None  # a state of the uniform model to start from instead
     saliency_batch_size: int | None = None  # None: train.batch_size (paper: one batch of 2048)
     saliency_batches: int = 1  # |g| is averaged over this many training mini-batches (paper: 1)
+    saliency_split: str = "train"  # the split the saliency batches come from: "train" (the paper's
+    #                                D_b) or "valid" (held-out rows; not in the paper)
+    saliency_rounds: int = 1  # 1: the paper's single shot. R > 1: prune in R rounds to the budgets
+    #                           kappa^(r/R), |g| measured again at each round's mask (not in the paper)
     stability_batches: int = 4  # after the search, the plans of this many other single batches are
     #                             compared with the chosen one (plan.json "stability"); 0: skip
     fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
@@ -106,12 +113,16 @@ class SSEDSOptions:
         if not (isinstance(self.saliency_batches, int) and self.saliency_batches > 0):
             problems.append(f"method.saliency_batches must be a positive integer, got "
                             f"{self.saliency_batches!r}")
+        if not (isinstance(self.saliency_rounds, int) and not isinstance(self.saliency_rounds, bool)
+                and self.saliency_rounds > 0):
+            problems.append(f"method.saliency_rounds must be a positive integer, got "
+                            f"{self.saliency_rounds!r}")
         if not (isinstance(self.stability_batches, int) and not isinstance(self.stability_batches, bool)
                 and self.stability_batches >= 0):
             problems.append(f"method.stability_batches must be an integer >= 0, got "
                             f"{self.stability_batches!r}")
         for key, valid in (("align", ALIGNS), ("align_width", ALIGN_WIDTHS), ("align_init", ALIGN_INITS),
-                           ("rank", RANKS)):
+                           ("rank", RANKS), ("saliency_split", SALIENCY_SPLITS)):
             if getattr(self, key) not in valid:
                 problems.append(f"method.{key} must be one of {', '.join(valid)}, got "
                                 f"{getattr(self, key)!r}")
@@ -192,10 +203,11 @@ def loss_gradient_wrt_alpha(model: RecModel, ids: Tensor, labels: Tensor,
     return loss.detach(), grad.detach()
 
 
-def batch_gradient_magnitudes(model: RecModel, loader: BatchLoader, start: int, count: int):
-    """``|dL/d alpha|`` at ``alpha = 1`` of batches ``start .. start + count - 1`` of ``loader``'s
-    successive shuffled passes, one ``[F, d]`` tensor each (the model in eval mode: no dropout,
-    BatchNorm running statistics)."""
+def batch_gradient_magnitudes(model: RecModel, loader: BatchLoader, start: int, count: int,
+                              alpha: Tensor | None = None):
+    """``|dL/d alpha|`` at ``alpha`` (default 1) of batches ``start .. start + count - 1`` of
+    ``loader``'s successive shuffled passes, one ``[F, d]`` tensor each (the model in eval mode: no
+    dropout, BatchNorm running statistics)."""
     was_training = model.training
     model.eval()
     try:
@@ -203,7 +215,7 @@ def batch_gradient_magnitudes(model: RecModel, loader: BatchLoader, start: int, 
             if b >= start + count:
                 break
             if b >= start:
-                yield loss_gradient_wrt_alpha(model, ids, labels)[1].abs()
+                yield loss_gradient_wrt_alpha(model, ids, labels, alpha)[1].abs()
     finally:
         model.train(was_training)
 
@@ -215,21 +227,51 @@ def normalise_saliency(magnitude: Tensor) -> np.ndarray:
     return mag / s if s > 0 else np.full_like(mag, 1.0 / mag.size)
 
 
-def compute_saliency(model: RecModel, loader: BatchLoader, batches: int = 1) -> np.ndarray:
-    """Eq. 10-11: ``s = mean_b |g_b| / sum(mean_b |g_b|)`` over the first ``batches`` batches of
-    ``loader`` (the model in eval mode). -> [F, d]."""
-    mags = list(batch_gradient_magnitudes(model, loader, 0, batches))
+def compute_saliency(model: RecModel, loader: BatchLoader, batches: int = 1, start: int = 0,
+                     alpha: Tensor | None = None) -> np.ndarray:
+    """Eq. 10-11: ``s = mean_b |g_b| / sum(mean_b |g_b|)`` over ``batches`` batches of ``loader``
+    from batch ``start`` (the model in eval mode), ``g`` taken at ``alpha`` (default 1). -> [F, d]."""
+    mags = list(batch_gradient_magnitudes(model, loader, start, batches, alpha))
     return normalise_saliency(torch.stack(mags).mean(0))
 
 
+def round_budgets(kappa: float, rounds: int) -> list[float]:
+    """The budgets of the pruning rounds: ``kappa^(r/R)`` for ``r = 1 .. R`` (the same fraction of
+    the remaining cells' cost goes in every round; the last is ``kappa`` itself)."""
+    return [float(kappa) ** (r / rounds) for r in range(1, rounds)] + [float(kappa)]
+
+
+def prune_in_rounds(saliency_at, kappa: float, rounds: int, prune) -> tuple[np.ndarray, PruneResult]:
+    """Prune to ``kappa`` in ``rounds`` rounds (``rounds = 1``: the single shot of eq. 10-12).
+
+    ``saliency_at(alpha)`` gives the normalised saliency ``[F, d]`` with ``g`` taken at ``alpha``
+    (``None``: 1); ``prune(s, kappa, allowed)`` keeps cells of ``allowed`` (``None``: all) by eq.
+    12. Round ``r`` measures ``|g|`` at the binary mask of round ``r - 1`` and keeps the cells within
+    ``kappa^(r/R)``: a first-order estimate is only accurate near the point it is taken at, and a
+    field's remaining columns gain saliency as its other columns go, so the last columns of a field
+    are judged without the ones already pruned. Returns the last round's saliency and selection.
+    """
+    allowed, saliency, result = None, None, None
+    for k in round_budgets(kappa, rounds):
+        alpha = None if allowed is None else torch.as_tensor(allowed, dtype=torch.float32)
+        saliency = saliency_at(alpha)
+        result = prune(saliency, k, allowed)
+        allowed = result.mask
+    return saliency, result
+
+
 def plan_stability(model: RecModel, loader: BatchLoader, chosen: PruneResult, start: int, count: int,
-                   prune) -> dict[str, Any]:
+                   prune, search=None) -> dict[str, Any]:
     """How much to trust a single-shot plan: the plans that ``count`` other single batches (batches
     ``start ..`` of the same pass) would have given, compared with ``chosen``: the Jaccard overlap
-    of the kept cells and the width overlap ``sum_i min(d_i, d'_i) / sum_i max(d_i, d'_i)``."""
+    of the kept cells and the width overlap ``sum_i min(d_i, d'_i) / sum_i max(d_i, d'_i)``.
+    ``search(batch)``, if given, makes the plan of one batch (e.g. in several rounds) instead of
+    ``prune`` of its saliency at ``alpha = 1``."""
     jaccard, widths = [], []
-    for mag in batch_gradient_magnitudes(model, loader, start, count):
-        other = prune(normalise_saliency(mag))
+    plans = ((search(b) for b in range(start, start + count)) if search is not None else
+             (prune(normalise_saliency(mag))
+              for mag in batch_gradient_magnitudes(model, loader, start, count)))
+    for other in plans:
         jaccard.append(float((chosen.mask & other.mask).sum() / max(1, (chosen.mask | other.mask).sum())))
         widths.append(width_overlap(chosen.dims, other.dims))
     return {"batches": len(jaccard), "cell_jaccard": jaccard, "width_overlap": widths}
@@ -264,7 +306,7 @@ def alignment_params(dims: list[int], align_cost: int | str) -> int:
 
 def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, *,
                     fill: bool = False, align_cost: int | str = 0,
-                    per_entry: bool = False) -> PruneResult:
+                    per_entry: bool = False, allowed: np.ndarray | None = None) -> PruneResult:
     """Keep cells most-salient-first while their cost stays ``<= floor(kappa x total)``.
 
     ``saliency [F, d]``; ``total`` is the full table, ``sum_i vocab_i x d``. A cell of field ``i``
@@ -274,7 +316,8 @@ def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, 
     field, then dimension index (a stable sort). The selection stops at the first ranked cell that
     does not fit; with ``fill`` it skips that cell and goes on with the cheaper ones that still fit.
     ``per_entry`` ranks by saliency per table entry, ``s_ij / vocab_i`` (not in the paper: the
-    greedy order of a knapsack over the cells), instead of by saliency (eq. 12).
+    greedy order of a knapsack over the cells), instead of by saliency (eq. 12). ``allowed``
+    ``[F, d]`` bool: only those cells can be kept (the others are passed over, as already pruned).
     """
     num_fields, d = saliency.shape
     vocab = [int(v) for v in vocab_sizes]
@@ -285,7 +328,10 @@ def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, 
     mask = np.zeros(num_fields * d, dtype=bool)
     widths = [0] * num_fields
     kept, next_cost, aligned = 0, None, 0
+    flat_allowed = None if allowed is None else np.asarray(allowed, dtype=bool).reshape(-1)
     for cell in order:
+        if flat_allowed is not None and not flat_allowed[cell]:
+            continue
         i = int(cell) // d
         widths[i] += 1
         aligned_after = alignment_params(widths, align_cost)
@@ -492,21 +538,27 @@ class SSEDS(SearchMethod):
 
         t0 = time.perf_counter()
         device = next(model.parameters()).device
-        train_split = dataset.split("train")
-        loader = BatchLoader(train_split, shuffle=True, seed=ctx.train.seed + 1, device=device,
+        split = dataset.split(o.saliency_split)
+        loader = BatchLoader(split, shuffle=True, seed=ctx.train.seed + 1, device=device,
                              max_memory_bytes=ctx.train.in_memory_limit_bytes,
                              **distributed.training_loader_options(
-                                 len(train_split), o.saliency_batch_size or ctx.train.batch_size))
-        # Data-parallel (torchrun): the mean over the processes' batches, the same on every rank.
-        saliency = distributed.all_reduce_mean(compute_saliency(model, loader, o.saliency_batches))
-        def prune(scores: np.ndarray) -> PruneResult:
-            return prune_to_budget(scores, schema.vocab_sizes, o.budget, fill=o.fill,
-                                   align_cost=o.align_cost, per_entry=o.rank == "per_entry")
+                                 len(split), o.saliency_batch_size or ctx.train.batch_size))
 
-        pruned = prune(saliency)
+        def prune(scores: np.ndarray, kappa: float = o.budget, allowed=None) -> PruneResult:
+            return prune_to_budget(scores, schema.vocab_sizes, kappa, fill=o.fill,
+                                   align_cost=o.align_cost, per_entry=o.rank == "per_entry",
+                                   allowed=allowed)
+
+        def search(start: int, count: int) -> tuple[np.ndarray, PruneResult]:
+            # Data-parallel (torchrun): the mean over the processes' batches, the same on every rank.
+            return prune_in_rounds(lambda alpha: distributed.all_reduce_mean(compute_saliency(
+                model, loader, count, start, alpha)), o.budget, o.saliency_rounds, prune)
+
+        saliency, pruned = search(0, o.saliency_batches)
         prune_seconds = time.perf_counter() - t0
         stability = (plan_stability(model, loader, pruned, o.saliency_batches, o.stability_batches,
-                                    prune) if o.stability_batches else None)
+                                    prune, (lambda b: search(b, 1)[1]) if o.saliency_rounds > 1
+                                    else None) if o.stability_batches else None)
         if not any(pruned.dims):
             raise ConfigError(f"sseds: budget {o.budget} allows {pruned.budget_params} embedding "
                               f"entries, less than the most salient cell costs "
