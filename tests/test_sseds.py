@@ -320,19 +320,25 @@ def test_ticket_copies_exactly_the_kept_columns_and_dropped_fields_disappear(sea
             slim.embedding.field_weight(i)
 
 
-def test_without_ticket_the_slim_model_keeps_its_fresh_initialisation(searched, planted):
+def _fresh_and_initialised(searched, planted, **options):
+    """The retraining model of the searched plan under SSEDS with ``options``: as built (fresh)
+    and after the method's retraining initialisation (same seed)."""
     method, plan, _ = searched
     ctx = _ctx()
-    no_ticket = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
-                             "ticket": False})
-    no_ticket._pretrained_state = method._pretrained_state
-    options = no_ticket.retrain_model_options(ctx.model_options, plan)
+    variant = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **options})
+    variant._pretrained_state = method._pretrained_state
+    model_options = variant.retrain_model_options(ctx.model_options, plan)
     schema = PreparedDataset(planted).schema
     torch.manual_seed(0)
-    fresh = build_model("deepfm", schema, plan, options=options)
+    fresh = build_model("deepfm", schema, plan, options=model_options)
     torch.manual_seed(0)
-    slim = build_model("deepfm", schema, plan, options=options)
-    no_ticket.init_retrain_model(slim, plan, ctx)
+    slim = build_model("deepfm", schema, plan, options=model_options)
+    variant.init_retrain_model(slim, plan, ctx)
+    return fresh, slim
+
+
+def test_without_ticket_the_slim_model_keeps_its_fresh_initialisation(searched, planted):
+    fresh, slim = _fresh_and_initialised(searched, planted, ticket=False)
     for a, b in zip(fresh.state_dict().values(), slim.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
@@ -342,18 +348,8 @@ def test_ticket_with_a_fresh_body_copies_only_the_kept_columns(searched, planted
     the slim tables hold the kept pretrained columns, the body and first-order weights keep the
     fresh initialisation."""
     method, plan, _ = searched
-    ctx = _ctx()
-    fresh_body = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
-                              "inherit_network": False})
-    fresh_body._pretrained_state = method._pretrained_state
-    options = fresh_body.retrain_model_options(ctx.model_options, plan)
-    schema = PreparedDataset(planted).schema
-    torch.manual_seed(0)
-    fresh = build_model("deepfm", schema, plan, options=options)
-    torch.manual_seed(0)
-    slim = build_model("deepfm", schema, plan, options=options)
-    fresh_body.init_retrain_model(slim, plan, ctx)
-    pre = _pretrained(method, plan, ctx)
+    fresh, slim = _fresh_and_initialised(searched, planted, inherit_network=False)
+    pre = _pretrained(method, plan, _ctx())
     for i in slim.kept_fields:
         torch.testing.assert_close(slim.embedding.field_weight(i),
                                    pre.embedding.field_weight(i)[:, plan.kept_indices[i]],
