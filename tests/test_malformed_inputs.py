@@ -90,7 +90,19 @@ def _ml_latest(folder: Path):
     return "movielens", [folder], {}, folder / "ratings.csv", 2, 4, 3
 
 
-CASES = {"csv": _csv, "avazu": _avazu, "criteo": _criteo, "ml-1m": _ml1m,
+def _csv_huge_line(folder: Path):
+    """A line with 65,538 separators (longer than the 16-bit per-line counts of the reader's
+    quick check hold) is still refused with its real column count."""
+    path = folder / "h.csv"
+    rows = ["label,a,b", *(f"{i % 2},x{i % 3},p{i % 2}" for i in range(10))]
+    rows[3] = "1,z" + ",q" * 65_537
+    rows[7] = "0,y"  # short
+    path.write_text("\n".join(rows) + "\n")
+    return "csv", [path], {"label": "label", "categorical": ["a", "b"]}, path, 4, 3, 65_539
+
+
+CASES = {"csv": _csv, "csv-huge-line": _csv_huge_line, "avazu": _avazu, "criteo": _criteo,
+         "ml-1m": _ml1m,
          "ml-100k-u.item": _ml100k_item, "ml-latest": _ml_latest}
 
 

@@ -194,7 +194,12 @@ class _ChunkParser:
             return self._quoted_structure(data, end)
         ends = np.flatnonzero(arr == 10)
         starts = np.concatenate(([0], ends[ends < end - 1] + 1))
-        separators = np.add.reduceat(arr == self.sep[0], starts, dtype=np.int64)
+        # Per-line counts in uint16 when no line is long enough to hold 65,536 separators (the
+        # count cannot wrap); an int64 count would first copy the whole block to 8 bytes a byte.
+        longest = int(np.diff(starts, append=end).max()) if len(starts) else 0
+        count_dtype = np.uint16 if longest <= np.iinfo(np.uint16).max else np.int64
+        is_separator = (arr == self.sep[0]).view(np.uint8)
+        separators = np.add.reduceat(is_separator, starts, dtype=count_dtype)
         sound = bool((separators == len(self.names) - 1).all())
         if len(self.names) == 1:  # no separator to show a blank line
             lengths = np.diff(ends, prepend=-1) - 1
