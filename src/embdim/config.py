@@ -30,6 +30,9 @@ import yaml
 
 from embdim.errors import ConfigError, short_repr
 
+# train.optimizer's choices (the optimisers themselves: embdim.train.optim.make_optimizer)
+OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
+
 
 @dataclass
 class DataConfig:
@@ -82,10 +85,10 @@ class TrainConfig:
             raise ConfigError(f"train.log_every must be positive, got {self.log_every!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             raise ConfigError(f"train.device {self.device!r}: expected cpu, cuda, cuda:N or mps")
-        if self.optimizer not in ("adam", "sparse_adam", "rowwise_adagrad"):
+        if self.optimizer not in OPTIMIZERS:
             raise ConfigError("train.optimizer must be 'adam', 'sparse_adam' or 'rowwise_adagrad', "
                               f"got {self.optimizer!r}")
-        if self.optimizer in ("sparse_adam", "rowwise_adagrad") and self.weight_decay > 0:
+        if self.optimizer != "adam" and self.weight_decay > 0:
             raise ConfigError(f"train.optimizer {self.optimizer} has no weight decay for the tables: "
                               "set train.weight_decay to 0 or use adam")
         if self.parallel not in ("ddp", "torchrec"):

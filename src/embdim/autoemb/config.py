@@ -34,7 +34,7 @@ METHODS = ("autoemb", "sam", "darts", "fse")
 ORDERS = ("first", "second")
 NORMS = ("running", "batch", "row")
 CONTROLLER_INPUTS = ("popularity", "context")
-STREAM_OPTIMIZERS = ("adam", "sparse_adam")  # of embdim.train.optim.OPTIMIZERS
+STREAM_OPTIMIZERS = ("adam", "sparse_adam")  # of embdim.config.OPTIMIZERS
 
 
 @dataclass

@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from torch import nn
 
-OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
 ROWWISE_ADAGRAD_EPS = 1e-8  # FBGEMM's default eps (SplitTableBatchedEmbeddingBagsCodegen)
 
 
