@@ -172,3 +172,18 @@ def test_lookups_of_other_rows_in_one_backward_get_their_own_gradients():
     for t, r in zip(tables, (rows_a, rows_a, rows_b), strict=True):
         reference = torch.zeros(40, 2).index_add_(0, r, upstream)
         torch.testing.assert_close(t.grad.to_dense(), reference)
+
+
+def test_a_table_read_twice_before_one_backward_gets_both_gradients():
+    """Two lookups into one table in the same graph (e.g. two forwards, one loss): the scratch
+    space both backward passes use does not trip autograd's in-place check."""
+    from embdim.nn.embedding import gather_rows
+
+    weight = torch.nn.Parameter(torch.randn(30, 2))
+    first, second = torch.tensor([1, 2, 2]), torch.tensor([2, 5])
+    loss = (gather_rows(weight, first, sparse=True).sum()
+            + 2 * gather_rows(weight, second, sparse=True).sum())
+    loss.backward()
+    expected = torch.zeros(30, 2)
+    expected[1], expected[2], expected[5] = 1, 2 + 2, 2
+    torch.testing.assert_close(weight.grad.to_dense(), expected)

@@ -82,14 +82,15 @@ class _GatherRowsSparseGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, rows: Tensor, slots: Tensor) -> Tensor:
-        ctx.save_for_backward(rows, slots)
+        ctx.save_for_backward(rows)
+        ctx.slots = slots  # scratch space, not saved: its content is overwritten, never read
         ctx.table_shape = weight.shape
         return weight.index_select(0, rows)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        rows, slots = ctx.saved_tensors
-        distinct, inverse = _distinct_rows_of_batch(rows, slots)
+        (rows,) = ctx.saved_tensors
+        distinct, inverse = _distinct_rows_of_batch(rows, ctx.slots)
         values = grad.new_zeros(distinct.numel(), grad.shape[1]).index_add_(0, inverse, grad)
         sparse = torch.sparse_coo_tensor(distinct.unsqueeze(0), values, ctx.table_shape,
                                          is_coalesced=True, check_invariants=False)
