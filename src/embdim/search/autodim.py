@@ -40,7 +40,13 @@ from embdim.errors import ConfigError, TrainingDivergedError, short_repr
 from embdim.nn.models import ModelOptions, RecModel, build_model
 from embdim.nn.supernet import GUMBEL_SCOPES, LOOKUPS, UNIFIERS, SupernetEmbedding, normalise_candidates
 from embdim.plan import DimensionPlan
-from embdim.search.base import SearchContext, SearchMethod, register, require_embedding_layer
+from embdim.search.base import (
+    SearchContext,
+    SearchMethod,
+    register,
+    require_embedding_layer,
+    search_schedule,
+)
 from embdim.search.bilevel import (
     apply_alpha_grad,
     first_order_alpha_grad,
@@ -224,12 +230,8 @@ class AutoDimSearch:
             **distributed.training_loader_options(len(valid_split), train.batch_size))
         self.eval_loader = BatchLoader(dataset.split("valid"), train.eval_batch_size, shuffle=False,
                                        device=self.device, max_memory_bytes=train.in_memory_limit_bytes)
-        self.epochs = options.epochs or train.epochs
-        cap = options.max_steps or train.max_steps_per_epoch
-        self.steps_per_epoch = min(len(self.train_loader), cap) if cap else len(self.train_loader)
-        total = self.epochs * self.steps_per_epoch
-        self.pretrain_steps = (options.pretrain_steps if options.pretrain_steps is not None
-                               else int(0.2 * total))
+        self.epochs, self.steps_per_epoch, self.pretrain_steps = search_schedule(
+            options.epochs, options.max_steps, options.pretrain_steps, train, len(self.train_loader))
         self.xi = train.lr if options.xi is None else options.xi
 
     def _log(self, msg: str) -> None:

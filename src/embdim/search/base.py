@@ -143,6 +143,19 @@ class SearchMethod(ABC):
         return None
 
 
+def search_schedule(epochs: int | None, max_steps: int | None, warmup_steps: int | None, train,
+                    batches_per_epoch: int) -> tuple[int, int, int]:
+    """``(epochs, steps per epoch, warm-up steps)`` of a supernet search (AutoDim, NIS): the
+    method's ``epochs`` or ``train.epochs``; an epoch capped at the method's ``max_steps`` or
+    ``train.max_steps_per_epoch``; the warm-up steps given, or 20% of all steps (AutoDim's
+    pre-training, sec. 2.3.1; NIS's warm-up)."""
+    epochs = epochs or train.epochs
+    cap = max_steps or train.max_steps_per_epoch
+    steps_per_epoch = min(batches_per_epoch, cap) if cap else batches_per_epoch
+    warmup = warmup_steps if warmup_steps is not None else int(0.2 * epochs * steps_per_epoch)
+    return epochs, steps_per_epoch, warmup
+
+
 def require_embedding_layer(method: str, model_options) -> None:
     """A ConfigError for a base model without an embedding layer (``lr``): nothing to search."""
     from embdim.nn.models import MODELS, resolve_model_name

@@ -49,7 +49,13 @@ from embdim.nn.block_embedding import BLOCK_SPLITS, block_size, blocks_to_ranges
 from embdim.nn.models import ModelOptions, RecModel, build_model
 from embdim.nn.multisize import MultiSizeSupernet
 from embdim.plan import DimensionPlan
-from embdim.search.base import SearchContext, SearchMethod, register, require_embedding_layer
+from embdim.search.base import (
+    SearchContext,
+    SearchMethod,
+    register,
+    require_embedding_layer,
+    search_schedule,
+)
 from embdim.search.bilevel import w_step
 from embdim.search.random import align_to_largest
 from embdim.train.metrics import binary_metrics, roc_auc
@@ -254,12 +260,8 @@ class NISSearch:
                                         max_memory_bytes=train.in_memory_limit_bytes)
         self.eval_loader = BatchLoader(dataset.split("valid"), train.eval_batch_size, shuffle=False,
                                        device=self.device, max_memory_bytes=train.in_memory_limit_bytes)
-        self.epochs = options.epochs or train.epochs
-        cap = options.max_steps or train.max_steps_per_epoch
-        self.steps_per_epoch = min(len(self.train_loader), cap) if cap else len(self.train_loader)
-        total = self.epochs * self.steps_per_epoch
-        self.warmup_steps = (options.warmup_steps if options.warmup_steps is not None
-                             else int(0.2 * total))
+        self.epochs, self.steps_per_epoch, self.warmup_steps = search_schedule(
+            options.epochs, options.max_steps, options.warmup_steps, train, len(self.train_loader))
         self.checkpoint_path = Path(ctx.work_dir) / "nis" / "search.pt" if ctx.work_dir else None
         self.fingerprint = {"schema_hash": schema.content_hash, "options": dataclasses.asdict(options),
                             "model": dataclasses.asdict(model_options), "seed": train.seed,
