@@ -397,6 +397,36 @@ def test_retraining_keeps_the_searchs_unifying_method(small, variant, align):
         assert build_model("deepfm", schema, plan, options=no_bias).embedding.groups[0].bias is None
 
 
+def test_retraining_recalibrates_batchnorm_before_each_validation(small, tmp_path, monkeypatch):
+    """The retrained model's BatchNorm statistics are re-estimated before each validation
+    (``retrain_bn_recalibration``, default 100 batches), also when a saved AutoDim plan is
+    retrained (``method: plan``); ``train.bn_recalibration`` set in the experiment wins; 0 is off."""
+    from embdim.train.trainer import Trainer
+
+    schema = PreparedDataset(small).schema
+    plan = DimensionPlan(method="autodim", field_names=schema.field_names,
+                         vocab_sizes=schema.vocab_sizes, dims=[2, 8, 2, 32], full_dim=32,
+                         schema_hash=schema.content_hash, options={"retrain_bias": True})
+    plan.save(tmp_path / "plan.json")
+    cfg = _cfg(small, {"name": "autodim"})
+    assert cfg.train.bn_recalibration == 0
+    assert make_method(cfg.method).retrain_train_options(cfg.train, plan).bn_recalibration == 100
+    off = make_method({"name": "autodim", "retrain_bn_recalibration": 0})
+    assert off.retrain_train_options(cfg.train, plan).bn_recalibration == 0
+    own = _cfg(small, {"name": "autodim"}, bn_recalibration=7)
+    assert make_method(own.method).retrain_train_options(own.train, plan).bn_recalibration == 7
+
+    calls = []
+    real = Trainer.recalibrate_batchnorm
+    monkeypatch.setattr(Trainer, "recalibrate_batchnorm",
+                        lambda self, epoch: calls.append(self.cfg.bn_recalibration) or real(self, epoch))
+    retrain = _cfg(small, {"name": "plan", "path": str(tmp_path / "plan.json")}, epochs=2)
+    run_experiment(retrain, tmp_path / "run", quiet=True)
+    assert calls == [100, 100]  # once per epoch, before the validation
+    assert "retrain: training options set by autodim: {'bn_recalibration': 100}" in (
+        tmp_path / "run" / "log.txt").read_text()
+
+
 def test_a_search_in_which_alpha_never_moves_is_refused(small):
     """Argmax over equal weights would report the smallest width for every field as a result."""
     cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 10}, epochs=1, max_steps_per_epoch=6)

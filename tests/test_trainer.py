@@ -102,3 +102,60 @@ def test_early_stopping_keeps_the_best_epoch(planted, tmp_path):
     assert m["epochs_run"] < 30 and m["stopped_early"]
     assert m["best_epoch"] == int(np.argmax(aucs)) + 1
     assert m["valid_auc"] == max(aucs)
+
+
+# ---- BatchNorm recalibration (train.bn_recalibration) ---------------------------------------------
+def _bn_trainer(planted, **train):
+    cfg = _cfg(planted, **train)
+    ds = PreparedDataset(planted)
+    seed_everything(7)
+    model = build_model("widedeep", ds.schema, dim=8, options={"mlp": [16, 16], "dropout": 0.2})
+    return Trainer(model, ds, cfg.train, quiet=True), model
+
+
+def test_bn_recalibration_sets_the_statistics_of_the_training_rows(planted):
+    """The re-estimated running statistics of the first BatchNorm are the average of its input's
+    batch statistics over the recalibration batches (a whole epoch here), whatever the stale
+    statistics were before."""
+    trainer, model = _bn_trainer(planted, bn_recalibration=1000)
+    trainer.train_epoch(0)
+    bn = model.body.mlp[1]
+    with torch.no_grad():
+        bn.running_mean.add_(5.0)  # stale statistics, as after a fast drift of the inputs
+        bn.running_var.mul_(40.0)
+    seen = []
+    hook = model.body.mlp[0].register_forward_hook(lambda m, i, out: seen.append(out.detach()))
+    trainer.recalibrate_batchnorm(0)
+    hook.remove()
+    assert sum(b.shape[0] for b in seen) == len(PreparedDataset(planted).split("train"))
+    means = torch.stack([b.mean(0) for b in seen]).mean(0)
+    variances = torch.stack([b.var(0) for b in seen]).mean(0)
+    assert torch.allclose(bn.running_mean, means, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(bn.running_var, variances, rtol=1e-3, atol=1e-8)
+    assert bn.momentum == 0.1  # the training's moving average afterwards
+
+
+def test_bn_recalibration_changes_only_the_evaluation(planted):
+    """The recalibration forwards run under a forked RNG: training draws exactly what it would
+    have drawn (same losses, same weights); only the BatchNorm statistics differ."""
+    plain, plain_model = _bn_trainer(planted)
+    losses_plain = [plain.train_epoch(epoch)[0] for epoch in range(2)]
+    recal, recal_model = _bn_trainer(planted, bn_recalibration=3)
+    losses_recal = []
+    for epoch in range(2):
+        losses_recal.append(recal.train_epoch(epoch)[0])
+        recal.recalibrate_batchnorm(epoch)
+    assert losses_plain == losses_recal
+    for (name, a), b in zip(plain_model.state_dict().items(), recal_model.state_dict().values(),
+                            strict=True):
+        if "running" in name:
+            assert not torch.equal(a, b), name
+        elif "num_batches_tracked" not in name:
+            assert torch.equal(a, b), name
+
+
+def test_bn_recalibration_is_validated():
+    with pytest.raises(ConfigError, match="bn_recalibration"):
+        TrainConfig(bn_recalibration=-1).validate()
+    with pytest.raises(ConfigError, match="bn_recalibration"):
+        TrainConfig(bn_recalibration=10, parallel="torchrec", optimizer="rowwise_adagrad").validate()

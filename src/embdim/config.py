@@ -64,6 +64,10 @@ class TrainConfig:
     # Splits up to this size are loaded into RAM (or GPU memory) once; larger ones are streamed
     # from the memory-mapped arrays block by block (out of core). 0 = always stream.
     in_memory_limit_gb: float = 8.0
+    # Before each validation, re-estimate every BatchNorm's running statistics from this many
+    # training batches (train-mode forwards without gradient; docs/training.md); 0 = off: the
+    # running averages of the training steps
+    bn_recalibration: int = 0
 
     @property
     def in_memory_limit_bytes(self) -> int:
@@ -78,7 +82,8 @@ class TrainConfig:
             raise ConfigError("train.epochs must be positive")
         if self.early_stop < 0:
             raise ConfigError("train.early_stop must be >= 0 (0 = off)")
-        for key in ("weight_decay", "threads", "max_steps_per_epoch", "in_memory_limit_gb"):
+        for key in ("weight_decay", "threads", "max_steps_per_epoch", "in_memory_limit_gb",
+                    "bn_recalibration"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)!r}")
         if self.log_every <= 0:
@@ -93,6 +98,9 @@ class TrainConfig:
                               "set train.weight_decay to 0 or use adam")
         if self.parallel not in ("ddp", "torchrec"):
             raise ConfigError(f"train.parallel must be 'ddp' or 'torchrec', got {self.parallel!r}")
+        if self.parallel == "torchrec" and self.bn_recalibration:
+            raise ConfigError("train.bn_recalibration is not supported with train.parallel torchrec: "
+                              "set it to 0")
         if self.parallel == "torchrec" and self.optimizer != "rowwise_adagrad":
             raise ConfigError("train.parallel torchrec trains the sharded tables with FBGEMM's fused "
                               "row-wise Adagrad: set train.optimizer to rowwise_adagrad")

@@ -235,7 +235,12 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         method.init_retrain_model(model, plan, _context(cfg, run_dir, quiet, log))
     fingerprint = {"model": cfg.model.name, "dims": list(plan.dims), "seed": cfg.train.seed}
     total_params = int(sum(p.numel() for p in model.parameters()))  # before any sharding
-    trainer = Trainer(model, dataset, cfg.train, checkpoint_dir=run_dir / "checkpoints",
+    train_options = method.retrain_train_options(cfg.train, plan)
+    if train_options != cfg.train:
+        changed = {k: v for k, v in dataclasses.asdict(train_options).items()
+                   if getattr(cfg.train, k) != v}
+        log(f"retrain: training options set by {plan.method}: {changed}")
+    trainer = Trainer(model, dataset, train_options, checkpoint_dir=run_dir / "checkpoints",
                       quiet=quiet, log=log, fingerprint=fingerprint)
     t0 = time.perf_counter()
     if method.retrains:

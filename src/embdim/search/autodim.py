@@ -117,6 +117,9 @@ class AutoDimOptions:
     inherit: bool = False  # retrain from the searched weights instead of a fresh initialisation
     retrain_align: str = "largest_candidate"  # retrained aligned width: "largest_candidate" | "plan"
     retrain_bias: bool = True  # the retrained linear alignment has eq. 1's b_n (false: model.align_bias)
+    # the retraining re-estimates its BatchNorm statistics from this many training batches before
+    # each validation (train.bn_recalibration; a non-zero train.bn_recalibration wins); 0: off
+    retrain_bn_recalibration: int = 100
     budget: float | None = None  # kappa: best plan from alpha with tables <= kappa * FDE (d_max)
 
     def validate(self) -> None:
@@ -131,6 +134,9 @@ class AutoDimOptions:
             v = getattr(self, key)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"method.{key} must be a positive integer or null, got {v!r}")
+        if not isinstance(self.retrain_bn_recalibration, int) or self.retrain_bn_recalibration < 0:
+            raise ConfigError("method.retrain_bn_recalibration must be an integer >= 0, got "
+                              f"{self.retrain_bn_recalibration!r}")
         if self.pretrain_steps is not None and self.pretrain_steps < 0:
             raise ConfigError(f"method.pretrain_steps must be >= 0, got {self.pretrain_steps}")
         if self.alpha_lr <= 0 or self.tau_min <= 0 or self.tau_start < self.tau_min or self.tau_decay < 0:
@@ -482,6 +488,19 @@ class AutoDim(SearchMethod):
         if self.options.retrain_align != "largest_candidate" or model_options.aligned_dim is not None:
             return options
         return dataclasses.replace(options, aligned_dim=int(plan.full_dim))
+
+    def retrain_train_options(self, train, plan: DimensionPlan):
+        """The retraining re-estimates the BatchNorm running statistics before each validation
+        (``retrain_bn_recalibration`` batches; the paper is silent on them). Eq. 1's ``b_n``
+        shifts a field's whole embedding; the MLP's BatchNorm removes that shift in training, so
+        Adam moves ``b_n`` on rounding noise (W&D) or on the FM part's gradient (DeepFM) faster
+        than the running averages follow, and the model evaluated with them is off
+        (docs/autodim.md, "Retraining at small widths"). ``train.bn_recalibration`` set in the
+        experiment wins; under ``train.parallel: torchrec`` nothing is changed."""
+        batches = self.options.retrain_bn_recalibration
+        if train.bn_recalibration or not batches or train.parallel == "torchrec":
+            return train
+        return dataclasses.replace(train, bn_recalibration=batches)
 
     def init_retrain_model(self, model, plan, ctx: SearchContext) -> None:
         if not self.options.inherit:

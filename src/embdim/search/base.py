@@ -135,6 +135,12 @@ class SearchMethod(ABC):
         aligns to its largest candidate). The default keeps the experiment's options."""
         return model_options
 
+    def retrain_train_options(self, train, plan):
+        """The training options of the retraining (a ``TrainConfig``); a method may adjust them
+        (AutoDim re-estimates the BatchNorm statistics before each validation). The default keeps
+        the experiment's options."""
+        return train
+
     def init_retrain_model(self, model, plan, ctx: SearchContext) -> None:
         """Called on the freshly built retraining model before it trains; the default keeps its
         fresh initialisation. A method that hands weights over (SSEDS' winning ticket, AutoDim's

@@ -49,15 +49,25 @@ class FixedPlan(SearchMethod):
             raise SchemaMismatchError(f"{self.options.path}: {e} ({dataset.path})") from None
         return plan
 
+    def _plan_method(self, plan: DimensionPlan) -> SearchMethod | None:
+        """The method that made the plan, with the plan's options; None for an unknown method or
+        options that no longer parse."""
+        source = METHODS.get(plan.method)
+        if source is None or source is FixedPlan:
+            return None
+        try:
+            return source(source.make_options(dict(plan.options)))
+        except (ConfigError, TypeError):
+            return None
+
     def retrain_model_options(self, model_options, plan: DimensionPlan):
         """The options the plan's own method gives its retrained model (see the module docstring);
         the experiment's options for a plan of an unknown method or with options that no longer
         parse."""
-        source = METHODS.get(plan.method)
-        if source is None or source is FixedPlan:
-            return model_options
-        try:
-            method = source(source.make_options(dict(plan.options)))
-        except (ConfigError, TypeError):
-            return model_options
-        return method.retrain_model_options(model_options, plan)
+        method = self._plan_method(plan)
+        return model_options if method is None else method.retrain_model_options(model_options, plan)
+
+    def retrain_train_options(self, train, plan: DimensionPlan):
+        """The training options the plan's own method gives its retraining (as above)."""
+        method = self._plan_method(plan)
+        return train if method is None else method.retrain_train_options(train, plan)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from embdim import distributed
@@ -225,6 +226,43 @@ class Trainer:
 
     # ---- evaluation ---------------------------------------------------------------------------
     @torch.no_grad()
+    def recalibrate_batchnorm(self, epoch: int) -> None:
+        """Re-estimate every BatchNorm's running statistics (``train.bn_recalibration``).
+
+        The running averages a BatchNorm keeps during training lag behind the model: each is a
+        moving average (momentum 0.1) over the last ~10 steps' batch statistics, taken while the
+        layers before it were still moving. When the inputs of a BatchNorm drift fast compared
+        with their spread, evaluation (which uses those averages) sees a shifted model. This resets
+        the statistics and re-estimates them as the plain average over the first
+        ``bn_recalibration`` batches of the epoch's training order, in train mode without gradient
+        (dropout as in training), under a forked RNG, so the training that follows draws exactly
+        what it would have drawn. Under torchrun each process uses its own shard and the
+        statistics are averaged over the processes."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and m.track_running_stats]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the recalibration batches
+        devices = [self.device] if self.device.type == "cuda" else []
+        self.model.train()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                for step, (ids, _) in enumerate(self.train_loader.epoch(epoch)):
+                    if step >= self.cfg.bn_recalibration:
+                        break
+                    with self._autocast():
+                        self.model(ids)
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+        stats = [t for m in norms for t in (m.running_mean, m.running_var)]
+        for t, mean in zip(stats, distributed.average_tensors(stats), strict=True):
+            t.copy_(mean)
+
+    @torch.no_grad()
     def predict(self, split: str) -> tuple[np.ndarray, np.ndarray, float]:
         """Click probabilities [N] and labels [N] of a split, and the seconds the forward took."""
         arrays = self.dataset.split(split)
@@ -279,6 +317,8 @@ class Trainer:
                 return result
         for epoch in range(start_epoch, self.cfg.epochs):
             loss, samples, seconds = self.train_epoch(epoch)
+            if self.cfg.bn_recalibration:
+                self.recalibrate_batchnorm(epoch)
             valid = self.evaluate("valid")
             result.train_seconds += seconds
             result.train_samples += samples
