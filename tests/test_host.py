@@ -4,7 +4,10 @@ training buffers kept in the process (glibc mallopt)."""
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
 import sys
+import textwrap
 from types import SimpleNamespace
 
 import pytest
@@ -67,11 +70,36 @@ def test_memory_is_kept_in_the_process_unless_the_user_opts_out(monkeypatch):
     monkeypatch.setattr(host.ctypes, "CDLL", lambda name: SimpleNamespace(mallopt=mallopt))
     monkeypatch.setattr(host, "_applied", None)
     assert host.keep_memory_in_process() is True
-    assert dict(calls) == {-3: 32 * 1024 * 1024, -1: 2**31 - 1, -2: 512 * 1024**2}
-    assert host.keep_memory_in_process() is True and len(calls) == 3  # once per process
+    assert dict(calls) == {-3: 32 * 1024 * 1024, -1: 2**31 - 1, -2: 512 * 1024**2, -4: 0}
+    assert host.keep_memory_in_process() is True and len(calls) == 4  # once per process
     monkeypatch.setattr(host, "_applied", None)
     monkeypatch.setenv("EMBDIM_MALLOC", "system")
-    assert host.keep_memory_in_process() is False and len(calls) == 3
+    assert host.keep_memory_in_process() is False and len(calls) == 4
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_freed_buffers_above_the_mmap_threshold_are_reused_without_page_faults():
+    """After keep_memory_in_process a 64 MB buffer (a 1M-id table's gradient, above glibc's
+    largest mmap threshold) freed and allocated again is not page-faulted in again: measured
+    after the heap has grown (the first allocations fault), none per allocation instead of one
+    per 4 KiB page (16,384)."""
+    code = textwrap.dedent("""
+        import resource, torch
+        from embdim.train.host import keep_memory_in_process
+        assert keep_memory_in_process()
+        n = 64 * 1024 * 1024 // 4
+        for _ in range(4):
+            torch.ones(n)  # the heap grows
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            torch.ones(n)  # allocated, written, freed
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "EMBDIM_MALLOC"))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) < 5 * 16384 // 20, int(proc.stdout)
 
 
 def test_searches_keep_memory_in_the_process_like_the_trainer(monkeypatch, planted):

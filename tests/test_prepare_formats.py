@@ -366,3 +366,18 @@ def test_crlf_line_ends_byte_order_mark_and_no_final_line_end(tmp_path):
     prepare("csv", [src], out, label="y", categorical=["a"], numeric=["n"], **ALL_TRAIN)
     x, y = all_rows(out)
     assert y.tolist() == [1, 0, 1] and decode(out, "a", x[:, 0]) == ["x", "y", "x"]
+
+
+def test_embdim_prepare_does_not_import_torch(tmp_path):
+    """`embdim prepare` needs neither torch nor its start-up time (about a second): the CLI shuts
+    torch.distributed down only where a command imported it."""
+    import subprocess
+    import sys
+
+    (tmp_path / "d.csv").write_text("y,a\n" + "".join(f"{i % 2},v{i % 5}\n" for i in range(50)))
+    code = ("import sys; from embdim.cli import main; "
+            f"rc = main(['--quiet', 'prepare', 'csv', {str(tmp_path / 'd.csv')!r}, '--label', 'y', "
+            f"'--categorical', 'a', '--out', {str(tmp_path / 'out')!r}]); "
+            "print(rc, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["0", "False"], proc.stdout + proc.stderr

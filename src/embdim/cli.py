@@ -256,9 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_as_interrupt():
             code = int(args.handler(args) or 0)
-        from embdim import distributed
-
-        distributed.shutdown()
+        distributed = sys.modules.get("embdim.distributed")
+        if distributed is not None:  # a command that trained (never imports torch for prepare)
+            distributed.shutdown()
         return code
     except EmbdimError as e:
         print(f"embdim: error: {e}", file=sys.stderr)

@@ -226,10 +226,8 @@ class SupernetEmbedding(nn.Module):
         cols = batch if self.gumbel == "sample" else 1
         u = torch.empty(*log_alpha.shape[:2], cols, dtype=log_alpha.dtype, device=log_alpha.device)
         u.uniform_(torch.finfo(log_alpha.dtype).tiny, 1.0)
-        y = (log_alpha - u.log_().neg_().log_()) / self.tau  # (log alpha + g) / tau
-        y = y - y.detach().amax(1, keepdim=True)  # masked widths: log alpha = -inf -> weight 0
-        e = y.exp()
-        soft = e / e.sum(1, keepdim=True)
+        # softmax((log alpha + g) / tau); masked widths: log alpha = -inf -> weight 0
+        soft = torch.softmax((log_alpha - u.log_().neg_().log_()) / self.tau, 1)
         if not self.hard:
             return soft
         hard = F.one_hot(soft.argmax(1), soft.shape[1]).movedim(-1, 1).to(soft.dtype)
@@ -313,11 +311,11 @@ class SupernetEmbedding(nn.Module):
         d_max, eps = self.out_dim, self.norm.eps
         rows = (ids.t() + self.offsets[:, None]).reshape(-1)
         x = self.table.weight.index_select(0, rows).view(nf, b, d_max)  # [F, B, D]
-        mu = x.mean(1, keepdim=True)
-        xc = x - mu  # [F, B, D]
         q = p.to(x.dtype)  # [F, N, B | 1]
         scale = None if self.field_scale is None else self.field_scale.unsqueeze(-1)  # [F, 1, 1]
         if self.weights is None:  # pad: one normalisation, weighted by the candidates covering j
+            mu = x.mean(1, keepdim=True)
+            xc = x - mu  # [F, B, D]
             var = xc.square().mean(1, keepdim=True)  # [F, 1, D]
             xhat = (xc * torch.rsqrt(var + eps)).transpose(1, 2)  # [F, D, B]
             covers = (torch.arange(d_max, device=x.device)[None, :]
@@ -326,7 +324,7 @@ class SupernetEmbedding(nn.Module):
             self._update_running_stats(mu.squeeze(1), var.squeeze(1), b)
             out = out if scale is None else out * scale
             return out.permute(2, 0, 1).contiguous()
-        cov = torch.bmm(xc.transpose(1, 2), xc) / b  # [F, D, D]
+        xc_t, cov, mu = _CentredRows.apply(x)  # [F, D, B], [F, D, D], [F, 1, D]
         scaled, stats = [], []
         for w_n in self.weights:  # [F, d_n, D]
             d = w_n.shape[1]
@@ -345,8 +343,8 @@ class SupernetEmbedding(nn.Module):
         if q.shape[-1] == 1:  # one weight per (field, candidate): mix the transforms, one product
             mixed = sum(F.pad(w_hat, (0, 0, 0, d_max - w_hat.shape[1])) * q[:, n:n + 1]
                         for n, w_hat in enumerate(scaled))  # [F, D, D]
-            return torch.bmm(xc, mixed).transpose(0, 1).contiguous()
-        return _MixPrefixes.apply(xc, q, torch.cat(scaled, dim=1), self.widths)  # [B, F, D]
+            return torch.bmm(xc_t.transpose(1, 2), mixed).transpose(0, 1).contiguous()
+        return _MixPrefixes.apply(xc_t, q, torch.cat(scaled, dim=1), self.widths)  # [B, F, D]
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var: Tensor, batch: int) -> None:
@@ -414,9 +412,44 @@ class SupernetEmbedding(nn.Module):
                 f"unify={self.unify}, gumbel={self.gumbel}, hard={self.hard}")
 
 
+class _CentredRows(torch.autograd.Function):
+    """BatchNorm's batch statistics of the shared rows ``x`` ``[F, B, D]``: the centred rows
+    ``xc = x - mu`` laid out ``[F, D, B]`` (what :class:`_MixPrefixes` reads), their covariance
+    ``S = xc^T xc / B`` ``[F, D, D]`` and the mean ``mu`` ``[F, 1, D]`` (no gradient: it only feeds
+    the running statistics). The backward is the closed form
+    ``grad_x = (g - mean_B g) + xc (G + G^T) / B`` (``g``, ``G``: the gradients of ``xc`` and ``S``;
+    ``xc`` has zero batch mean, so centring leaves the covariance's part unchanged), one batched
+    product and one addition instead of autograd's chain through the subtraction, the mean and both
+    operands of the covariance's product."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        nf, b, d = x.shape
+        mu = x.mean(1, keepdim=True)
+        xc_t = x.new_empty(nf, d, b)
+        torch.sub(x.transpose(1, 2), mu.transpose(1, 2), out=xc_t)
+        cov = torch.bmm(xc_t, xc_t.transpose(1, 2)).div_(b)
+        ctx.save_for_backward(xc_t)
+        ctx.mark_non_differentiable(mu)
+        return xc_t, cov, mu
+
+    @staticmethod
+    def backward(ctx, grad_xc_t: Tensor | None, grad_cov: Tensor | None, _grad_mu) -> Tensor:
+        (xc_t,) = ctx.saved_tensors
+        nf, d, b = xc_t.shape
+        shift = (xc_t.new_zeros(nf, 1, d) if grad_xc_t is None
+                 else grad_xc_t.mean(2).unsqueeze(1).neg_())  # -mean_B g
+        if grad_cov is None:
+            grad_x = shift.expand(nf, b, d).clone()
+        else:  # [F, B, D] = -mean_B g + xc (G + G^T) / B
+            sym = (grad_cov + grad_cov.transpose(1, 2)).div_(b)
+            grad_x = torch.baddbmm(shift, xc_t.transpose(1, 2), sym)
+        return grad_x if grad_xc_t is None else grad_x.add_(grad_xc_t.transpose(1, 2))
+
+
 class _MixPrefixes(torch.autograd.Function):
-    """Eq. 7 for the shared lookup with per-example weights, from the centred rows:
-    ``out[f, b] = sum_n q[f, n, b] * xc[f, b, :d_n] @ W_n[f]`` with ``W_n`` already divided by
+    """Eq. 7 for the shared lookup with per-example weights, from the centred rows ``xc_t``
+    ``[F, D, B]``: ``out[f, b] = sum_n q[f, n, b] * xc[f, b, :d_n] @ W_n[f]`` with ``W_n`` already divided by
     the candidate's standard deviation (``w_all`` = the ``W_n`` stacked over ``n``, ``[F, sum d_n,
     D]``). ``z[f, (n, j), b] = q[f, n, b] * xc[f, b, j]`` (``j < d_n``) is built slice by slice
     and the output is one batched product ``z^T w_all``; the backward writes the gradients of
@@ -424,21 +457,16 @@ class _MixPrefixes(torch.autograd.Function):
     the channel axis (what autograd would do for the same formula)."""
 
     @staticmethod
-    def forward(ctx, xc: Tensor, q: Tensor, w_all: Tensor, widths: list[int]) -> Tensor:
-        nf, b, _ = xc.shape
-        xc_t = xc.transpose(1, 2).contiguous()  # [F, D, B]: the slices below read it contiguously
-        z = xc.new_empty(nf, w_all.shape[1], b)
+    def forward(ctx, xc_t: Tensor, q: Tensor, w_all: Tensor, widths: list[int]) -> Tensor:
+        nf, _, b = xc_t.shape  # [F, D, B]: the slices below read it contiguously
+        z = xc_t.new_empty(nf, w_all.shape[1], b)
         start = 0
         for n, d in enumerate(widths):
             torch.mul(xc_t[:, :d], q[:, n:n + 1], out=z[:, start:start + d])
             start += d
         ctx.save_for_backward(xc_t, q, w_all, z)
         ctx.widths = widths
-        if xc.device.type != "cpu":  # the strided output below is measured on CPU only
-            return torch.bmm(z.transpose(1, 2), w_all).transpose(0, 1).contiguous()
-        out = xc.new_empty(b, nf, w_all.shape[2])  # [B, F, D], the body's layout
-        torch.bmm(z.transpose(1, 2), w_all, out=out.transpose(0, 1))  # written in place
-        return out
+        return torch.bmm(z.transpose(1, 2), w_all).transpose(0, 1).contiguous()  # [B, F, D]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -459,4 +487,4 @@ class _MixPrefixes(torch.autograd.Function):
                 grad_xc[:, :d].addcmul_(grad_zn, q[:, n:n + 1])
             if grad_q is not None:
                 torch.sum(grad_zn * xc_t[:, :d], dim=1, out=grad_q[:, n])
-        return None if grad_xc is None else grad_xc.transpose(1, 2), grad_q, grad_w, None
+        return grad_xc, grad_q, grad_w, None

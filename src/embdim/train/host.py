@@ -4,13 +4,15 @@
   this CPU. Without AVX512-BF16 or AMX the bf16 matrix products are emulated and a training step
   is several times slower (measured 8x on an AVX2 CPU), so the trainer runs fp32 there and says so.
 * :func:`keep_memory_in_process`: a training step allocates and frees the same 8-70 MB buffers
-  every step. glibc serves blocks of that size with ``mmap`` and returns them to the kernel on
-  ``free``, so every step page-faults them back in (millions of faults per epoch, and a step cost
-  that grows with the embedding tables). Raising the mmap threshold to its maximum (32 MB), never
-  trimming the heap and padding its growth keeps freed memory in the process for reuse, the
-  effect of ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=68719476736
-  MALLOC_TOP_PAD_=536870912`` set at run time with ``mallopt``. The process then keeps its peak
-  heap until it exits. Set ``EMBDIM_MALLOC=system`` to leave the C library's defaults alone.
+  every step (and a table's dense gradient, 64 MB at 1M ids x 16). glibc serves blocks of that
+  size with ``mmap`` and returns them to the kernel on ``free``, so every step page-faults them
+  back in (millions of faults per epoch, and a step cost that grows with the embedding tables).
+  Serving every block from the heap (no ``mmap``: ``M_MMAP_MAX`` 0; the mmap threshold alone
+  stops at 32 MB), never trimming the heap and padding its growth keeps freed memory in the
+  process for reuse, the effect of ``MALLOC_MMAP_MAX_=0 MALLOC_MMAP_THRESHOLD_=33554432
+  MALLOC_TRIM_THRESHOLD_=2147483647 MALLOC_TOP_PAD_=536870912`` set at run time with
+  ``mallopt``. The process then keeps its peak heap until it exits. Set
+  ``EMBDIM_MALLOC=system`` to leave the C library's defaults alone.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import torch
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's largest on 64-bit (4 MiB x sizeof(long))
 _TRIM_THRESHOLD = 64 * 1024**3
 _TOP_PAD = 512 * 1024**2
@@ -61,5 +63,5 @@ def keep_memory_in_process() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, min(_TRIM_THRESHOLD, 2**31 - 1)),
-        (_M_TOP_PAD, _TOP_PAD)))
+        (_M_TOP_PAD, _TOP_PAD), (_M_MMAP_MAX, 0)))
     return _applied
