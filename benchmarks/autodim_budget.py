@@ -19,7 +19,9 @@ hundred W-steps per epoch where the paper's Criteo gives 18,000; candidates {2, 
 3. FDE at width 32 (the largest candidate) and at ``round(kappa x 32)`` for each kappa (the
    uniform model of the same size; ``round(0.1 x 32) = 3``: 94% of the 0.1 budget);
 4. the same uniform widths retrained as AutoDim retrains (the searched plan with every field at
-   ``round(kappa x 32)``, ``method: plan``: linear alignment to 32 with eq. 1's bias, sec. 2.4.2).
+   ``round(kappa x 32)``, ``method: plan``: linear alignment to 32 with eq. 1's bias, sec. 2.4.2,
+   and the BatchNorm statistics re-estimated before each validation, ``retrain_bn_recalibration``;
+   FDE keeps the running averages, ``train.bn_recalibration: 0``).
    Against FDE it measures what the retraining architecture alone costs or gains; against the
    budget plan, what alpha's choice of widths adds at the same size and architecture.
 
