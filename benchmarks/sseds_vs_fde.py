@@ -63,6 +63,7 @@ VARIANTS = {
     "per-entry-r5-noticket": {"rank": "per_entry", "saliency_rounds": 5, "ticket": False},
     "per-entry-valid-r5": {"rank": "per_entry", "saliency_rounds": 5, "saliency_split": "valid"},
     "per-entry-r5-freshbody": {"rank": "per_entry", "saliency_rounds": 5, "inherit_network": False},
+    "per-entry-r5-noretrain": {"rank": "per_entry", "saliency_rounds": 5, "retrain": False},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}

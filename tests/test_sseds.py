@@ -401,6 +401,60 @@ def test_retraining_starts_exactly_at_the_masked_pretrained_model(planted, model
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_rewinding_starts_the_retraining_at_the_masked_weights_of_that_pretraining_epoch(
+        planted, tmp_path):
+    """rewind_epoch k (late rewinding): the plan comes from the best pretrained weights, the slim
+    model starts from the weights after epoch k of the same pretraining, masked: the same as a
+    pretraining stopped after k epochs, and not the best weights (epoch 3 here)."""
+    schema = PreparedDataset(planted).schema
+    seed_everything(0)
+    rewound = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 1})
+    plan = rewound.search(PreparedDataset(planted), _ctx(tmp_path / "a"))
+    assert plan.extra["pretrain_best_epoch"] == 3 and plan.extra["pretrain_epochs_run"] == 3
+    seed_everything(0)
+    one_epoch = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                             "pretrain_epochs": 1})
+    one_epoch.search(PreparedDataset(planted), _ctx(tmp_path / "b"))
+    epoch1 = one_epoch.build_pretrain_model(schema.vocab_sizes, _ctx())
+    epoch1.load_state_dict(one_epoch._pretrained_state)
+    best = _pretrained(rewound, plan, _ctx())
+    plan = _plan_dropping_the_noise_fields(plan)
+    ids = torch.from_numpy(np.array(PreparedDataset(planted).split("test").x[:512]))
+    # in the same process (weights kept in memory) and resumed (read back from epoch-1.pt)
+    resumed = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 1})
+    assert (tmp_path / "a" / "pretrain" / "epoch-1.pt").exists()
+    for method in (rewound, resumed):
+        slim = _slim_model(method, plan, planted, _ctx(tmp_path / "a")).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(slim(ids), _masked_pretrained_logits(epoch1.eval(), plan, ids),
+                                       rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(slim(ids), _masked_pretrained_logits(best, plan, ids), atol=1e-3)
+    later = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 5})
+    with pytest.raises(ConfigError, match="rewind_epoch 5"):
+        _slim_model(later, plan, planted, _ctx(tmp_path / "a"))
+
+
+def test_rewind_checkpoint_names_the_starting_weights(searched, planted, tmp_path):
+    """With pretrain_checkpoint (the pretraining ran elsewhere) the early weights are a file."""
+    method, plan, _ = searched
+    schema = PreparedDataset(planted).schema
+    ctx = _ctx()
+    early = method.build_pretrain_model(schema.vocab_sizes, ctx)
+    torch.save(early.state_dict(), tmp_path / "early.pt")
+    variant = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                           "rewind_checkpoint": str(tmp_path / "early.pt")})
+    variant._pretrained_state = method._pretrained_state
+    plan = _plan_dropping_the_noise_fields(plan)
+    slim = _slim_model(variant, plan, planted, ctx)
+    for i in slim.kept_fields:
+        torch.testing.assert_close(slim.embedding.field_weight(i),
+                                   early.embedding.field_weight(i)[:, plan.kept_indices[i]],
+                                   rtol=0, atol=0)
+    missing = make_method({"name": "sseds", "rewind_checkpoint": str(tmp_path / "nope.pt")})
+    with pytest.raises(ConfigError, match="rewind_checkpoint .*not found"):
+        _slim_model(missing, plan, planted, ctx)
+
+
 def test_linear_alignment_gives_every_kept_field_an_m_i_and_counts_it_in_the_budget(planted):
     """Eq. 13 has one M_i per kept field, also when all kept widths are equal; with
     count_alignment (default) each kept cell costs vocab_i + D against kappa x the full table."""
@@ -483,7 +537,10 @@ def test_options_are_validated():
                 {"saliency_rounds": True}, {"saliency_split": "test"},
                 {"retrain": False, "ticket": False}, {"colour": "red"},
                 {"align": "zeros"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
-                {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"}):
+                {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"},
+                {"rewind_epoch": 0}, {"rewind_epoch": 1, "rewind_checkpoint": "a.pt"},
+                {"rewind_epoch": 1, "pretrain_checkpoint": "a.pt"},
+                {"rewind_epoch": 1, "ticket": False}, {"rewind_epoch": 1, "retrain": False}):
         with pytest.raises(ConfigError):
             make_method({"name": "sseds", **bad})
 

@@ -263,8 +263,13 @@ class Trainer:
         return distributed.broadcast_object(metrics)
 
     # ---- fit ----------------------------------------------------------------------------------
-    def fit(self, *, resume: bool = False) -> FitResult:
-        """Train for ``cfg.epochs`` with early stopping; leave the best weights in the model."""
+    def fit(self, *, resume: bool = False,
+            on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None) -> FitResult:
+        """Train for ``cfg.epochs`` with early stopping; leave the best weights in the model.
+
+        ``on_epoch_end(epoch, model)``, if given, is called after each epoch's training and
+        validation (``epoch`` counts from 1; epochs a resumed fit does not run again are not
+        reported again)."""
         result = FitResult()
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs, start_epoch = 0, 0
@@ -300,6 +305,8 @@ class Trainer:
             done = stop or epoch + 1 == self.cfg.epochs
             result.stopped_early = stop and epoch + 1 < self.cfg.epochs
             self._save_checkpoint(result, bad_epochs, epoch + 1, done, best_state if improved else None)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, self.model)
             if stop:
                 self.log(f"early stop: no validation-AUC improvement for {bad_epochs} epoch(s); "
                          f"best epoch {result.best_epoch}")
