@@ -24,8 +24,14 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    pruned in 5 rounds, ``|g|`` measured again at each round's mask: ``saliency_rounds: 5``),
    ``per-entry-r5-noticket`` (its plans from a fresh initialisation), ``per-entry-r5-freshbody``
    (its plans with the kept pretrained columns but a fresh body and first-order weights, the
-   reading of the paper's text: ``inherit_network: false``) and ``per-entry-valid-r5`` (the
-   rounds with the saliency taken on validation batches: ``saliency_split: valid``).
+   reading of the paper's text: ``inherit_network: false``), ``per-entry-valid-r5`` (the
+   rounds with the saliency taken on validation batches: ``saliency_split: valid``),
+   ``per-entry-r5-noretrain`` (its plans, the pruned pretrained model evaluated without
+   retraining: ``retrain: false``) and ``per-entry-r5-rewind1`` (its plans, the slim model
+   started from the pretraining's weights after epoch 1 instead of its best ones:
+   ``rewind_epoch: 1``; as the pretraining is the FDE-128 cell, the script runs that cell's
+   seeded training once more, stopped after 1 epoch, ``fde-128-epoch1``, and passes its weights
+   as ``rewind_checkpoint``).
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -64,6 +70,7 @@ VARIANTS = {
     "per-entry-valid-r5": {"rank": "per_entry", "saliency_rounds": 5, "saliency_split": "valid"},
     "per-entry-r5-freshbody": {"rank": "per_entry", "saliency_rounds": 5, "inherit_network": False},
     "per-entry-r5-noretrain": {"rank": "per_entry", "saliency_rounds": 5, "retrain": False},
+    "per-entry-r5-rewind1": {"rank": "per_entry", "saliency_rounds": 5, "rewind_epoch": 1},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
@@ -89,17 +96,27 @@ def run(cfg: dict, out: Path, threads: int) -> dict:
 
 
 def cells(datasets, seeds, kappas, variants):
-    """(name, dataset, seed, config-maker) in run order; SSEDS cells after their FDE-128."""
+    """(name, config) in run order; SSEDS cells after their FDE-128 (and its first epochs, where a
+    variant rewinds: the same seeded run stopped after that epoch)."""
+    rewinds = sorted({VARIANTS[v]["rewind_epoch"] for v in variants if "rewind_epoch" in VARIANTS[v]})
     for ds in datasets:
         for seed in seeds:
             base = {"data": {"path": f"data/{ds}"}, "model": MODEL, "train": {**TRAIN, "seed": seed}}
             for w in [PRETRAIN_WIDTH] + [fde_width(k) for k in kappas]:
                 yield f"{ds}/fde-{w}_seed-{seed}", {**base, "method": {"name": "fde", "dim": w}}
+            for e in rewinds:
+                yield (f"{ds}/fde-{PRETRAIN_WIDTH}-epoch{e}_seed-{seed}",
+                       {**base, "train": {**base["train"], "epochs": e},
+                        "method": {"name": "fde", "dim": PRETRAIN_WIDTH}})
             for k in kappas:
                 for v in variants:
                     method = {"name": "sseds", "budget": k, "pretrain_width": PRETRAIN_WIDTH,
                               **VARIANTS[v], "pretrain_checkpoint":
                               f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}_seed-{seed}/checkpoints/best.pt"}
+                    if "rewind_epoch" in method:  # the pretraining ran in the FDE cells
+                        method["rewind_checkpoint"] = (
+                            f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}-epoch{method.pop('rewind_epoch')}"
+                            f"_seed-{seed}/checkpoints/best.pt")
                     yield f"{ds}/sseds-{v}-{k}_seed-{seed}", {**base, "method": method}
 
 
@@ -218,9 +235,10 @@ def main() -> None:
         for i, (name, cfg) in enumerate(fde_first):
             if i % lanes != lane:
                 continue
-            pretrain = cfg["method"].get("pretrain_checkpoint")
-            while pretrain and not (Path(pretrain).parents[1] / "metrics.json").exists():
-                time.sleep(10)  # the other lane is still training the pretrained model
+            for pretrain in (cfg["method"].get("pretrain_checkpoint"),
+                             cfg["method"].get("rewind_checkpoint")):
+                while pretrain and not (Path(pretrain).parents[1] / "metrics.json").exists():
+                    time.sleep(10)  # the other lane is still training the pretrained model
             run(cfg, work / "sseds-vs-fde" / name, args.threads)
     text, data = summarise(work, datasets, seeds, kappas, variants)
     print(text)

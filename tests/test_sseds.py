@@ -32,6 +32,7 @@ from embdim.train.trainer import seed_everything
 
 NOISE = ["f0", "f5"]
 WIDTH = 8
+PAPER = {"rank": "saliency", "saliency_rounds": 1}  # eq. 10-12: one shot, ranked by saliency
 
 
 def _ctx(work_dir=None, model="deepfm", **model_kw) -> SearchContext:
@@ -45,7 +46,7 @@ def searched(planted, tmp_path_factory):
     """One SSEDS search on the planted data (DeepFM, width 8, kappa 0.3): method, plan, work dir."""
     work = tmp_path_factory.mktemp("search")
     seed_everything(0)
-    method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH})
+    method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER})
     plan = method.search(PreparedDataset(planted), _ctx(work))
     return method, plan, work
 
@@ -158,7 +159,7 @@ def searched_seeds(planted):
     plans = []
     for seed in (0, 1, 2):
         seed_everything(seed)
-        method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH})
+        method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER})
         plans.append(method.search(PreparedDataset(planted), _ctx()))
     return plans
 
@@ -188,6 +189,24 @@ def test_saliency_is_normalised_and_noise_fields_are_pruned_first(searched_seeds
     mean = dict(zip(names, np.mean(saliencies, axis=0), strict=True))
     assert mean["f0"] < min(v for k, v in mean.items() if k != "f0")
     assert max(mean["f0"], mean["f5"]) < min(mean["f2"], mean["f3"], mean["f4"])
+
+
+def test_the_default_search_keeps_the_cheap_informative_fields_the_paper_ranking_drops(planted):
+    """The defaults (saliency per table entry, 5 rounds) at kappa 0.1 on the planted data: the
+    weak informative fields with small vocabularies (f1: 50 ids, f3: 30 ids, true dim 2) keep
+    columns and the 400-id noise field f5 is dropped, at every seed; ranked by saliency alone in
+    one shot (eq. 12), the budget goes to f2 and f4 and f1 and f3 are dropped."""
+    for seed in (0, 1, 2):
+        plans = {}
+        for name, options in (("default", {}), ("paper", PAPER)):
+            seed_everything(seed)
+            method = make_method({"name": "sseds", "budget": 0.1, "pretrain_width": WIDTH,
+                                  "stability_batches": 0, **options})
+            plan = method.search(PreparedDataset(planted), _ctx())
+            plans[name] = dict(zip(plan.field_names, plan.dims, strict=True))
+        assert plans["default"]["f1"] >= 1 and plans["default"]["f3"] >= 1, plans
+        assert plans["default"]["f5"] == 0, plans
+        assert plans["paper"]["f1"] == 0, plans
 
 
 def test_saliency_averages_over_batches(searched, planted):
@@ -259,7 +278,7 @@ def test_saliency_split_valid_takes_the_batches_from_the_validation_rows(searche
     method, plan, work = searched
     data = PreparedDataset(planted)
     ctx = _ctx()
-    searched_valid = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+    searched_valid = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER,
                                   "saliency_split": "valid", "stability_batches": 0,
                                   "pretrain_checkpoint": str(work / "pretrain" / "best.pt")})
     got = np.array(searched_valid.search(data, ctx).extra["saliency"])
@@ -516,13 +535,13 @@ def test_pretraining_resumes_from_its_checkpoint_and_user_checkpoints_are_checke
         searched, planted, tmp_path):
     method, plan, work = searched
     assert (work / "pretrain" / "best.pt").exists() and (work / "pretrain" / "last.pt").exists()
-    again = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH})
+    again = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER})
     plan2 = again.search(PreparedDataset(planted), _ctx(work))  # finished pretraining: reused
     assert plan2.extra["saliency"] == plan.extra["saliency"] and plan2.dims == plan.dims
 
     state_path = tmp_path / "mine.pt"
     torch.save(method._pretrained_state, state_path)
-    mine = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+    mine = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER,
                         "pretrain_checkpoint": str(state_path)})
     plan3 = mine.search(PreparedDataset(planted), _ctx())
     assert plan3.extra["saliency"] == plan.extra["saliency"]

@@ -11,8 +11,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    ``Delta L_ij`` from masking cell ``(i, j)`` (eq. 9-10); ``s = |g| / sum |g|`` (eq. 11). Optionally
    ``|g|`` is averaged over several mini-batches, taken on validation batches (``saliency_split``),
    or the budget is reached in rounds with ``|g|`` measured again at each round's mask
-   (``saliency_rounds``; beyond the paper's single shot).
-3. **Pruning to the budget** (eq. 12): cells are ranked by saliency and kept, most salient first,
+   (``saliency_rounds``; beyond the paper's single shot; the default is 5 rounds, 1 is the paper's).
+3. **Pruning to the budget** (eq. 12): cells are ranked by saliency (``rank: saliency``, the paper)
+   or by saliency per table entry (``rank: per_entry``, the default) and kept, first ranked first,
    while the kept embedding entries (a cell of field ``i`` costs ``vocab_i``) stay within
    ``kappa x sum_i vocab_i x d``; the first ranked cell that does not fit ends the selection (the
    quantile ``s~`` of eq. 12). Fields with no kept cell are dropped (feature selection, footnote 2).
@@ -20,7 +21,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    ``i`` at width ``d_i``, aligned by ``M_i`` (no bias) to ``d_max`` — and
    :meth:`SSEDS.init_retrain_model` copies the kept columns of the pretrained tables in (the
    "winning ticket"; ``ticket: false`` = ablation "w/o ticket") and, following Algorithm 1
-   (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow.
+   (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow —
+   from the best pretrained weights, or from an early epoch of the pretraining (``rewind_epoch``,
+   late rewinding; not in the paper).
    ``retrain: false`` is the ablation "w/o retraining" (sec. 4.5): the pruned pretrained model is
    evaluated as it is.
 
@@ -64,8 +67,11 @@ class SSEDSOptions:
     The retraining options resolve what the paper leaves inconsistent (sec. 3.2.3 text: "randomly
     initialize ... M"; Algorithm 1: ``V*, Theta* <- V~, Theta^``; eq. 13 aligns to ``d_max``, where
     ``Theta^`` no longer fits). The defaults make the slim model start *exactly* as the masked
-    pretrained model of eq. 8 (binary ``alpha`` of eq. 12) for every kappa and every base model;
-    docs/sseds.md gives the measurements behind them.
+    pretrained model of eq. 8 (binary ``alpha`` of eq. 12) for every kappa and every base model.
+    The search defaults are not the paper's single shot: cells are ranked by saliency per table
+    entry and the budget is reached in 5 rounds (``rank: per_entry``, ``saliency_rounds: 5``);
+    ``rank: saliency, saliency_rounds: 1`` is the paper's eq. 10-12 (examples/sseds_paper.yaml).
+    docs/sseds.md gives the measurements behind every default.
     """
 
     budget: float = 0.1  # kappa: kept embedding entries <= budget x the full table (paper: 0.1)
@@ -81,13 +87,14 @@ class SSEDSOptions:
     saliency_batches: int = 1  # |g| is averaged over this many training mini-batches (paper: 1)
     saliency_split: str = "train"  # the split the saliency batches come from: "train" (the paper's
     #                                D_b) or "valid" (held-out rows; not in the paper)
-    saliency_rounds: int = 1  # 1: the paper's single shot. R > 1: prune in R rounds to the budgets
-    #                           kappa^(r/R), |g| measured again at each round's mask (not in the paper)
+    saliency_rounds: int = 5  # R > 1: prune in R rounds to the budgets kappa^(r/R), |g| measured
+    #                           again at each round's mask (not in the paper); 1: the paper's single
+    #                           shot (eq. 10-12)
     stability_batches: int = 4  # after the search, the plans of this many other single batches are
     #                             compared with the chosen one (plan.json "stability"); 0: skip
     fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
-    rank: str = "saliency"  # "saliency" (eq. 12) or "per_entry": saliency / vocab_i (a knapsack's
-    #                         greedy order; not in the paper)
+    rank: str = "per_entry"  # "per_entry": saliency / vocab_i (a knapsack's greedy order; not in
+    #                          the paper) or "saliency" (eq. 12)
     ticket: bool = True  # copy the kept pretrained columns into the slim tables ("w/o ticket": false)
     inherit_network: bool | None = None  # start the rest of the network from the pretrained one
     #                     (Algorithm 1); None: the same as ``ticket`` (when the aligned width fits)
