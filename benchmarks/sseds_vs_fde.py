@@ -165,8 +165,40 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
                 cells.append(f"{st['auc']:.4f} ± {st['std']:.4f} ({st['params']:,.0f}{delta})")
             lines.append(f"| SSEDS {v} | " + " | ".join(cells) + " |")
         data[ds]["rows"] = [rows[k] for k in kappas]
-        lines.append("")
+        lines += ["", *stability_lines(work, ds, seeds, kappas, variants), ""]
     return "\n".join(lines), data
+
+
+def stability_lines(work: Path, ds: str, seeds, kappas, variants) -> list[str]:
+    """Plan stability of each variant: the width overlap of the chosen plan with the plans of 4
+    other single saliency batches (plan.json ``stability``, mean over batches and seeds) and between
+    the seeds' plans (mean over pairs); 1 = always the same widths."""
+    from embdim.plan import width_overlap
+
+    rows = []
+    for v in variants:
+        cells = []
+        for k in kappas:
+            plans = [json.loads(p.read_text()) for s in seeds
+                     if (p := work / "sseds-vs-fde" / ds / f"sseds-{v}-{k}_seed-{s}" / "plan.json").exists()]
+            if not plans:
+                cells.append("-")
+                continue
+            dims = [[f["dim"] for f in p["fields"]] for p in plans]
+            stab = [p["extra"]["stability"]["width_overlap"] for p in plans
+                    if (p["extra"].get("stability") or {}).get("batches")]
+            pairs = [width_overlap(a, b) for i, a in enumerate(dims) for b in dims[i + 1:]]
+            cells.append(f"{np.mean([np.mean(x) for x in stab]):.2f}" if stab else "-")
+            cells[-1] += f" / {np.mean(pairs):.2f}" if pairs else " / -"
+        if any(c != "-" for c in cells):
+            rows.append(f"| SSEDS {v} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["Plan stability, width overlap `sum_i min(d_i, d'_i) / sum_i max(d_i, d'_i)` (1 = the "
+            "same widths): against the plans of 4 other single saliency batches of the same "
+            "pretrained model (mean over them and the seeds) / between the seeds' plans.", "",
+            "| method | " + " | ".join(f"kappa {k}" for k in kappas) + " |",
+            "|---|" + "---|" * len(kappas), *rows]
 
 
 def plot(data: dict, variants, path: Path) -> None:
