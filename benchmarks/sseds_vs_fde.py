@@ -259,7 +259,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--kappas", default="0.1,0.25,0.5")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lane", default="0/1", help="I/N: run every N-th cell from the I-th (parallel lanes)")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="Markdown summary (PNG beside it)")

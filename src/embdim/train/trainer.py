@@ -304,9 +304,9 @@ class Trainer:
             stop = bool(self.cfg.early_stop) and bad_epochs >= self.cfg.early_stop
             done = stop or epoch + 1 == self.cfg.epochs
             result.stopped_early = stop and epoch + 1 < self.cfg.epochs
-            self._save_checkpoint(result, bad_epochs, epoch + 1, done, best_state if improved else None)
-            if on_epoch_end is not None:
+            if on_epoch_end is not None:  # before last.pt: a resume never skips a reported epoch
                 on_epoch_end(epoch + 1, self.model)
+            self._save_checkpoint(result, bad_epochs, epoch + 1, done, best_state if improved else None)
             if stop:
                 self.log(f"early stop: no validation-AUC improvement for {bad_epochs} epoch(s); "
                          f"best epoch {result.best_epoch}")
