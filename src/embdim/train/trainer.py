@@ -301,8 +301,13 @@ class Trainer:
         return distributed.broadcast_object(metrics)
 
     # ---- fit ----------------------------------------------------------------------------------
-    def fit(self, *, resume: bool = False) -> FitResult:
-        """Train for ``cfg.epochs`` with early stopping; leave the best weights in the model."""
+    def fit(self, *, resume: bool = False,
+            on_epoch_end: Callable[[int, torch.nn.Module], None] | None = None) -> FitResult:
+        """Train for ``cfg.epochs`` with early stopping; leave the best weights in the model.
+
+        ``on_epoch_end(epoch, model)``, if given, is called after each epoch's training and
+        validation (``epoch`` counts from 1; epochs a resumed fit does not run again are not
+        reported again)."""
         result = FitResult()
         best_state: dict[str, torch.Tensor] | None = None
         bad_epochs, start_epoch = 0, 0
@@ -339,6 +344,8 @@ class Trainer:
             stop = bool(self.cfg.early_stop) and bad_epochs >= self.cfg.early_stop
             done = stop or epoch + 1 == self.cfg.epochs
             result.stopped_early = stop and epoch + 1 < self.cfg.epochs
+            if on_epoch_end is not None:  # before last.pt: a resume never skips a reported epoch
+                on_epoch_end(epoch + 1, self.model)
             self._save_checkpoint(result, bad_epochs, epoch + 1, done, best_state if improved else None)
             if stop:
                 self.log(f"early stop: no validation-AUC improvement for {bad_epochs} epoch(s); "
