@@ -32,7 +32,7 @@ from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
 ORDERS = ("first", "second")
-NORMS = ("running", "batch", "row")
+NORMS = ("running", "renorm", "batch", "row")
 CONTROLLER_INPUTS = ("popularity", "context")
 STREAM_OPTIMIZERS = ("adam", "sparse_adam")  # of embdim.config.OPTIMIZERS
 
@@ -55,6 +55,9 @@ class StreamModelConfig:
     # on the other rows of its batch) | batch (the mini-batch's own statistics, eq. 2 as written)
     norm: str = "running"
     fse_transform: bool = True  # FSE: the same linear map to max(widths), norm and tanh (eq. 1-2)
+    # soft selection: false = sum_n alpha_n e_n (sec. 2.4's "weighted sum"; one-hot alpha = eq. 6),
+    # true = eq. 7 as printed, (1/N) sum_n alpha_n e_n
+    one_over_n: bool = False
 
 
 @dataclass

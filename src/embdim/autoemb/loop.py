@@ -109,7 +109,8 @@ class StreamLearner:
                                                     norm=m.norm, sparse=sparse)
             self.weights: nn.Module | None = None
         else:
-            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task, norm=m.norm, sparse=sparse)
+            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task, norm=m.norm, sparse=sparse,
+                                      one_over_n=m.one_over_n)
             if self.method == "darts":
                 self.weights = TableWeights(nu, ni, len(m.widths))
             else:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 TASKS = ("regression", "classification")
 NUM_CLASSES = 5
-NORMS = ("running", "batch", "row")
+NORMS = ("running", "renorm", "batch", "row")
 
 
 def task_outputs(task: str) -> int:
@@ -91,7 +91,9 @@ class StreamNorm(nn.Module):
                 return bn(x)
             return nn.functional.batch_norm(x, None, None, training=True, eps=bn.eps)
         out = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
-        if self.mode == "running" and self.training and self.update_stats and len(x) > 0:
+        if self.mode == "renorm" and self.training and len(x) > 1 and torch.is_grad_enabled():
+            out = out.detach() + _batch_gradient(x, bn.running_var, bn.eps)
+        if self.mode in ("running", "renorm") and self.training and self.update_stats and len(x) > 0:
             with torch.no_grad():
                 m = bn.momentum
                 bn.running_mean.mul_(1 - m).add_(x.detach().mean(0), alpha=m)
@@ -99,6 +101,17 @@ class StreamNorm(nn.Module):
                     bn.running_var.mul_(1 - m).add_(x.detach().var(0, unbiased=True), alpha=m)
                 bn.num_batches_tracked.add_(1)
         return out
+
+
+def _batch_gradient(x: Tensor, running_var: Tensor, eps: float) -> Tensor:
+    """``[B, C]``, value exactly 0, whose gradient w.r.t. ``x`` is BatchNorm's with the mini-batch
+    statistics, scaled by ``r = sigma_B / sigma_running`` (Batch Renormalization, Ioffe 2017, with
+    ``r`` and ``d`` unclipped): added to the running-statistics output, the value stays that of the
+    earlier batches' statistics and the gradient is eq. 2's, through ``mu_B`` and ``sigma_B``."""
+    sd_b = torch.sqrt(x.var(0, unbiased=False) + eps)
+    r = (sd_b / torch.sqrt(running_var + eps)).detach()
+    y = (x - x.mean(0)) / sd_b * r
+    return y - y.detach()
 
 
 class MultiWidthEmbedding(nn.Module):
@@ -129,9 +142,12 @@ class MultiWidthEmbedding(nn.Module):
         return torch.tanh(self.norm(unified)).view(len(ids), len(self.widths), self.out_dim)
 
 
-def soft_select(candidates: Tensor, weights: Tensor) -> Tensor:
-    """Eq. 7: ``[B, N, D], [B, N] -> [B, D]``, ``(1/N) sum_n w_n e_n``."""
-    return torch.einsum("bnd,bn->bd", candidates, weights) / candidates.shape[1]
+def soft_select(candidates: Tensor, weights: Tensor, one_over_n: bool = True) -> Tensor:
+    """Soft selection, ``[B, N, D], [B, N] -> [B, D]``: eq. 7, ``(1/N) sum_n w_n e_n``, or with
+    ``one_over_n=False`` the weighted sum ``sum_n w_n e_n`` that sec. 2.4's text describes (for a
+    one-hot ``w`` it is eq. 6's hard selection, on the scale of one candidate)."""
+    mixed = torch.einsum("bnd,bn->bd", candidates, weights)
+    return mixed / candidates.shape[1] if one_over_n else mixed
 
 
 class AutoEmbModel(nn.Module):
@@ -139,9 +155,10 @@ class AutoEmbModel(nn.Module):
 
     def __init__(self, num_users: int, num_items: int, widths: Sequence[int] = (2, 16, 128),
                  hidden: Sequence[int] = (512, 512), task: str = "regression", *,
-                 norm: str = "running", sparse: bool = False):
+                 norm: str = "running", sparse: bool = False, one_over_n: bool = False):
         super().__init__()
         self.task = task
+        self.one_over_n = one_over_n  # eq. 7's 1/N factor (model.one_over_n)
         self.users = MultiWidthEmbedding(num_users, widths, norm=norm, sparse=sparse)
         self.items = MultiWidthEmbedding(num_items, widths, norm=norm, sparse=sparse)
         self.mlp = hidden_layers(2 * self.users.out_dim, hidden, task_outputs(task))
@@ -151,8 +168,8 @@ class AutoEmbModel(nn.Module):
         return self.users.num_candidates
 
     def forward(self, users: Tensor, items: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-        u = soft_select(self.users(users), alpha)
-        v = soft_select(self.items(items), beta)
+        u = soft_select(self.users(users), alpha, self.one_over_n)
+        v = soft_select(self.items(items), beta, self.one_over_n)
         out = self.mlp(torch.cat([u, v], dim=1))
         return out.squeeze(1) if self.task == "regression" else out
 
