@@ -9,7 +9,9 @@ Shapes: ``B`` batch, ``N`` candidate widths ``d_1 < ... < d_N``, ``D = d_N``.
   Normalisation (:class:`StreamNorm`) is ``running`` by default: the statistics of the *earlier*
   batches, so that a row's score never depends on the other rows of its batch; ``batch`` is eq. 2
   as written (the mini-batch's own mean and variance).
-* soft selection (eq. 7): ``u = (1/N) sum_n alpha_n e_n`` with ``alpha [B, N]`` from a controller;
+* soft selection (sec. 2.4): ``u = sum_n alpha_n e_n`` with ``alpha [B, N]`` from a controller, the
+  "weighted sum" of the text, which for a one-hot ``alpha`` is eq. 6's hard selection; eq. 7 as
+  printed adds a factor ``1/N`` (``one_over_n=True``, ``model.one_over_n``);
 * :class:`AutoEmbModel` — ``h_0 = [u; v]`` (``[B, 2D]``), hidden layers ``tanh(W h + b)`` (eq. 4),
   output (eq. 5): one logit (``regression``: sigmoid, trained with MSE on the binarised rating) or
   five logits (``classification``: softmax over the rating classes, cross-entropy);
@@ -50,7 +52,7 @@ def hidden_layers(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequen
 
 
 class StreamNorm(nn.Module):
-    """Eq. 2's normalisation without affine parameters, ``[B, C] -> [B, C]``, in one of two modes.
+    """Eq. 2's normalisation without affine parameters, ``[B, C] -> [B, C]``, in one of four modes.
 
     * ``running`` (default): ``(x - mu) / sqrt(var + eps)`` with ``mu, var`` the running mean and
       variance of the batches seen *before* this one (exponential average, ``momentum`` 0.1, from
@@ -60,6 +62,14 @@ class StreamNorm(nn.Module):
       inference form of BatchNorm (Ioffe & Szegedy, the paper's [11]) applied to every batch of
       the evaluate-then-train loop. A one-row batch is normalised like any other; its variance is
       undefined, so it updates the running mean only.
+    * ``renorm``: the value of ``running`` (so a row's score still depends only on its own input
+      and earlier batches) with the gradient of eq. 2, through the mini-batch mean and variance
+      (Batch Renormalization, Ioffe 2017, ``r``/``d`` unclipped; :func:`_batch_gradient`). With
+      ``running`` no gradient flows through the statistics, so shrinking a candidate's
+      pre-normalisation activations lowers the loss until the statistics catch up, again and
+      again: a mixture candidate the model would rather not use has its running variance driven
+      towards 0 and its normalised output amplified by up to ``1 / sqrt(eps)``. With eq. 2's
+      gradient the scale of the activations gets no gradient (BatchNorm's scale invariance).
     * ``batch``: eq. 2 as written: ``mu_B, sigma_B^2`` of the mini-batch itself in training mode
       (``torch.nn.BatchNorm1d``); a one-row batch (no variance) uses the running statistics.
     * ``row``: each candidate's transformed embedding is normalised over its own ``D`` features
