@@ -304,11 +304,12 @@ def test_controller_outputs_are_distributions():
 def test_controller_weight_on_largest_width_rises_with_popularity():
     """Planted stream: only heavy users become popular, and only they need the large width. (Over
     the offline stage low popularity also means early in the stream: the same rise is seen with
-    popularity hidden from the controller; docs/autoemb.md, Planted stream.)"""
+    popularity hidden from the controller; docs/autoemb.md, Planted stream.) Eq. 7 as printed
+    (``one_over_n``): with the default weighted sum the weight falls again above popularity 255."""
     stream, _ = planted_stream(PlantedStreamSpec(num_users=300, num_items=200, interactions=30_000,
                                                  latent_dim=4, seed=1))
     cfg = stream_config_from_dict({
-        "model": {"widths": [1, 2, 16], "hidden": [64, 64]},
+        "model": {"widths": [1, 2, 16], "hidden": [64, 64], "one_over_n": True},
         "method": {"name": "autoemb", "order": "first", "controller_hidden": [32, 32],
                    "controller_lr": 0.01},
         "train": {"batch_size": 100, "threads": 1, "seed": 0}})
