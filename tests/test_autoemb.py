@@ -14,7 +14,7 @@ from embdim.autoemb.bilevel import controller_gradient
 from embdim.autoemb.config import load_stream_config, stream_config_from_dict
 from embdim.autoemb.controller import Context, Controller, ControllerWeights, controller_features
 from embdim.autoemb.loop import StreamLearner
-from embdim.autoemb.model import AutoEmbModel, per_example_loss
+from embdim.autoemb.model import AutoEmbModel, StreamNorm, per_example_loss
 from embdim.autoemb.stream import (
     InteractionStream,
     earlier_counts,
@@ -151,8 +151,9 @@ def test_batch_is_scored_before_anything_trains_on_it(method):
     assert not torch.equal(a[(k + 1) * 20], b[(k + 1) * 20])
 
 
+@pytest.mark.parametrize("norm", ["running", "renorm"])
 @pytest.mark.parametrize("method", ["autoemb", "sam", "darts", "fse"])
-def test_a_rows_score_does_not_depend_on_later_rows_of_its_batch(method):
+def test_a_rows_score_does_not_depend_on_later_rows_of_its_batch(method, norm):
     """Replacing the users and items of the second half of a batch changes no score of its first
     half (nor of any earlier batch): normalisation, popularity and controller inputs of a row use
     its own inputs and earlier batches only (with eq. 2's mini-batch statistics they would not)."""
@@ -166,7 +167,8 @@ def test_a_rows_score_does_not_depend_on_later_rows_of_its_batch(method):
 
     def predictions(stream):
         seen: dict[int, torch.Tensor] = {}
-        cfg = tiny_config(method, data__offline_fraction=0.5, method__controller_lr=0.05)
+        cfg = tiny_config(method, data__offline_fraction=0.5, method__controller_lr=0.05,
+                          model__norm=norm)
         StreamLearner(stream, cfg, quiet=True, on_scored=lambda s, p: seen.__setitem__(s, p)).run()
         return seen
 
@@ -177,13 +179,58 @@ def test_a_rows_score_does_not_depend_on_later_rows_of_its_batch(method):
     assert not torch.equal(a[k * 20][10:], b[k * 20][10:])
 
 
-@pytest.mark.parametrize("norm", ["running", "batch"])
+@pytest.mark.parametrize("norm", ["running", "renorm", "batch"])
 @pytest.mark.parametrize("method", ["autoemb", "sam", "darts", "fse"])
 def test_a_last_batch_of_one_row_is_scored_and_trained(method, norm):
     n = 401  # batches of 20: the last one holds one row
     summary = StreamLearner(random_stream(n=n), tiny_config(method, model__norm=norm), quiet=True).run()
     assert summary["online"]["interactions"] == n - int(n * 0.7)
     assert np.isfinite(summary["online"]["mse"])
+
+
+def _scale_derivative(mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A ``StreamNorm`` after a few batches; on a new batch ``x``: its output, the running-form
+    value, and the derivative of a fixed linear loss along ``x``'s own centred direction."""
+    torch.manual_seed(0)
+    norm = StreamNorm(6, mode)
+    for _ in range(5):
+        norm(torch.randn(12, 6) * 2.0 + 0.5)
+    mean, var = norm.bn.running_mean.clone(), norm.bn.running_var.clone()
+    x = (torch.randn(12, 6) * 0.3 + 1.0).requires_grad_(True)
+    out = norm(x)
+    (out * torch.randn(12, 6)).sum().backward()
+    centred = x.detach() - x.detach().mean(0)
+    running_value = (x.detach() - mean) / torch.sqrt(var + norm.bn.eps)
+    return out.detach(), running_value, (x.grad * centred).sum()
+
+
+def test_renorm_scores_with_earlier_statistics_and_has_eq2s_scale_invariant_gradient():
+    """``model.norm: renorm``: the value is exactly the running-statistics one (a row's score does
+    not depend on its batch), the gradient is eq. 2's (through the batch mean and variance), so
+    scaling a candidate's pre-normalisation activations gets no gradient: with ``running`` it does,
+    which is how a mixture candidate's running variance collapses."""
+    out, running_value, along_scale = _scale_derivative("renorm")
+    assert torch.equal(out, running_value)
+    assert abs(float(along_scale)) < 1e-4
+    _, _, along_scale_running = _scale_derivative("running")
+    assert abs(float(along_scale_running)) > 0.1
+
+
+@pytest.mark.parametrize("one_over_n", [False, True])
+def test_soft_selection_with_one_hot_weights_is_the_hard_selection(one_over_n):
+    """Sec. 2.4: the user representation is the weighted sum of the candidates; with one-hot
+    weights it is eq. 6's selected candidate (``one_over_n: false``, the default), or that
+    candidate divided by N (eq. 7 as printed, ``one_over_n: true``)."""
+    torch.manual_seed(0)
+    model = AutoEmbModel(5, 4, (1, 2, 4), (8,), one_over_n=one_over_n).eval()
+    users, items = torch.tensor([0, 3, 4]), torch.tensor([1, 2, 0])
+    for k in range(3):
+        w = torch.nn.functional.one_hot(torch.full((3,), k), 3).float()
+        selected = torch.cat([model.users(users)[:, k], model.items(items)[:, k]], dim=1)
+        expected = model.mlp(selected / 3 if one_over_n else selected).squeeze(1)
+        assert torch.allclose(model(users, items, w, w), expected, atol=1e-6)
+    assert AutoEmbModel(5, 4, (1, 2, 4), (8,)).one_over_n is False
+    assert tiny_config("autoemb").model.one_over_n is False
 
 
 def test_popularity_has_one_definition_for_scoring_validation_and_buckets():
@@ -257,11 +304,12 @@ def test_controller_outputs_are_distributions():
 def test_controller_weight_on_largest_width_rises_with_popularity():
     """Planted stream: only heavy users become popular, and only they need the large width. (Over
     the offline stage low popularity also means early in the stream: the same rise is seen with
-    popularity hidden from the controller; docs/autoemb.md, Planted stream.)"""
+    popularity hidden from the controller; docs/autoemb.md, Planted stream.) Eq. 7 as printed
+    (``one_over_n``): with the default weighted sum the weight falls again above popularity 255."""
     stream, _ = planted_stream(PlantedStreamSpec(num_users=300, num_items=200, interactions=30_000,
                                                  latent_dim=4, seed=1))
     cfg = stream_config_from_dict({
-        "model": {"widths": [1, 2, 16], "hidden": [64, 64]},
+        "model": {"widths": [1, 2, 16], "hidden": [64, 64], "one_over_n": True},
         "method": {"name": "autoemb", "order": "first", "controller_hidden": [32, 32],
                    "controller_lr": 0.01},
         "train": {"batch_size": 100, "threads": 1, "seed": 0}})

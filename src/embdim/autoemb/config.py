@@ -5,7 +5,7 @@ library's experiments:
 
     data:   {path: prepared/ml-latest-stream, offline_fraction: 0.7, rating_threshold: 4.0}
     model:  {task: regression, widths: [2, 16, 128], hidden: [512, 512], fixed_width: 0,
-             norm: running, fse_transform: true}
+             norm: running, fse_transform: true, one_over_n: false}
     method: {name: autoemb, order: second, xi: 0.01, controller_hidden: [512, 512],
              controller_lr: 0.001, controller_inputs: [popularity, context]}
     train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu, checkpoint_seconds: 60}
@@ -32,7 +32,7 @@ from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
 ORDERS = ("first", "second")
-NORMS = ("running", "batch", "row")
+NORMS = ("running", "renorm", "batch", "row")
 CONTROLLER_INPUTS = ("popularity", "context")
 STREAM_OPTIMIZERS = ("adam", "sparse_adam")  # of embdim.config.OPTIMIZERS
 
@@ -52,9 +52,13 @@ class StreamModelConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 512])  # DLRS hidden layers (tanh)
     fixed_width: int = 0  # FSE width; 0 = sum(widths) (146 for the defaults: same table size)
     # normalisation of eq. 2: running (statistics of earlier batches: a row's score never depends
-    # on the other rows of its batch) | batch (the mini-batch's own statistics, eq. 2 as written)
+    # on the other rows of its batch) | renorm (running's value, eq. 2's gradient through the
+    # batch statistics) | row | batch (the mini-batch's own statistics, eq. 2 as written)
     norm: str = "running"
     fse_transform: bool = True  # FSE: the same linear map to max(widths), norm and tanh (eq. 1-2)
+    # soft selection: false = sum_n alpha_n e_n (sec. 2.4's "weighted sum"; one-hot alpha = eq. 6),
+    # true = eq. 7 as printed, (1/N) sum_n alpha_n e_n
+    one_over_n: bool = False
 
 
 @dataclass

@@ -33,6 +33,7 @@ same batch — is not used by the loop.)
 **Normalisation** (``model.norm``, :class:`embdim.autoemb.model.StreamNorm`): ``running`` (default)
 normalises every batch with the statistics of the earlier batches, so a row's score depends on its
 own inputs and the state left by earlier batches only, not on which rows share its batch;
+``renorm`` has the same values with eq. 2's gradient (through the mini-batch statistics);
 ``batch`` is eq. 2 as written.
 
 **Checkpoints and resume.** With a ``checkpoint_path``, the learner's whole state is written
@@ -109,7 +110,8 @@ class StreamLearner:
                                                     norm=m.norm, sparse=sparse)
             self.weights: nn.Module | None = None
         else:
-            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task, norm=m.norm, sparse=sparse)
+            self.model = AutoEmbModel(nu, ni, m.widths, m.hidden, m.task, norm=m.norm, sparse=sparse,
+                                      one_over_n=m.one_over_n)
             if self.method == "darts":
                 self.weights = TableWeights(nu, ni, len(m.widths))
             else:
@@ -236,6 +238,7 @@ class StreamLearner:
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed here."""
         return {"method": self.method, "task": self.cfg.model.task, "norm": self.cfg.model.norm,
+                "one_over_n": self.cfg.model.one_over_n,  # absent (None) before: refused
                 "sparse_tables": self.cfg.sparse_tables,  # (train.optimizer; key kept: old checkpoints)
                 "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
                 "users": self.stream.num_users, "items": self.stream.num_items,

@@ -9,7 +9,9 @@ Shapes: ``B`` batch, ``N`` candidate widths ``d_1 < ... < d_N``, ``D = d_N``.
   Normalisation (:class:`StreamNorm`) is ``running`` by default: the statistics of the *earlier*
   batches, so that a row's score never depends on the other rows of its batch; ``batch`` is eq. 2
   as written (the mini-batch's own mean and variance).
-* soft selection (eq. 7): ``u = (1/N) sum_n alpha_n e_n`` with ``alpha [B, N]`` from a controller;
+* soft selection (sec. 2.4): ``u = sum_n alpha_n e_n`` with ``alpha [B, N]`` from a controller, the
+  "weighted sum" of the text, which for a one-hot ``alpha`` is eq. 6's hard selection; eq. 7 as
+  printed adds a factor ``1/N`` (``one_over_n=True``, ``model.one_over_n``);
 * :class:`AutoEmbModel` — ``h_0 = [u; v]`` (``[B, 2D]``), hidden layers ``tanh(W h + b)`` (eq. 4),
   output (eq. 5): one logit (``regression``: sigmoid, trained with MSE on the binarised rating) or
   five logits (``classification``: softmax over the rating classes, cross-entropy);
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 
 TASKS = ("regression", "classification")
 NUM_CLASSES = 5
-NORMS = ("running", "batch", "row")
+NORMS = ("running", "renorm", "batch", "row")
 
 
 def task_outputs(task: str) -> int:
@@ -50,7 +52,7 @@ def hidden_layers(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequen
 
 
 class StreamNorm(nn.Module):
-    """Eq. 2's normalisation without affine parameters, ``[B, C] -> [B, C]``, in one of two modes.
+    """Eq. 2's normalisation without affine parameters, ``[B, C] -> [B, C]``, in one of four modes.
 
     * ``running`` (default): ``(x - mu) / sqrt(var + eps)`` with ``mu, var`` the running mean and
       variance of the batches seen *before* this one (exponential average, ``momentum`` 0.1, from
@@ -60,6 +62,14 @@ class StreamNorm(nn.Module):
       inference form of BatchNorm (Ioffe & Szegedy, the paper's [11]) applied to every batch of
       the evaluate-then-train loop. A one-row batch is normalised like any other; its variance is
       undefined, so it updates the running mean only.
+    * ``renorm``: the value of ``running`` (so a row's score still depends only on its own input
+      and earlier batches) with the gradient of eq. 2, through the mini-batch mean and variance
+      (Batch Renormalization, Ioffe 2017, ``r``/``d`` unclipped; :func:`_batch_gradient`). With
+      ``running`` no gradient flows through the statistics, so shrinking a candidate's
+      pre-normalisation activations lowers the loss until the statistics catch up, again and
+      again: a mixture candidate the model would rather not use has its running variance driven
+      towards 0 and its normalised output amplified by up to ``1 / sqrt(eps)``. With eq. 2's
+      gradient the scale of the activations gets no gradient (BatchNorm's scale invariance).
     * ``batch``: eq. 2 as written: ``mu_B, sigma_B^2`` of the mini-batch itself in training mode
       (``torch.nn.BatchNorm1d``); a one-row batch (no variance) uses the running statistics.
     * ``row``: each candidate's transformed embedding is normalised over its own ``D`` features
@@ -91,7 +101,9 @@ class StreamNorm(nn.Module):
                 return bn(x)
             return nn.functional.batch_norm(x, None, None, training=True, eps=bn.eps)
         out = (x - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps)
-        if self.mode == "running" and self.training and self.update_stats and len(x) > 0:
+        if self.mode == "renorm" and self.training and len(x) > 1 and torch.is_grad_enabled():
+            out = out.detach() + _batch_gradient(x, bn.running_var, bn.eps)
+        if self.mode in ("running", "renorm") and self.training and self.update_stats and len(x) > 0:
             with torch.no_grad():
                 m = bn.momentum
                 bn.running_mean.mul_(1 - m).add_(x.detach().mean(0), alpha=m)
@@ -99,6 +111,17 @@ class StreamNorm(nn.Module):
                     bn.running_var.mul_(1 - m).add_(x.detach().var(0, unbiased=True), alpha=m)
                 bn.num_batches_tracked.add_(1)
         return out
+
+
+def _batch_gradient(x: Tensor, running_var: Tensor, eps: float) -> Tensor:
+    """``[B, C]``, value exactly 0, whose gradient w.r.t. ``x`` is BatchNorm's with the mini-batch
+    statistics, scaled by ``r = sigma_B / sigma_running`` (Batch Renormalization, Ioffe 2017, with
+    ``r`` and ``d`` unclipped): added to the running-statistics output, the value stays that of the
+    earlier batches' statistics and the gradient is eq. 2's, through ``mu_B`` and ``sigma_B``."""
+    sd_b = torch.sqrt(x.var(0, unbiased=False) + eps)
+    r = (sd_b / torch.sqrt(running_var + eps)).detach()
+    y = (x - x.mean(0)) / sd_b * r
+    return y - y.detach()
 
 
 class MultiWidthEmbedding(nn.Module):
@@ -129,9 +152,12 @@ class MultiWidthEmbedding(nn.Module):
         return torch.tanh(self.norm(unified)).view(len(ids), len(self.widths), self.out_dim)
 
 
-def soft_select(candidates: Tensor, weights: Tensor) -> Tensor:
-    """Eq. 7: ``[B, N, D], [B, N] -> [B, D]``, ``(1/N) sum_n w_n e_n``."""
-    return torch.einsum("bnd,bn->bd", candidates, weights) / candidates.shape[1]
+def soft_select(candidates: Tensor, weights: Tensor, one_over_n: bool = True) -> Tensor:
+    """Soft selection, ``[B, N, D], [B, N] -> [B, D]``: eq. 7, ``(1/N) sum_n w_n e_n``, or with
+    ``one_over_n=False`` the weighted sum ``sum_n w_n e_n`` that sec. 2.4's text describes (for a
+    one-hot ``w`` it is eq. 6's hard selection, on the scale of one candidate)."""
+    mixed = torch.einsum("bnd,bn->bd", candidates, weights)
+    return mixed / candidates.shape[1] if one_over_n else mixed
 
 
 class AutoEmbModel(nn.Module):
@@ -139,9 +165,10 @@ class AutoEmbModel(nn.Module):
 
     def __init__(self, num_users: int, num_items: int, widths: Sequence[int] = (2, 16, 128),
                  hidden: Sequence[int] = (512, 512), task: str = "regression", *,
-                 norm: str = "running", sparse: bool = False):
+                 norm: str = "running", sparse: bool = False, one_over_n: bool = False):
         super().__init__()
         self.task = task
+        self.one_over_n = one_over_n  # eq. 7's 1/N factor (model.one_over_n)
         self.users = MultiWidthEmbedding(num_users, widths, norm=norm, sparse=sparse)
         self.items = MultiWidthEmbedding(num_items, widths, norm=norm, sparse=sparse)
         self.mlp = hidden_layers(2 * self.users.out_dim, hidden, task_outputs(task))
@@ -151,8 +178,8 @@ class AutoEmbModel(nn.Module):
         return self.users.num_candidates
 
     def forward(self, users: Tensor, items: Tensor, alpha: Tensor, beta: Tensor) -> Tensor:
-        u = soft_select(self.users(users), alpha)
-        v = soft_select(self.items(items), beta)
+        u = soft_select(self.users(users), alpha, self.one_over_n)
+        v = soft_select(self.items(items), beta, self.one_over_n)
         out = self.mlp(torch.cat([u, v], dim=1))
         return out.squeeze(1) if self.task == "regression" else out
 
