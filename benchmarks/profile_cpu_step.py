@@ -8,7 +8,7 @@ dataset and times each phase of its steps with ``time.perf_counter`` through mod
 torch profiler slows some kernels of this step several-fold, so its table is not used): reading the
 batch, the embedding lookups (field table and first-order weights), the FM and MLP forwards, the
 body's backward (from the gradient reaching the model's output to the gradient reaching the field
-embeddings), the lookups' backward (from there to the last table gradient), Adam, and the rest
+embeddings), the lookups' backward (from there to the last table gradient), the optimizer step, and the rest
 (loss, zeroing the gradients, Python). The floor is what the step cannot avoid: the
 MLP's matrix products (forward and backward, timed alone at the step's shapes; BatchNorm, ReLU and
 everything else excluded) plus one pass over the step's unavoidable memory traffic (the gathered
@@ -140,7 +140,7 @@ def main() -> None:
     def timed_opt_step(*a, **k):
         t0 = T()
         r = opt_step(*a, **k)
-        acc["Adam"] += T() - t0
+        acc["optimizer"] += T() - t0
         return r
 
     optimizer.step = timed_opt_step
@@ -178,7 +178,7 @@ def main() -> None:
     per = {k: v / n * 1e3 for k, v in acc.items() if k != "steps"}
     step = per["step"]
     other = (step - per["lookup forward"] - per["FM forward"] - per["MLP forward"]
-             - per["body backward"] - per["lookup backward"] - per["Adam"])
+             - per["body backward"] - per["lookup backward"] - per["optimizer"])
     params = sum(p.numel() for p in model.parameters())
     gemm, memory = _floor_seconds(model, args.batch, params)
     floor_ms = (gemm + memory) * 1e3
@@ -190,7 +190,7 @@ def main() -> None:
     rows = [("read batch", per["read batch"]), ("lookups forward", per["lookup forward"]),
             ("FM forward", per["FM forward"]), ("MLP forward", per["MLP forward"]),
             ("body backward (FM + MLP)", per["body backward"]),
-            ("lookups backward", per["lookup backward"]), ("optimizer step", per["Adam"]),
+            ("lookups backward", per["lookup backward"]), ("optimizer step", per["optimizer"]),
             ("loss, zero_grad, the rest", other)]
     total = per["read batch"] + step
     for name, ms in rows:
