@@ -80,9 +80,9 @@ def test_memory_is_kept_in_the_process_unless_the_user_opts_out(monkeypatch):
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_freed_buffers_above_the_mmap_threshold_are_reused_without_page_faults():
     """After keep_memory_in_process a 64 MB buffer (a 1M-id table's gradient, above glibc's
-    largest mmap threshold) freed and allocated again is not page-faulted in again: measured
-    after the heap has grown (the first allocations fault), none per allocation instead of one
-    per 4 KiB page (16,384)."""
+    largest mmap threshold) freed and allocated again is not page-faulted in again: per
+    allocation, once the heap has grown, the median count of page faults is ~0 instead of one per
+    4 KiB page (16,384; the heap may still grow once in a while, hence the median)."""
     code = textwrap.dedent("""
         import resource, torch
         from embdim.train.host import keep_memory_in_process
@@ -90,16 +90,18 @@ def test_freed_buffers_above_the_mmap_threshold_are_reused_without_page_faults()
         n = 64 * 1024 * 1024 // 4
         for _ in range(4):
             torch.ones(n)  # the heap grows
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
+        faults = []
+        for _ in range(9):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             torch.ones(n)  # allocated, written, freed
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        print(sorted(faults)[4])
     """)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "EMBDIM_MALLOC"))}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert int(proc.stdout) < 5 * 16384 // 20, int(proc.stdout)
+    assert int(proc.stdout) < 16384 // 20, int(proc.stdout)
 
 
 def test_searches_keep_memory_in_the_process_like_the_trainer(monkeypatch, planted):
