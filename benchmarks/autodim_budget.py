@@ -48,7 +48,8 @@ from sseds_vs_fde import run  # noqa: E402 - one finished-run-aware runner for t
 FULL = 32
 MODELS = {"deepfm": "DeepFM", "widedeep": "W&D"}
 MODEL = {"mlp": [128, 128], "dropout": 0.2, "batch_norm": True}
-TRAIN = {"batch_size": 1024, "lr": 0.001, "epochs": 8, "early_stop": 2, "device": "cpu"}
+TRAIN = {"batch_size": 1024, "lr": 0.001, "epochs": 8, "early_stop": 2, "device": "cpu",
+         "optimizer": "adam"}  # the papers' optimiser (the library default is auto)
 SEARCH = {"name": "autodim", "epochs": 4, "alpha_lr": 0.03, "update_every": 2}
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}

@@ -142,8 +142,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed windows; the median is reported")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sparse_adam", "rowwise_adagrad"],
-                   help="train.optimizer of the library path (sparse_adam: lazy row-wise Adam on the tables)")
+    p.add_argument("--optimizer", default="auto", choices=["auto", "adam", "sparse_adam", "rowwise_adagrad"],
+                   help="train.optimizer of the library path (default auto, the library's: on CPU "
+                        "sparse_adam, lazy row-wise Adam on the tables; adam: dense Adam)")
     p.add_argument("--amp", action="store_true",
                    help="also time the library with train.amp (bfloat16 matrix products)")
     p.add_argument("--out", default=str(RESULTS / "train.json"))

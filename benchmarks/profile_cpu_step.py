@@ -76,7 +76,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--optimizer", default="adam", help="train.optimizer (adam, sparse_adam, ...)")
+    ap.add_argument("--optimizer", default="auto",
+                    help="train.optimizer (default auto, the library's; adam, sparse_adam, ...)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

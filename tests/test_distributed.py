@@ -31,7 +31,7 @@ from embdim.train.trainer import Trainer, seed_everything
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch without torch.distributed")
 
 TRAIN = {"epochs": 2, "batch_size": 1000, "lr": 3e-3, "early_stop": 0, "seed": 7,
-         "log_every": 1}
+         "log_every": 1, "optimizer": "adam"}  # auto is adam under torchrun, sparse_adam alone
 
 WORKER = textwrap.dedent("""
     import json, sys

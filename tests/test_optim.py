@@ -8,7 +8,7 @@ import torch
 from embdim.config import TrainConfig, config_from_dict
 from embdim.errors import ConfigError
 from embdim.nn.models import build_model
-from embdim.train.optim import TableAdam, make_optimizer
+from embdim.train.optim import LazyAdam, TableAdam, make_optimizer, resolve_optimizer
 
 
 def _batch(vocab, rows=64, seed=0):
@@ -79,6 +79,43 @@ def test_optimizer_option_is_checked():
         TrainConfig(optimizer="sgd").validate()
     with pytest.raises(ConfigError, match="no weight decay"):
         TrainConfig(optimizer="sparse_adam", weight_decay=1e-5).validate()
+
+
+def test_auto_is_lazy_adam_in_one_cpu_process_and_adam_where_that_cannot_run():
+    def resolve(**changes):
+        where = {"device_type": "cpu", "distributed": False, "sharded": False, "weight_decay": 0.0}
+        return resolve_optimizer("auto", **{**where, **changes})
+
+    assert resolve() == "sparse_adam"
+    assert resolve(device_type="cuda") == "adam"  # dense Adam inside the step's CUDA graph
+    assert resolve(distributed=True) == "adam"  # DDP averages dense gradients
+    assert resolve(weight_decay=1e-5) == "adam"  # lazy Adam has no weight decay
+    assert resolve(sharded=True, distributed=True) == "rowwise_adagrad"  # FBGEMM's fused rule
+    for name in ("adam", "sparse_adam", "rowwise_adagrad"):  # a named optimiser is kept
+        assert resolve_optimizer(name, device_type="cuda", distributed=True, sharded=False,
+                                 weight_decay=0.0) == name
+    TrainConfig(optimizer="auto", weight_decay=1e-5).validate()  # resolves to adam: accepted
+    TrainConfig(optimizer="auto", parallel="torchrec").validate()
+
+
+def test_the_default_run_on_cpu_trains_the_tables_with_lazy_adam_and_records_it(planted, tmp_path):
+    from embdim.experiment import run_experiment
+
+    cfg = config_from_dict({"data": {"path": str(planted)}, "model": {"name": "deepfm", "mlp": [16]},
+                            "method": {"name": "fde", "dim": 8},
+                            "train": {"epochs": 1, "batch_size": 500, "seed": 3}})
+    assert cfg.train.optimizer == "auto"
+    metrics = run_experiment(cfg, tmp_path / "run", quiet=True)
+    assert metrics["optimizer"] == "sparse_adam"
+    assert "train.optimizer auto: sparse_adam" in (tmp_path / "run" / "log.txt").read_text()
+    from embdim.data.dataset import PreparedDataset
+    from embdim.train.trainer import Trainer
+
+    dataset = PreparedDataset(planted)
+    trainer = Trainer(build_model("deepfm", dataset.schema, dim=8), dataset, TrainConfig(), quiet=True)
+    assert isinstance(trainer.optimizer, TableAdam) and isinstance(trainer.optimizer.sparse, LazyAdam)
+    explicit = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "optimizer": "adam"}})
+    assert run_experiment(explicit, tmp_path / "adam", quiet=True)["optimizer"] == "adam"
 
 
 @pytest.mark.parametrize("size", [1, 7, 500])

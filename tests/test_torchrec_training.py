@@ -98,7 +98,8 @@ def test_rowwise_adagrad_option_updates_the_tables_row_wise():
 
 def test_torchrec_options_are_checked():
     with pytest.raises(ConfigError, match="rowwise_adagrad"):
-        TrainConfig(parallel="torchrec").validate()
+        TrainConfig(parallel="torchrec", optimizer="adam").validate()
+    TrainConfig(parallel="torchrec").validate()  # auto: rowwise_adagrad (embdim.train.optim)
     with pytest.raises(ConfigError, match="train.parallel"):
         TrainConfig(parallel="fsdp").validate()
     with pytest.raises(ConfigError, match="weight decay"):

@@ -30,8 +30,9 @@ import yaml
 
 from embdim.errors import ConfigError, short_repr
 
-# train.optimizer's choices (the optimisers themselves: embdim.train.optim.make_optimizer)
-OPTIMIZERS = ("adam", "sparse_adam", "rowwise_adagrad")
+# train.optimizer's choices (the optimisers themselves: embdim.train.optim.make_optimizer; "auto"
+# is resolved per run by embdim.train.optim.resolve_optimizer)
+OPTIMIZERS = ("auto", "adam", "sparse_adam", "rowwise_adagrad")
 
 
 @dataclass
@@ -55,9 +56,11 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast for the dense layers (CPUs with AVX512-BF16/AMX, GPUs)
     cuda_graphs: bool = True  # on CUDA: replay the whole training step as one captured CUDA graph
     compile: bool = False  # torch.compile the model's training forward (fuses elementwise ops)
-    # "adam" | "sparse_adam" (lazy Adam on the tables) | "rowwise_adagrad" (exact row-wise
-    # Adagrad on the tables, FBGEMM's rule); docs/training.md, embdim.train.optim
-    optimizer: str = "adam"
+    # "auto" (sparse_adam in one CPU process without weight decay, rowwise_adagrad with
+    # train.parallel torchrec, adam otherwise) | "adam" (the papers') | "sparse_adam" (lazy Adam on
+    # the tables) | "rowwise_adagrad" (exact row-wise Adagrad on the tables, FBGEMM's rule);
+    # docs/training.md, embdim.train.optim
+    optimizer: str = "auto"
     # "ddp" (every table replicated, DistributedDataParallel under torchrun) | "torchrec" (tables
     # sharded by TorchRec's DistributedModelParallel; docs/torchrec.md)
     parallel: str = "ddp"
@@ -91,9 +94,9 @@ class TrainConfig:
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
             raise ConfigError(f"train.device {self.device!r}: expected cpu, cuda, cuda:N or mps")
         if self.optimizer not in OPTIMIZERS:
-            raise ConfigError("train.optimizer must be 'adam', 'sparse_adam' or 'rowwise_adagrad', "
-                              f"got {self.optimizer!r}")
-        if self.optimizer != "adam" and self.weight_decay > 0:
+            raise ConfigError("train.optimizer must be 'auto', 'adam', 'sparse_adam' or "
+                              f"'rowwise_adagrad', got {self.optimizer!r}")
+        if self.optimizer in ("sparse_adam", "rowwise_adagrad") and self.weight_decay > 0:
             raise ConfigError(f"train.optimizer {self.optimizer} has no weight decay for the tables: "
                               "set train.weight_decay to 0 or use adam")
         if self.parallel not in ("ddp", "torchrec"):
@@ -101,7 +104,7 @@ class TrainConfig:
         if self.parallel == "torchrec" and self.bn_recalibration:
             raise ConfigError("train.bn_recalibration is not supported with train.parallel torchrec: "
                               "set it to 0")
-        if self.parallel == "torchrec" and self.optimizer != "rowwise_adagrad":
+        if self.parallel == "torchrec" and self.optimizer not in ("auto", "rowwise_adagrad"):
             raise ConfigError("train.parallel torchrec trains the sharded tables with FBGEMM's fused "
                               "row-wise Adagrad: set train.optimizer to rowwise_adagrad")
 

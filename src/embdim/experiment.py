@@ -269,6 +269,7 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         "dims": plan.dims_by_field(),
         "search_seconds": search_seconds,
         "retrain_seconds": retrain_seconds,
+        "optimizer": trainer.optimizer_name,  # train.optimizer as resolved for this run
         "train_samples_per_second": fit.train_samples_per_second,
         "infer_samples_per_second": test["samples_per_second"],
         "seed": cfg.train.seed,

@@ -93,9 +93,11 @@ class TargetReached(Exception):  # noqa: N818 - a signal, not an error
 
 def search_train_config(ctx: SearchContext, epochs: int, **changes: Any):
     """The search's training options: the experiment's, for ``epochs``, without early stopping,
-    CUDA graphs or compilation."""
+    CUDA graphs or compilation; ``train.optimizer: auto`` is Adam here (the pruning schedules and
+    PEP's threshold step are the papers', written for dense Adam)."""
+    optimizer = "adam" if ctx.train.optimizer == "auto" else ctx.train.optimizer
     return dataclasses.replace(ctx.train, epochs=epochs, early_stop=0, cuda_graphs=False,
-                               compile=False, **changes)
+                               compile=False, **{"optimizer": optimizer, **changes})
 
 
 def build_search_model(ctx: SearchContext, vocab_sizes: list[int], embedding: nn.Module) -> RecModel:

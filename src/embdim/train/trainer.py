@@ -38,7 +38,7 @@ from embdim.errors import ConfigError, EmbdimError, TrainingDivergedError
 from embdim.io import atomic_torch_save, read_checkpoint
 from embdim.train.host import cpu_has_fast_bf16, keep_memory_in_process
 from embdim.train.metrics import binary_metrics
-from embdim.train.optim import make_optimizer
+from embdim.train.optim import make_optimizer, resolve_optimizer
 
 CHECKPOINT_FORMAT = 1
 
@@ -83,7 +83,11 @@ class Trainer:
         self.distributed = distributed.is_distributed()
         # train.parallel torchrec: tables sharded by DistributedModelParallel (embdim.train.sharded)
         self.sharded = cfg.parallel == "torchrec"
-        if self.distributed and not self.sharded and cfg.optimizer == "sparse_adam":
+        # train.optimizer auto -> the rule this run uses (embdim.train.optim.resolve_optimizer)
+        self.optimizer_name = resolve_optimizer(
+            cfg.optimizer, device_type=self.device.type, distributed=self.distributed,
+            sharded=self.sharded, weight_decay=cfg.weight_decay)
+        if self.distributed and not self.sharded and self.optimizer_name == "sparse_adam":
             raise ConfigError("train.optimizer sparse_adam does not run under torchrun with "
                               "train.parallel ddp (DDP averages dense gradients): use adam or "
                               "rowwise_adagrad")
@@ -108,20 +112,24 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         # Identifies what a checkpoint belongs to; a resume with anything different is refused.
         self.fingerprint = {"schema_hash": dataset.schema.content_hash, **(fingerprint or {})}
+        if self.optimizer_name != "adam":  # its state is another optimiser's: no resume across
+            self.fingerprint["optimizer"] = self.optimizer_name
         # On CUDA the whole training step is captured once as a CUDA graph and replayed
         # (train.cuda_graphs): one launch per step instead of hundreds of small kernels.
         # (Not under torch.distributed: DDP's gradient all-reduce stays outside the graph.)
         self._use_graphs = (self.device.type == "cuda" and cfg.cuda_graphs and not self.distributed
-                            and cfg.optimizer == "adam" and not self.sharded)
+                            and self.optimizer_name == "adam" and not self.sharded)
         if self.sharded:
             from embdim.train.sharded import shard_model, sharding_summary
 
             self.model, self.optimizer = shard_model(self.model, lr=cfg.lr, device=self.device)
             self.log(f"train.parallel torchrec: {sharding_summary(self.model)}")
         else:
-            self.optimizer = make_optimizer(self.model, cfg.optimizer, lr=cfg.lr,
+            self.optimizer = make_optimizer(self.model, self.optimizer_name, lr=cfg.lr,
                                             weight_decay=cfg.weight_decay, capturable=self._use_graphs,
                                             sparse=not self.distributed)
+        if cfg.optimizer == "auto":
+            self._log(f"train.optimizer auto: {self.optimizer_name} (docs/training.md)")
         # Data-parallel (torchrun): this process's shard of the rows, its share of the batch.
         train_split = dataset.split("train")
         self.train_loader = BatchLoader(
