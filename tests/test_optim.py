@@ -81,39 +81,47 @@ def test_optimizer_option_is_checked():
         TrainConfig(optimizer="sparse_adam", weight_decay=1e-5).validate()
 
 
-def test_auto_is_lazy_adam_in_one_cpu_process_and_adam_where_that_cannot_run():
+def test_auto_is_lazy_adam_for_large_vocabularies_in_one_cpu_process_and_adam_elsewhere():
     def resolve(**changes):
-        where = {"device_type": "cpu", "distributed": False, "sharded": False, "weight_decay": 0.0}
+        where = {"device_type": "cpu", "distributed": False, "sharded": False, "weight_decay": 0.0,
+                 "vocabulary": 1_000_000, "rows_per_batch": 4096 * 39}
         return resolve_optimizer("auto", **{**where, **changes})
 
     assert resolve() == "sparse_adam"
+    assert resolve(vocabulary=3 * 4096 * 39) == "sparse_adam"
+    assert resolve(vocabulary=3 * 4096 * 39 - 1) == "adam"  # dense Adam is faster on small tables
     assert resolve(device_type="cuda") == "adam"  # dense Adam inside the step's CUDA graph
     assert resolve(distributed=True) == "adam"  # DDP averages dense gradients
     assert resolve(weight_decay=1e-5) == "adam"  # lazy Adam has no weight decay
     assert resolve(sharded=True, distributed=True) == "rowwise_adagrad"  # FBGEMM's fused rule
     for name in ("adam", "sparse_adam", "rowwise_adagrad"):  # a named optimiser is kept
         assert resolve_optimizer(name, device_type="cuda", distributed=True, sharded=False,
-                                 weight_decay=0.0) == name
+                                 weight_decay=0.0, vocabulary=10, rows_per_batch=10**6) == name
     TrainConfig(optimizer="auto", weight_decay=1e-5).validate()  # resolves to adam: accepted
     TrainConfig(optimizer="auto", parallel="torchrec").validate()
 
 
-def test_the_default_run_on_cpu_trains_the_tables_with_lazy_adam_and_records_it(planted, tmp_path):
+def test_the_default_run_trains_large_tables_with_lazy_adam_and_records_it(planted, tmp_path):
+    """The planted data has ~800 ids over 6 fields: batches of 32 read 192 rows (lazy Adam),
+    batches of 500 read 3,000 (Adam)."""
+    from embdim.data.dataset import PreparedDataset
     from embdim.experiment import run_experiment
+    from embdim.train.trainer import Trainer
 
     cfg = config_from_dict({"data": {"path": str(planted)}, "model": {"name": "deepfm", "mlp": [16]},
                             "method": {"name": "fde", "dim": 8},
-                            "train": {"epochs": 1, "batch_size": 500, "seed": 3}})
+                            "train": {"epochs": 1, "batch_size": 32, "seed": 3}})
     assert cfg.train.optimizer == "auto"
     metrics = run_experiment(cfg, tmp_path / "run", quiet=True)
     assert metrics["optimizer"] == "sparse_adam"
     assert "train.optimizer auto: sparse_adam" in (tmp_path / "run" / "log.txt").read_text()
-    from embdim.data.dataset import PreparedDataset
-    from embdim.train.trainer import Trainer
-
     dataset = PreparedDataset(planted)
-    trainer = Trainer(build_model("deepfm", dataset.schema, dim=8), dataset, TrainConfig(), quiet=True)
+    trainer = Trainer(build_model("deepfm", dataset.schema, dim=8), dataset,
+                      TrainConfig(batch_size=32), quiet=True)
     assert isinstance(trainer.optimizer, TableAdam) and isinstance(trainer.optimizer.sparse, LazyAdam)
+    large_batches = TrainConfig(batch_size=500)
+    trainer = Trainer(build_model("deepfm", dataset.schema, dim=8), dataset, large_batches, quiet=True)
+    assert isinstance(trainer.optimizer, torch.optim.Adam) and trainer.optimizer_name == "adam"
     explicit = config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "optimizer": "adam"}})
     assert run_experiment(explicit, tmp_path / "adam", quiet=True)["optimizer"] == "adam"
 
@@ -124,12 +132,15 @@ def test_distinct_rows_is_torch_unique_without_sorting_the_batch(size):
 
     g = torch.Generator().manual_seed(size)
     slots = torch.full((1000,), -5, dtype=torch.long)
+    marks = torch.zeros(1000, dtype=torch.uint8)  # used while the table has <= 8 rows per row read
     for rows in (torch.randint(0, 1000, (size,), generator=g),
                  torch.randint(0, 3, (size,), generator=g),  # few values, many duplicates
                  torch.full((size,), 999)):
-        distinct, inverse = distinct_rows(rows, slots)
         expected = torch.unique(rows, sorted=True, return_inverse=True)
-        assert torch.equal(distinct, expected[0]) and torch.equal(inverse, expected[1])
+        for scratch in ((slots,), (slots, marks)):
+            distinct, inverse = distinct_rows(rows, *scratch)
+            assert torch.equal(distinct, expected[0]) and torch.equal(inverse, expected[1])
+            assert not marks.any()  # left all zero for the next call
 
 
 def test_sparse_table_gradient_is_the_summed_rows_read_each_once_in_order():

@@ -86,7 +86,9 @@ class Trainer:
         # train.optimizer auto -> the rule this run uses (embdim.train.optim.resolve_optimizer)
         self.optimizer_name = resolve_optimizer(
             cfg.optimizer, device_type=self.device.type, distributed=self.distributed,
-            sharded=self.sharded, weight_decay=cfg.weight_decay)
+            sharded=self.sharded, weight_decay=cfg.weight_decay,
+            vocabulary=sum(dataset.schema.vocab_sizes),
+            rows_per_batch=cfg.batch_size * dataset.schema.num_fields)
         if self.distributed and not self.sharded and self.optimizer_name == "sparse_adam":
             raise ConfigError("train.optimizer sparse_adam does not run under torchrun with "
                               "train.parallel ddp (DDP averages dense gradients): use adam or "
