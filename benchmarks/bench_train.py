@@ -36,6 +36,7 @@ from embdim.nn.models import ModelOptions, build_model
 from embdim.train.trainer import Trainer, seed_everything
 
 RESULTS = Path(__file__).parent / "results"
+RESOLVED_OPTIMIZER: dict[bool, str] = {}  # amp -> the library trainer's optimiser
 
 
 class MinimalDeepFM(nn.Module):
@@ -108,6 +109,7 @@ def time_library(dataset: PreparedDataset, args, amp: bool) -> tuple[list[float]
     cfg = TrainConfig(batch_size=args.batch, epochs=1, max_steps_per_epoch=args.warmup,
                       log_every=50, amp=amp, eval_batch_size=16384, optimizer=args.optimizer)
     trainer = Trainer(model, dataset, cfg, quiet=True)
+    RESOLVED_OPTIMIZER[amp] = trainer.optimizer_name  # what train.optimizer auto chose
     trainer.train_epoch(0)  # warm-up (allocator, threads)
     trainer.cfg.max_steps_per_epoch = args.steps
     rates = []
@@ -173,7 +175,8 @@ def main() -> None:
         "fields": schema.num_fields, "ids": int(sum(schema.vocab_sizes)),
         "batch": args.batch, "dim": args.dim, "mlp": args.mlp,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "optimizer": args.optimizer, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "optimizer": args.optimizer, "resolved_optimizer": RESOLVED_OPTIMIZER.get(False),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "steps_per_window": args.steps, "windows": args.repeats,
         "minimal_loop_train_samples_per_second": med(minimal),
         "library_train_samples_per_second": med(fp32),

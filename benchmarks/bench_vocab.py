@@ -1,0 +1,96 @@
+"""Does a training step grow with the vocabulary? Samples/s at ~110k and at ~1M ids, in one process.
+
+    python benchmarks/bench_vocab.py                          # synthetic, 1M rows, min_count 10 and 1
+    python benchmarks/bench_vocab.py --small DIR --large DIR  # two prepared dataset folders
+
+The two datasets are bench_train.py's synthetic Criteo-shaped data (39 fields, cardinalities
+log-spaced 10..1e6, Zipf values) with values seen fewer than 10 times sharing the OOV id (108,878
+ids) and with every value kept (1,002,784 ids). One library trainer per dataset (DeepFM dim 16, MLP
+[128, 128], dropout 0, batch 4096, ``--optimizer``, default the library's ``auto``) runs its
+warm-up, then the two alternate ``--steps``-step windows ``--repeats`` times, so that a drift of the
+host's speed (10-30% between runs on a shared virtual machine) falls on both alike. Prints each
+one's median samples/s, the optimiser ``auto`` chose for it, and the ratio large / small; writes
+them to benchmarks/results/vocab.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from embdim.config import TrainConfig
+from embdim.data.dataset import PreparedDataset
+from embdim.nn.models import ModelOptions, build_model
+from embdim.train.trainer import Trainer, seed_everything
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_train import synthetic_criteo_shaped  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def make_trainer(dataset: PreparedDataset, args) -> Trainer:
+    seed_everything(0)
+    options = ModelOptions(name="deepfm", mlp=[128, 128], dropout=0.0)
+    model = build_model("deepfm", dataset.schema, dim=16, options=options)
+    cfg = TrainConfig(batch_size=args.batch, epochs=1, max_steps_per_epoch=args.warmup,
+                      log_every=50, optimizer=args.optimizer)
+    trainer = Trainer(model, dataset, cfg, quiet=True)
+    trainer.train_epoch(0)  # warm-up: allocator, threads, the optimiser's state
+    trainer.cfg.max_steps_per_epoch = args.steps
+    return trainer
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--small", help="prepared dataset folder with the smaller vocabulary")
+    p.add_argument("--large", help="prepared dataset folder with the larger vocabulary")
+    p.add_argument("--rows", type=int, default=1_000_000, help="synthetic rows (default 1M)")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--steps", type=int, default=20, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=10, help="windows per dataset; medians reported")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--optimizer", default="auto", help="train.optimizer (default auto)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(RESULTS / "vocab.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = {}
+        for name, folder, min_count in (("small", args.small, 10), ("large", args.large, 1)):
+            data[name] = (PreparedDataset(folder) if folder else
+                          synthetic_criteo_shaped(Path(tmp) / name, args.rows, min_count))
+        trainers = {name: make_trainer(ds, args) for name, ds in data.items()}
+        rates: dict[str, list[float]] = {name: [] for name in trainers}
+        for r in range(args.repeats):
+            for name, trainer in trainers.items():
+                _, samples, seconds = trainer.train_epoch(1 + r)
+                rates[name].append(samples / seconds)
+    result = {"batch": args.batch, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "steps_per_window": args.steps, "windows": args.repeats}
+    for name, trainer in trainers.items():
+        result[name] = {"ids": int(sum(data[name].schema.vocab_sizes)),
+                        "optimizer": trainer.optimizer_name,
+                        "train_samples_per_second": round(statistics.median(rates[name])),
+                        "windows": [round(x) for x in rates[name]]}
+    result["large_vs_small"] = round(result["large"]["train_samples_per_second"]
+                                     / result["small"]["train_samples_per_second"], 3)
+    for k, v in result.items():
+        print(f"{k:16s} {v}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"{time.perf_counter() - t0:.0f}s")
