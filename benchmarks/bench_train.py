@@ -188,11 +188,16 @@ def main() -> None:
                                        "library": [round(r) for r in fp32],
                                        "library_amp": [round(r) for r in bf16]},
     }
+    print_and_write(result, args.out)
+
+
+def print_and_write(result: dict, out: str, width: int = 40) -> None:
+    """One line per figure, then the figures as JSON in ``out``."""
     for k, v in result.items():
-        print(f"{k:40s} {v}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        print(f"{k:{width}s} {v}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ them to benchmarks/results/vocab.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from embdim.nn.models import ModelOptions, build_model
 from embdim.train.trainer import Trainer, seed_everything
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import synthetic_criteo_shaped  # noqa: E402
+from bench_train import print_and_write, synthetic_criteo_shaped  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -83,11 +82,7 @@ def main() -> None:
                         "windows": [round(x) for x in rates[name]]}
     result["large_vs_small"] = round(result["large"]["train_samples_per_second"]
                                      / result["small"]["train_samples_per_second"], 3)
-    for k, v in result.items():
-        print(f"{k:16s} {v}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print_and_write(result, args.out, width=16)
 
 
 if __name__ == "__main__":
