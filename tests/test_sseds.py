@@ -423,9 +423,9 @@ def test_retraining_starts_exactly_at_the_masked_pretrained_model(planted, model
 
 def test_rewinding_starts_the_retraining_at_the_masked_weights_of_that_pretraining_epoch(
         planted, tmp_path):
-    """rewind always, rewind_epoch k (late rewinding): the plan comes from the best pretrained weights, the slim
-    model starts from the weights after epoch k of the same pretraining, masked: the same as a
-    pretraining stopped after k epochs, and not the best weights (epoch 3 here)."""
+    """rewind always, rewind_epoch k (late rewinding): the plan comes from the best pretrained
+    weights, the slim model starts from the weights after epoch k of the same pretraining, masked:
+    the same as a pretraining stopped after k epochs, and not the best weights (epoch 3 here)."""
     schema = PreparedDataset(planted).schema
     seed_everything(0)
     rewound = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **ALWAYS})
