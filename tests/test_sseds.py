@@ -564,6 +564,12 @@ def test_rewind_auto_end_to_end_is_the_better_of_the_two_single_starts(planted, 
     again = run_experiment(_cfg(planted, {"budget": 0.3, "rewind": "auto"}), tmp_path / "auto", resume=True,
                            quiet=True)
     assert again["test_auc"] == auto["test_auc"] and again["retrain_start"] == record
+    # no early weights (the pretraining ran elsewhere, no rewind_checkpoint): one retraining
+    given = run_experiment(_cfg(planted, {"budget": 0.3, "pretrain_checkpoint": str(
+        tmp_path / "auto" / "search" / "pretrain" / "best.pt")}), tmp_path / "given", quiet=True)
+    assert given["retrain_start"]["candidates"].keys() == {"best"}
+    assert "pretrain_checkpoint" in given["retrain_start"]["single_start_reason"]
+    assert given["test_auc"] == runs["never"]["test_auc"]
 
 
 def test_linear_alignment_gives_every_kept_field_an_m_i_and_counts_it_in_the_budget(planted):

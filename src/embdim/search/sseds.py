@@ -22,8 +22,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    :meth:`SSEDS.init_retrain_model` copies the kept columns of the pretrained tables in (the
    "winning ticket"; ``ticket: false`` = ablation "w/o ticket") and, following Algorithm 1
    (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow —
-   from the best pretrained weights, or from an early epoch of the pretraining (``rewind_epoch``,
-   late rewinding; not in the paper).
+   from the best pretrained weights, from an early epoch of the pretraining (late rewinding), or
+   — the default, ``rewind: auto`` — from whichever of the two retrains to the better
+   *validation* AUC (:meth:`SSEDS.fit_retrain` trains both; not in the paper).
    ``retrain: false`` is the ablation "w/o retraining" (sec. 4.5): the pruned pretrained model is
    evaluated as it is.
 
@@ -73,6 +74,9 @@ class SSEDSOptions:
     The search defaults are not the paper's single shot: cells are ranked by saliency per table
     entry and the budget is reached in 5 rounds (``rank: per_entry``, ``saliency_rounds: 5``);
     ``rank: saliency, saliency_rounds: 1`` is the paper's eq. 10-12 (examples/sseds_paper.yaml).
+    Nor is the default retraining start: ``rewind: auto`` retrains from the best pretrained weights
+    (the paper's) and from those after pretraining epoch 1 and keeps the better on validation;
+    ``rewind: never`` is the paper's.
     docs/sseds.md gives the measurements behind every default.
     """
 
@@ -516,6 +520,7 @@ class SSEDS(SearchMethod):
         self._starts: dict[str, dict[str, Tensor]] = {}  # rewind=auto: the slim model's candidate
         #                                                  starting states, "best" and "rewind"
         self._start_record: dict[str, Any] | None = None  # metrics.json "retrain_start"
+        self._single_start_reason: str | None = None  # why rewind=auto retrains once
 
     @property
     def retrains(self) -> bool:
@@ -675,9 +680,11 @@ class SSEDS(SearchMethod):
         self._load_checkpoint_state(path, model, plan.schema_hash)
         return model
 
-    def _rewound_model(self, plan: DimensionPlan, ctx: SearchContext) -> RecModel:
+    def _rewound_model(self, plan: DimensionPlan, ctx: SearchContext,
+                       required: bool = True) -> RecModel | None:
         """The uniform model at the rewind point (``rewind_epoch`` of this run's pretraining, or
-        ``rewind_checkpoint``): the weights the ticket and the inherited network come from."""
+        ``rewind_checkpoint``): the weights the ticket and the inherited network come from. When
+        the pretraining kept no such weights: an error, or None if not ``required``."""
         o = self.options
         model = self.build_pretrain_model(plan.vocab_sizes, ctx)
         if o.rewind_checkpoint:
@@ -688,6 +695,8 @@ class SSEDS(SearchMethod):
             model.load_state_dict(self._rewind_state)
             return model
         own = Path(ctx.work_dir) / "pretrain" / f"epoch-{o.rewind_epoch}.pt" if ctx.work_dir else None
+        if (own is None or not own.exists()) and not required:
+            return None
         if own is None or not own.exists():
             ran = plan.extra.get("pretrain_epochs_run")
             raise ConfigError(f"sseds: method.rewind_epoch {o.rewind_epoch}: the pretraining ran "
@@ -736,11 +745,17 @@ class SSEDS(SearchMethod):
         best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(fresh)
         with torch.random.fork_rng(devices=[]):  # the random stream stays the single start's
-            self._hand_over(model, self._rewound_model(plan, ctx), plan, ctx, quiet=True)
+            early = self._rewound_model(plan, ctx, required=False)
+            if early is None:  # e.g. a pretraining of an earlier run that kept no early weights
+                self._single_start_reason = (f"the pretraining kept no weights after epoch "
+                                             f"{o.rewind_epoch}")
+                model.load_state_dict(best)
+                return
+            self._hand_over(model, early, plan, ctx, quiet=True)
         rewound = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(best)
         if all(torch.equal(best[k], rewound[k]) for k in best):  # the best epoch is the early one
-            ctx.log(f"sseds: rewind=auto: {self._early_weights()} are the best ones; one retraining")
+            self._single_start_reason = f"{self._early_weights()} are the best ones"
             return
         self._starts = {"best": best, "rewind": rewound}
 
@@ -782,9 +797,9 @@ class SSEDS(SearchMethod):
         record: dict[str, Any] = {"rewind": o.rewind, "early_weights": self._early_weights()}
         if len(self._starts) < 2 or trainer.sharded:
             if o.rewind == "auto":
-                reason = (o.early_weights_unavailable
+                reason = (o.early_weights_unavailable or self._single_start_reason
                           or ("train.parallel torchrec retrains once" if trainer.sharded else
-                              "the early weights are the best ones"))
+                              "a resumed run that had retrained once"))
                 trainer.log(f"sseds: rewind=auto: retraining from the best pretrained weights only "
                             f"({reason})")
                 record["single_start_reason"] = reason
