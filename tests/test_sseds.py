@@ -558,6 +558,7 @@ def test_rewind_auto_end_to_end_is_the_better_of_the_two_single_starts(planted, 
     assert auto["test_auc"] == runs[chosen]["test_auc"]
     assert auto["valid_auc"] == runs[chosen]["valid_auc"]
     assert runs["never"]["retrain_start"]["candidates"].keys() == {"best"}
+    assert (tmp_path / "auto" / "checkpoints" / "last.pt").exists()
     # interrupted after both retrainings: the candidates' checkpoints are read back
     (tmp_path / "auto" / "metrics.json").unlink()
     (tmp_path / "auto" / "checkpoints" / "best.pt").unlink()

@@ -791,11 +791,16 @@ class SSEDS(SearchMethod):
         ``Trainer.fit`` (its own checkpoints in ``checkpoints/start-best/`` and
         ``checkpoints/start-rewind/``, the same seeded batches), and the one with the better
         *validation* AUC is kept (a tie keeps the best weights, the paper's start); its best
-        weights are left in the model and copied to ``checkpoints/best.pt``. The test split is
-        not read. Costs the two retrainings."""
+        weights are left in the model and its ``best.pt`` and ``last.pt`` copied to
+        ``checkpoints/``. The test split is not read. Costs the two retrainings. A resumed run
+        continues each candidate from its own checkpoints (then no starting state is needed)."""
         o = self.options
         record: dict[str, Any] = {"rewind": o.rewind, "early_weights": self._early_weights()}
-        if len(self._starts) < 2 or trainer.sharded:
+        folders = ({n: trainer.checkpoint_dir / f"start-{n}" for n in ("best", "rewind")}
+                   if trainer.checkpoint_dir is not None else {})
+        finished = (o.rewind == "auto" and resume and bool(folders)
+                    and all((f / "last.pt").exists() for f in folders.values()))
+        if (len(self._starts) < 2 and not finished) or trainer.sharded:
             if o.rewind == "auto":
                 reason = (o.early_weights_unavailable or self._single_start_reason
                           or ("train.parallel torchrec retrains once" if trainer.sharded else
@@ -803,8 +808,6 @@ class SSEDS(SearchMethod):
                 trainer.log(f"sseds: rewind=auto: retraining from the best pretrained weights only "
                             f"({reason})")
                 record["single_start_reason"] = reason
-            # (a resumed run whose checkpoints/last.pt exists retrained from one start: auto's
-            # two candidates write theirs in checkpoints/start-*/)
             record["chosen"] = "rewind" if o.rewind == "always" else "best"
             fit = trainer.fit(resume=resume)
             record["candidates"] = {record["chosen"]: _fit_summary(fit)}
@@ -813,23 +816,23 @@ class SSEDS(SearchMethod):
         rng = torch.get_rng_state()  # each candidate sees the random stream the single fit would
         cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         fits: dict[str, tuple[FitResult, dict[str, Tensor]]] = {}
-        for name, start in self._starts.items():
+        for name in ("best", "rewind"):
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state_all(cuda_rng)
-            trainer.model.load_state_dict(start)
+            if name in self._starts:  # (else its finished checkpoints are read back)
+                trainer.model.load_state_dict(self._starts[name])
             trainer.log("sseds: rewind=auto: retraining from " + (
                 "the best pretrained weights" if name == "best" else self._early_weights()))
-            folder = trainer.checkpoint_dir / f"start-{name}" if trainer.checkpoint_dir else None
-            candidate = trainer.sibling(checkpoint_dir=folder, start=name)
+            candidate = trainer.sibling(checkpoint_dir=folders.get(name), start=name)
             fit = candidate.fit(resume=resume)
             fits[name] = (fit, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
         chosen = max(fits, key=lambda n: (fits[n][0].best_valid_auc, n == "best"))
         fit, state = fits[chosen]
         trainer.model.load_state_dict(state)
-        if trainer.checkpoint_dir is not None and distributed.is_main():
-            shutil.copyfile(trainer.checkpoint_dir / f"start-{chosen}" / "best.pt",
-                            trainer.checkpoint_dir / "best.pt")
+        if folders and distributed.is_main():  # the run folder's checkpoints are the kept ones
+            for file in ("best.pt", "last.pt"):
+                shutil.copyfile(folders[chosen] / file, trainer.checkpoint_dir / file)
         record.update(chosen=chosen, candidates={n: _fit_summary(f) for n, (f, _) in fits.items()})
         trainer.log("sseds: rewind=auto: validation AUC " + ", ".join(
             f"{n} {f.best_valid_auc:.5f} (epoch {f.best_epoch})" for n, (f, _) in fits.items())
