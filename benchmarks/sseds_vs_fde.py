@@ -29,11 +29,14 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    reading of the paper's text: ``inherit_network: false``), ``per-entry-valid-r5`` (the
    rounds with the saliency taken on validation batches: ``saliency_split: valid``),
    ``per-entry-r5-noretrain`` (its plans, the pruned pretrained model evaluated without
-   retraining: ``retrain: false``) and ``per-entry-r5-rewind1`` (its plans, the slim model
+   retraining: ``retrain: false``), ``per-entry-r5-rewind1`` (its plans, the slim model
    started from the pretraining's weights after epoch 1 instead of its best ones:
-   ``rewind_epoch: 1``; as the pretraining is the FDE-128 cell, the script runs that cell's
-   seeded training once more, stopped after 1 epoch, ``fde-128-epoch1``, and passes its weights
-   as ``rewind_checkpoint``).
+   ``rewind: always, rewind_epoch: 1``; as the pretraining is the FDE-128 cell, the script runs
+   that cell's seeded training once more, stopped after 1 epoch, ``fde-128-epoch1``, and passes
+   its weights as ``rewind_checkpoint``) and ``per-entry-r5-auto`` (its plans retrained from
+   both starting points, the one with the better validation AUC kept: ``rewind: auto``, the
+   library's defaults). Every variant but the last retrains from one start (``rewind: never``
+   unless named).
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -59,10 +62,12 @@ MODEL = {"name": "deepfm", "mlp": [256, 256], "dropout": 0.0, "batch_norm": Fals
 TRAIN = {"batch_size": 2048, "lr": 0.001, "epochs": 10, "early_stop": 2, "device": "cpu",
          "optimizer": "adam"}  # the papers' optimiser (the library default is auto)
 # The variants name every search option they rely on: the library's defaults have changed since
-# some of these cells were run (then: rank saliency, one round; now: per_entry, 5 rounds).
-PAPER = {"rank": "saliency", "saliency_rounds": 1}  # eq. 10-12: one shot, ranked by saliency
-SINGLE = {"saliency_rounds": 1}
-R5 = {"rank": "per_entry", "saliency_rounds": 5}  # the library's defaults
+# some of these cells were run (then: rank saliency, one round, retraining from the best weights;
+# now: per_entry, 5 rounds, rewind auto).
+NEVER = {"rewind": "never"}  # the retraining starts from the best pretrained weights (the paper)
+PAPER = {"rank": "saliency", "saliency_rounds": 1, **NEVER}  # eq. 10-12: one shot, by saliency
+SINGLE = {"saliency_rounds": 1, **NEVER}
+R5 = {"rank": "per_entry", "saliency_rounds": 5, **NEVER}  # the library's search defaults
 VARIANTS = {
     "scatter": {**PAPER},
     "linear-select": {**PAPER, "align": "linear"},
@@ -78,7 +83,8 @@ VARIANTS = {
     "per-entry-valid-r5": {**R5, "saliency_split": "valid"},
     "per-entry-r5-freshbody": {**R5, "inherit_network": False},
     "per-entry-r5-noretrain": {**R5, "retrain": False},
-    "per-entry-r5-rewind1": {**R5, "rewind_epoch": 1},
+    "per-entry-r5-rewind1": {**R5, "rewind": "always", "rewind_epoch": 1},
+    "per-entry-r5-auto": {**R5, "rewind": "auto", "rewind_epoch": 1},  # the library's defaults
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
@@ -106,7 +112,8 @@ def run(cfg: dict, out: Path, threads: int) -> dict:
 def cells(datasets, seeds, kappas, variants):
     """(name, config) in run order; SSEDS cells after their FDE-128 (and its first epochs, where a
     variant rewinds: the same seeded run stopped after that epoch)."""
-    rewinds = sorted({VARIANTS[v]["rewind_epoch"] for v in variants if "rewind_epoch" in VARIANTS[v]})
+    rewinds = sorted({VARIANTS[v]["rewind_epoch"] for v in variants
+                      if VARIANTS[v].get("rewind", "never") != "never"})
     for ds in datasets:
         for seed in seeds:
             base = {"data": {"path": f"data/{ds}"}, "model": MODEL, "train": {**TRAIN, "seed": seed}}
@@ -121,7 +128,7 @@ def cells(datasets, seeds, kappas, variants):
                     method = {"name": "sseds", "budget": k, "pretrain_width": PRETRAIN_WIDTH,
                               **VARIANTS[v], "pretrain_checkpoint":
                               f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}_seed-{seed}/checkpoints/best.pt"}
-                    if "rewind_epoch" in method:  # the pretraining ran in the FDE cells
+                    if method.get("rewind", "never") != "never":  # pretrained in the FDE cells
                         method["rewind_checkpoint"] = (
                             f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}-epoch{method.pop('rewind_epoch')}"
                             f"_seed-{seed}/checkpoints/best.pt")

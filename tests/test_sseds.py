@@ -28,11 +28,12 @@ from embdim.search.sseds import (
     prune_to_budget,
     round_budgets,
 )
-from embdim.train.trainer import seed_everything
+from embdim.train.trainer import Trainer, seed_everything
 
 NOISE = ["f0", "f5"]
 WIDTH = 8
 PAPER = {"rank": "saliency", "saliency_rounds": 1}  # eq. 10-12: one shot, ranked by saliency
+ALWAYS = {"rewind": "always", "rewind_epoch": 1}  # late rewinding to pretraining epoch 1
 
 
 def _ctx(work_dir=None, model="deepfm", **model_kw) -> SearchContext:
@@ -422,12 +423,12 @@ def test_retraining_starts_exactly_at_the_masked_pretrained_model(planted, model
 
 def test_rewinding_starts_the_retraining_at_the_masked_weights_of_that_pretraining_epoch(
         planted, tmp_path):
-    """rewind_epoch k (late rewinding): the plan comes from the best pretrained weights, the slim
-    model starts from the weights after epoch k of the same pretraining, masked: the same as a
-    pretraining stopped after k epochs, and not the best weights (epoch 3 here)."""
+    """rewind always, rewind_epoch k (late rewinding): the plan comes from the best pretrained
+    weights, the slim model starts from the weights after epoch k of the same pretraining, masked:
+    the same as a pretraining stopped after k epochs, and not the best weights (epoch 3 here)."""
     schema = PreparedDataset(planted).schema
     seed_everything(0)
-    rewound = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 1})
+    rewound = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **ALWAYS})
     plan = rewound.search(PreparedDataset(planted), _ctx(tmp_path / "a"))
     assert plan.extra["pretrain_best_epoch"] == 3 and plan.extra["pretrain_epochs_run"] == 3
     seed_everything(0)
@@ -440,7 +441,7 @@ def test_rewinding_starts_the_retraining_at_the_masked_weights_of_that_pretraini
     plan = _plan_dropping_the_noise_fields(plan)
     ids = torch.from_numpy(np.array(PreparedDataset(planted).split("test").x[:512]))
     # in the same process (weights kept in memory) and resumed (read back from epoch-1.pt)
-    resumed = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 1})
+    resumed = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **ALWAYS})
     assert (tmp_path / "a" / "pretrain" / "epoch-1.pt").exists()
     for method in (rewound, resumed):
         slim = _slim_model(method, plan, planted, _ctx(tmp_path / "a")).eval()
@@ -448,7 +449,8 @@ def test_rewinding_starts_the_retraining_at_the_masked_weights_of_that_pretraini
             torch.testing.assert_close(slim(ids), _masked_pretrained_logits(epoch1.eval(), plan, ids),
                                        rtol=1e-5, atol=1e-5)
             assert not torch.allclose(slim(ids), _masked_pretrained_logits(best, plan, ids), atol=1e-3)
-    later = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, "rewind_epoch": 5})
+    later = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH, **ALWAYS,
+                         "rewind_epoch": 5})
     with pytest.raises(ConfigError, match="rewind_epoch 5"):
         _slim_model(later, plan, planted, _ctx(tmp_path / "a"))
 
@@ -461,7 +463,7 @@ def test_rewind_checkpoint_names_the_starting_weights(searched, planted, tmp_pat
     early = method.build_pretrain_model(schema.vocab_sizes, ctx)
     torch.save(early.state_dict(), tmp_path / "early.pt")
     variant = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
-                           "rewind_checkpoint": str(tmp_path / "early.pt")})
+                           "rewind": "always", "rewind_checkpoint": str(tmp_path / "early.pt")})
     variant._pretrained_state = method._pretrained_state
     plan = _plan_dropping_the_noise_fields(plan)
     slim = _slim_model(variant, plan, planted, ctx)
@@ -469,9 +471,106 @@ def test_rewind_checkpoint_names_the_starting_weights(searched, planted, tmp_pat
         torch.testing.assert_close(slim.embedding.field_weight(i),
                                    early.embedding.field_weight(i)[:, plan.kept_indices[i]],
                                    rtol=0, atol=0)
-    missing = make_method({"name": "sseds", "rewind_checkpoint": str(tmp_path / "nope.pt")})
+    missing = make_method({"name": "sseds", "rewind": "always",
+                           "rewind_checkpoint": str(tmp_path / "nope.pt")})
     with pytest.raises(ConfigError, match="rewind_checkpoint .*not found"):
         _slim_model(missing, plan, planted, ctx)
+
+
+def _auto_retraining(searched, planted, tmp_path, best_state, rewind_state):
+    """A rewind=auto method whose best pretrained weights are ``best_state`` and whose early ones
+    (``rewind_checkpoint``) are ``rewind_state``; its slim model and a one-epoch trainer."""
+    _, plan, _ = searched
+    torch.save(rewind_state, tmp_path / "early.pt")
+    method = make_method({"name": "sseds", "budget": 0.3, "pretrain_width": WIDTH,
+                          "rewind": "auto", "rewind_checkpoint": str(tmp_path / "early.pt")})
+    method._pretrained_state = best_state
+    plan = _plan_dropping_the_noise_fields(plan)
+    ctx = _ctx()
+    dataset = PreparedDataset(planted)
+    slim = _slim_model(method, plan, planted, ctx)
+    trainer = Trainer(slim, dataset, dataclasses.replace(ctx.train, epochs=1),
+                      checkpoint_dir=tmp_path / "checkpoints", quiet=True)
+    return method, trainer
+
+
+def _spoiled(state: dict) -> dict:
+    """The pretrained state with every weight replaced by large noise: a poor starting point."""
+    g = torch.Generator().manual_seed(0)
+    return {k: torch.randn(v.shape, generator=g) * 3 if v.is_floating_point() else v
+            for k, v in state.items()}
+
+
+@pytest.mark.parametrize("better", ["best", "rewind"])
+def test_rewind_auto_keeps_the_start_with_the_better_validation_auc(searched, planted, tmp_path,
+                                                                     better):
+    """rewind auto retrains the ticket from the best pretrained weights and from the early ones
+    and keeps the one whose retraining has the better validation AUC, whichever it is (here the
+    other start is spoiled): its fit, its weights in the model and in checkpoints/best.pt, and
+    both candidates' validation AUCs in metrics.json's retrain_start."""
+    good = searched[0]._pretrained_state
+    bad = _spoiled(good)
+    method, trainer = _auto_retraining(searched, planted, tmp_path, *(
+        (good, bad) if better == "best" else (bad, good)))
+    fit = method.fit_retrain(trainer)
+    record = method.retrain_metrics()["retrain_start"]
+    other = {"best": "rewind", "rewind": "best"}[better]
+    assert record["chosen"] == better and set(record["candidates"]) == {"best", "rewind"}
+    assert record["candidates"][better]["valid_auc"] > record["candidates"][other]["valid_auc"] + 0.02
+    assert fit.best_valid_auc == record["candidates"][better]["valid_auc"]
+    assert trainer.evaluate("valid")["auc"] == pytest.approx(fit.best_valid_auc, abs=1e-6)
+    saved = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=True)["model"]
+    for k, v in trainer.model.state_dict().items():
+        torch.testing.assert_close(saved[k], v, rtol=0, atol=0)
+    assert (tmp_path / "checkpoints" / f"start-{other}" / "best.pt").exists()
+
+
+def test_rewind_auto_chooses_without_reading_the_test_split(searched, planted, tmp_path,
+                                                             monkeypatch):
+    """The choice between the two starts is made on validation data only."""
+    good = searched[0]._pretrained_state
+    method, trainer = _auto_retraining(searched, planted, tmp_path, good, _spoiled(good))
+    split = trainer.dataset.split
+
+    def no_test(name):
+        assert name != "test", "rewind=auto read the test split"
+        return split(name)
+
+    monkeypatch.setattr(trainer.dataset, "split", no_test)
+    method.fit_retrain(trainer)
+    assert method.retrain_metrics()["retrain_start"]["chosen"] == "best"
+
+
+def test_rewind_auto_end_to_end_is_the_better_of_the_two_single_starts(planted, tmp_path):
+    """The default (rewind auto) through run_experiment: the pretraining keeps its epoch-1
+    weights, both retrainings are exactly the runs with rewind never and always (same seeded
+    batches), the kept one has the better validation AUC, and a resumed run gives the same."""
+    runs = {r: run_experiment(_cfg(planted, {"budget": 0.3, "rewind": r}), tmp_path / r, quiet=True)
+            for r in ("auto", "never", "always")}
+    auto = runs["auto"]
+    assert (tmp_path / "auto" / "search" / "pretrain" / "epoch-1.pt").exists()
+    record = auto["retrain_start"]
+    assert record["rewind"] == "auto" and record["early_weights"].endswith("epoch 1")
+    assert record["candidates"]["best"]["valid_auc"] == runs["never"]["valid_auc"]
+    assert record["candidates"]["rewind"]["valid_auc"] == runs["always"]["valid_auc"]
+    chosen = "never" if record["chosen"] == "best" else "always"
+    assert runs[chosen]["valid_auc"] == max(runs["never"]["valid_auc"], runs["always"]["valid_auc"])
+    assert auto["test_auc"] == runs[chosen]["test_auc"]
+    assert auto["valid_auc"] == runs[chosen]["valid_auc"]
+    assert runs["never"]["retrain_start"]["candidates"].keys() == {"best"}
+    assert (tmp_path / "auto" / "checkpoints" / "last.pt").exists()
+    # interrupted after both retrainings: the candidates' checkpoints are read back
+    (tmp_path / "auto" / "metrics.json").unlink()
+    (tmp_path / "auto" / "checkpoints" / "best.pt").unlink()
+    again = run_experiment(_cfg(planted, {"budget": 0.3, "rewind": "auto"}), tmp_path / "auto", resume=True,
+                           quiet=True)
+    assert again["test_auc"] == auto["test_auc"] and again["retrain_start"] == record
+    # no early weights (the pretraining ran elsewhere, no rewind_checkpoint): one retraining
+    given = run_experiment(_cfg(planted, {"budget": 0.3, "pretrain_checkpoint": str(
+        tmp_path / "auto" / "search" / "pretrain" / "best.pt")}), tmp_path / "given", quiet=True)
+    assert given["retrain_start"]["candidates"].keys() == {"best"}
+    assert "pretrain_checkpoint" in given["retrain_start"]["single_start_reason"]
+    assert given["test_auc"] == runs["never"]["test_auc"]
 
 
 def test_linear_alignment_gives_every_kept_field_an_m_i_and_counts_it_in_the_budget(planted):
@@ -557,11 +656,15 @@ def test_options_are_validated():
                 {"retrain": False, "ticket": False}, {"colour": "red"},
                 {"align": "zeros"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
                 {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"},
-                {"rewind_epoch": 0}, {"rewind_epoch": 1, "rewind_checkpoint": "a.pt"},
-                {"rewind_epoch": 1, "pretrain_checkpoint": "a.pt"},
-                {"rewind_epoch": 1, "ticket": False}, {"rewind_epoch": 1, "retrain": False}):
+                {"rewind_epoch": 0}, {"rewind_epoch": None}, {"rewind": "sometimes"},
+                {"rewind": "never", "rewind_checkpoint": "a.pt"},
+                {**ALWAYS, "pretrain_checkpoint": "a.pt"},
+                {**ALWAYS, "ticket": False}, {**ALWAYS, "retrain": False}):
         with pytest.raises(ConfigError):
             make_method({"name": "sseds", **bad})
+    # rewind auto (the default) falls back to the best weights where there are no early ones
+    for fine in ({"pretrain_checkpoint": "a.pt"}, {"ticket": False}, {"retrain": False}):
+        assert make_method({"name": "sseds", **fine}).options.early_weights_unavailable
 
 
 # ---- end to end --------------------------------------------------------------------------------

@@ -244,7 +244,7 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
                       quiet=quiet, log=log, fingerprint=fingerprint)
     t0 = time.perf_counter()
     if method.retrains:
-        fit = trainer.fit(resume=resume)
+        fit = method.fit_retrain(trainer, resume=resume)
     else:  # an ablation that evaluates the handed-over model as it is (SSEDS "w/o retraining")
         log("no retraining: evaluating the model as init_retrain_model left it")
         fit = FitResult(best_epoch=0, best_valid_auc=trainer.evaluate("valid")["auc"])
@@ -277,6 +277,7 @@ def run_experiment(cfg: ExperimentConfig | dict[str, Any], run_dir: str | Path, 
         "history": fit.history,
         "versions": versions(),
         "environment": environment(cfg),
+        **method.retrain_metrics(),
     }
     if "unrounded_embedding_params" in plan.extra:  # method.round_to: what the rounding cost
         metrics["round_to"] = int(plan.options.get("round_to", 1))

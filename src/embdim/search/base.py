@@ -141,6 +141,17 @@ class SearchMethod(ABC):
         the experiment's options."""
         return train
 
+    def fit_retrain(self, trainer, *, resume: bool = False):
+        """Train the retraining model (``trainer.model``, as :meth:`init_retrain_model` left it)
+        and return the ``FitResult``, the best validation weights left in the model. The default
+        is ``trainer.fit``; SSEDS' ``rewind: auto`` trains it from two starting points and keeps
+        the one with the better validation AUC."""
+        return trainer.fit(resume=resume)
+
+    def retrain_metrics(self) -> dict[str, Any]:
+        """Entries the method adds to ``metrics.json`` after the retraining (default: none)."""
+        return {}
+
     def init_retrain_model(self, model, plan, ctx: SearchContext) -> None:
         """Called on the freshly built retraining model before it trains; the default keeps its
         fresh initialisation. A method that hands weights over (SSEDS' winning ticket, AutoDim's

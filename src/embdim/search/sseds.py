@@ -22,8 +22,9 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    :meth:`SSEDS.init_retrain_model` copies the kept columns of the pretrained tables in (the
    "winning ticket"; ``ticket: false`` = ablation "w/o ticket") and, following Algorithm 1
    (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow —
-   from the best pretrained weights, or from an early epoch of the pretraining (``rewind_epoch``,
-   late rewinding; not in the paper).
+   from the best pretrained weights, from an early epoch of the pretraining (late rewinding), or
+   — the default, ``rewind: auto`` — from whichever of the two retrains to the better
+   *validation* AUC (:meth:`SSEDS.fit_retrain` trains both; not in the paper).
    ``retrain: false`` is the ablation "w/o retraining" (sec. 4.5): the pruned pretrained model is
    evaluated as it is.
 
@@ -33,6 +34,7 @@ See docs/sseds.md for every option and for the choices the paper leaves open.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +53,14 @@ from embdim.nn.models import RecModel, build_model
 from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.search.budget import budget_entries
-from embdim.train.trainer import Trainer, resolve_device
+from embdim.train.trainer import FitResult, Trainer, resolve_device
 
 ALIGNS = ("scatter", "linear", "pad")
 ALIGN_WIDTHS = ("pretrain", "max")
 ALIGN_INITS = ("select", "random")
 RANKS = ("saliency", "per_entry")
 SALIENCY_SPLITS = ("train", "valid")
+REWINDS = ("auto", "always", "never")
 
 
 @dataclass
@@ -71,6 +74,9 @@ class SSEDSOptions:
     The search defaults are not the paper's single shot: cells are ranked by saliency per table
     entry and the budget is reached in 5 rounds (``rank: per_entry``, ``saliency_rounds: 5``);
     ``rank: saliency, saliency_rounds: 1`` is the paper's eq. 10-12 (examples/sseds_paper.yaml).
+    Nor is the default retraining start: ``rewind: auto`` retrains from the best pretrained weights
+    (the paper's) and from those after pretraining epoch 1 and keeps the better on validation;
+    ``rewind: never`` is the paper's.
     docs/sseds.md gives the measurements behind every default.
     """
 
@@ -78,11 +84,13 @@ class SSEDSOptions:
     pretrain_width: int = 128  # d, the uniform width of the pretrained model (paper: 128)
     pretrain_epochs: int | None = None  # None: train.epochs (with train.early_stop as usual)
     pretrain_checkpoint: str | None = None  # a state of the uniform model to start from instead
-    rewind_epoch: int | None = None  # the retraining starts from the pretraining's weights after
-    #                                  this epoch instead of its best ones (late rewinding; None:
-    #                                  the best weights, the paper's ticket)
-    rewind_checkpoint: str | None = None  # ... or from this state of the uniform model (e.g. an
-    #                                       early epoch of the run behind pretrain_checkpoint)
+    rewind: str = "auto"  # where the retraining starts: "never" (the best pretrained weights,
+    #                       the paper's ticket), "always" (the early weights below: late rewinding)
+    #                       or "auto" (retrain from both, keep the better validation AUC; not in
+    #                       the paper)
+    rewind_epoch: int = 1  # the early weights: the pretraining's weights after this epoch ...
+    rewind_checkpoint: str | None = None  # ... or this state of the uniform model (e.g. an early
+    #                                       epoch of the run behind pretrain_checkpoint)
     saliency_batch_size: int | None = None  # None: train.batch_size (paper: one batch of 2048)
     saliency_batches: int = 1  # |g| is averaged over this many training mini-batches (paper: 1)
     saliency_split: str = "train"  # the split the saliency batches come from: "train" (the paper's
@@ -119,10 +127,14 @@ class SSEDSOptions:
         if not (isinstance(self.pretrain_width, int) and self.pretrain_width > 0):
             problems.append(f"method.pretrain_width must be a positive integer, got "
                             f"{self.pretrain_width!r}")
-        for key in ("pretrain_epochs", "saliency_batch_size", "rewind_epoch"):
+        for key in ("pretrain_epochs", "saliency_batch_size"):
             v = getattr(self, key)
             if v is not None and not (isinstance(v, int) and v > 0):
                 problems.append(f"method.{key} must be a positive integer or null, got {v!r}")
+        if not (isinstance(self.rewind_epoch, int) and not isinstance(self.rewind_epoch, bool)
+                and self.rewind_epoch > 0):
+            problems.append(f"method.rewind_epoch must be a positive integer, got "
+                            f"{self.rewind_epoch!r}")
         if not (isinstance(self.saliency_batches, int) and self.saliency_batches > 0):
             problems.append(f"method.saliency_batches must be a positive integer, got "
                             f"{self.saliency_batches!r}")
@@ -135,7 +147,8 @@ class SSEDSOptions:
             problems.append(f"method.stability_batches must be an integer >= 0, got "
                             f"{self.stability_batches!r}")
         for key, valid in (("align", ALIGNS), ("align_width", ALIGN_WIDTHS), ("align_init", ALIGN_INITS),
-                           ("rank", RANKS), ("saliency_split", SALIENCY_SPLITS)):
+                           ("rank", RANKS), ("saliency_split", SALIENCY_SPLITS),
+                           ("rewind", REWINDS)):
             if getattr(self, key) not in valid:
                 problems.append(f"method.{key} must be one of {', '.join(valid)}, got "
                                 f"{getattr(self, key)!r}")
@@ -145,19 +158,19 @@ class SSEDSOptions:
         if self.align_width == "max" and self.align == "linear" and self.align_init == "select":
             problems.append("method.align_init=select needs align_width=pretrain (the pretrained "
                             "coordinates only exist at the pretrain width); use align_init=random")
-        if self.rewind_epoch is not None and self.rewind_checkpoint:
-            problems.append("method.rewind_epoch and method.rewind_checkpoint are two ways to name "
-                            "the weights the retraining starts from: set one")
-        if self.rewind_epoch is not None and self.pretrain_checkpoint:
-            problems.append("method.rewind_epoch needs the pretraining to run in this experiment; "
-                            "with pretrain_checkpoint give the early weights as rewind_checkpoint")
-        if self.rewinds and not (self.ticket or self.inherits_network):
-            problems.append("method.rewind_epoch / rewind_checkpoint choose the weights the ticket "
-                            "and the inherited network come from: they need ticket=true or "
-                            "inherit_network=true")
-        if self.rewinds and not self.retrain:
+        if self.rewind == "never" and self.rewind_checkpoint:
+            problems.append("method.rewind_checkpoint names early weights that rewind=never does "
+                            "not use: unset it, or set rewind to always or auto")
+        if self.rewind == "always" and self.pretrain_checkpoint and not self.rewind_checkpoint:
+            problems.append("method.rewind=always rewinds to the weights after pretraining epoch "
+                            "rewind_epoch, but with pretrain_checkpoint the pretraining does not run "
+                            "here: give the early weights as rewind_checkpoint")
+        if self.rewind == "always" and not (self.ticket or self.inherits_network):
+            problems.append("method.rewind=always chooses the weights the ticket and the inherited "
+                            "network come from: it needs ticket=true or inherit_network=true")
+        if self.rewind == "always" and not self.retrain:
             problems.append("method.retrain=false evaluates the pruned *best* pretrained model: it "
-                            "cannot rewind (unset rewind_epoch / rewind_checkpoint)")
+                            "cannot rewind (set rewind to never or auto)")
         if not self.retrain and not (self.ticket and self.inherits_network):
             problems.append("method.retrain=false evaluates the pruned *pretrained* model: it needs "
                             "ticket=true and inherit_network=true (or null)")
@@ -167,8 +180,20 @@ class SSEDSOptions:
             raise ConfigError("sseds: " + "; ".join(problems))
 
     @property
-    def rewinds(self) -> bool:
-        return self.rewind_epoch is not None or bool(self.rewind_checkpoint)
+    def early_weights_unavailable(self) -> str | None:
+        """Why ``rewind: auto`` has only one starting point (the best weights), or None."""
+        if not self.retrain:
+            return "retrain=false evaluates the pruned best pretrained model"
+        if not (self.ticket or self.inherits_network):
+            return "the slim model starts from a fresh initialisation (ticket=false)"
+        if self.pretrain_checkpoint and not self.rewind_checkpoint:
+            return "with pretrain_checkpoint and no rewind_checkpoint there are no early weights"
+        return None
+
+    @property
+    def keeps_early_weights(self) -> bool:
+        """Whether the pretraining keeps its weights after ``rewind_epoch`` (``epoch-K.pt``)."""
+        return self.rewind != "never" and not self.pretrain_checkpoint and not self.rewind_checkpoint
 
     @property
     def inherits_network(self) -> bool:
@@ -492,6 +517,10 @@ class SSEDS(SearchMethod):
         super().__init__(options, **option_values)
         self._pretrained_state: dict[str, Tensor] | None = None
         self._rewind_state: dict[str, Tensor] | None = None  # weights after rewind_epoch
+        self._starts: dict[str, dict[str, Tensor]] = {}  # rewind=auto: the slim model's candidate
+        #                                                  starting states, "best" and "rewind"
+        self._start_record: dict[str, Any] | None = None  # metrics.json "retrain_start"
+        self._single_start_reason: str | None = None  # why rewind=auto retrains once
 
     @property
     def retrains(self) -> bool:
@@ -562,7 +591,8 @@ class SSEDS(SearchMethod):
                     atomic_torch_save(ckpt_dir / f"epoch-{epoch}.pt", self._rewind_state)
 
         # continues an interrupted pretraining, if any (its epoch-k.pt is already on disk)
-        fit = trainer.fit(resume=True, on_epoch_end=keep_rewind_state if o.rewind_epoch else None)
+        fit = trainer.fit(resume=True,
+                          on_epoch_end=keep_rewind_state if o.keeps_early_weights else None)
         info: dict[str, Any] = {"pretrain_valid_auc": fit.best_valid_auc,
                                 "pretrain_best_epoch": fit.best_epoch,
                                 "pretrain_epochs_run": fit.epochs_run}
@@ -650,9 +680,11 @@ class SSEDS(SearchMethod):
         self._load_checkpoint_state(path, model, plan.schema_hash)
         return model
 
-    def _rewound_model(self, plan: DimensionPlan, ctx: SearchContext) -> RecModel:
+    def _rewound_model(self, plan: DimensionPlan, ctx: SearchContext,
+                       required: bool = True) -> RecModel | None:
         """The uniform model at the rewind point (``rewind_epoch`` of this run's pretraining, or
-        ``rewind_checkpoint``): the weights the ticket and the inherited network come from."""
+        ``rewind_checkpoint``): the weights the ticket and the inherited network come from. When
+        the pretraining kept no such weights: an error, or None if not ``required``."""
         o = self.options
         model = self.build_pretrain_model(plan.vocab_sizes, ctx)
         if o.rewind_checkpoint:
@@ -663,6 +695,8 @@ class SSEDS(SearchMethod):
             model.load_state_dict(self._rewind_state)
             return model
         own = Path(ctx.work_dir) / "pretrain" / f"epoch-{o.rewind_epoch}.pt" if ctx.work_dir else None
+        if (own is None or not own.exists()) and not required:
+            return None
         if own is None or not own.exists():
             ran = plan.extra.get("pretrain_epochs_run")
             raise ConfigError(f"sseds: method.rewind_epoch {o.rewind_epoch}: the pretraining ran "
@@ -682,10 +716,17 @@ class SSEDS(SearchMethod):
             aligned_dim=o.pretrain_width if o.align_width == "pretrain" else None,
             linear_fields="kept" if o.prune_first_order else "all")
 
+    def _early_weights(self) -> str:
+        o = self.options
+        return (f"the weights of {o.rewind_checkpoint}" if o.rewind_checkpoint
+                else f"the weights after pretraining epoch {o.rewind_epoch}")
+
     def init_retrain_model(self, model: RecModel, plan: DimensionPlan, ctx: SearchContext) -> None:
         """Winning ticket (sec. 3.2.3): the kept pretrained columns; per Algorithm 1 the rest of the
         pretrained network (first-order weights, body); ``M_i`` as ``align_init`` says. With the
-        defaults the slim model computes exactly the masked pretrained model at step 0."""
+        defaults the slim model computes exactly the masked pretrained model at step 0 — of the
+        best pretrained weights, or of the early ones (``rewind``). With ``rewind: auto`` both
+        starting states are kept for :meth:`fit_retrain`; the model is left at the best one."""
         o = self.options
         if o.align == "linear" and o.align_init == "random":
             randomise_alignment_(model)
@@ -693,17 +734,40 @@ class SSEDS(SearchMethod):
         if not o.ticket and not o.inherits_network:
             ctx.log("sseds: w/o ticket: the slim model starts from a fresh initialisation")
             return
-        if o.rewinds:
-            pretrained = self._rewound_model(plan, ctx)
-            where = (f"after pretraining epoch {o.rewind_epoch}" if o.rewind_epoch is not None
-                     else f"of {o.rewind_checkpoint}")
-            ctx.log(f"sseds: rewinding: the slim model starts from the pretrained weights {where}")
-        else:
-            pretrained = self._pretrained_model(plan, ctx)
+        if o.rewind == "always":
+            ctx.log(f"sseds: rewinding: the slim model starts from {self._early_weights()}")
+            self._hand_over(model, self._rewound_model(plan, ctx), plan, ctx)
+            return
+        fresh = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self._hand_over(model, self._pretrained_model(plan, ctx), plan, ctx)
+        if o.rewind == "never" or o.early_weights_unavailable:
+            return
+        best = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(fresh)
+        with torch.random.fork_rng(devices=[]):  # the random stream stays the single start's
+            early = self._rewound_model(plan, ctx, required=False)
+            if early is None:  # e.g. a pretraining of an earlier run that kept no early weights
+                self._single_start_reason = (f"the pretraining kept no weights after epoch "
+                                             f"{o.rewind_epoch}")
+                model.load_state_dict(best)
+                return
+            self._hand_over(model, early, plan, ctx, quiet=True)
+        rewound = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best)
+        if all(torch.equal(best[k], rewound[k]) for k in best):  # the best epoch is the early one
+            self._single_start_reason = f"{self._early_weights()} are the best ones"
+            return
+        self._starts = {"best": best, "rewind": rewound}
+
+    def _hand_over(self, model: RecModel, pretrained: RecModel, plan: DimensionPlan,
+                   ctx: SearchContext, quiet: bool = False) -> None:
+        """Copy the ticket, the inherited network and the selecting ``M_i`` from ``pretrained``."""
+        o = self.options
+        log = (lambda msg: None) if quiet else ctx.log
         pretrained = pretrained.to(next(model.parameters()).device)
         if o.ticket:
             copy_ticket_(model, pretrained, plan.kept_indices)
-            ctx.log("sseds: slim tables initialised from the kept pretrained columns (ticket)")
+            log("sseds: slim tables initialised from the kept pretrained columns (ticket)")
         if o.inherits_network:
             missing = inherit_network_(model, pretrained, plan.vocab_sizes)
             if missing and (o.inherit_network or not o.retrain):
@@ -711,12 +775,80 @@ class SSEDS(SearchMethod):
                                   f"({', '.join(missing)}): use align_width=pretrain or "
                                   "inherit_network=false")
             if missing:
-                ctx.log(f"sseds: kept a fresh initialisation for {', '.join(missing)} (its shape "
-                        "depends on the dropped fields)")
+                log(f"sseds: kept a fresh initialisation for {', '.join(missing)} (its shape "
+                    "depends on the dropped fields)")
             else:
-                ctx.log("sseds: first-order weights and body inherited from the pretrained model")
+                log("sseds: first-order weights and body inherited from the pretrained model")
         if o.align == "linear" and o.align_init == "select":
             if not select_alignment_(model, plan.kept_indices, o.pretrain_width):
                 raise ConfigError("sseds: align_init=select needs the slim model aligned to the "
                                   "pretrain width")
-            ctx.log("sseds: each M_i places its kept columns at their pretrained coordinates")
+            log("sseds: each M_i places its kept columns at their pretrained coordinates")
+
+    def fit_retrain(self, trainer: Trainer, *, resume: bool = False) -> FitResult:
+        """The retraining. ``rewind: auto`` (with two distinct starting states): the slim model is
+        trained from the best pretrained weights and from the early ones, each an ordinary
+        ``Trainer.fit`` (its own checkpoints in ``checkpoints/start-best/`` and
+        ``checkpoints/start-rewind/``, the same seeded batches), and the one with the better
+        *validation* AUC is kept (a tie keeps the best weights, the paper's start); its best
+        weights are left in the model and its ``best.pt`` and ``last.pt`` copied to
+        ``checkpoints/``. The test split is not read. Costs the two retrainings. A resumed run
+        continues each candidate from its own checkpoints (then no starting state is needed)."""
+        o = self.options
+        record: dict[str, Any] = {"rewind": o.rewind, "early_weights": self._early_weights()}
+        folders = ({n: trainer.checkpoint_dir / f"start-{n}" for n in ("best", "rewind")}
+                   if trainer.checkpoint_dir is not None else {})
+        finished = (o.rewind == "auto" and resume and bool(folders)
+                    and all((f / "last.pt").exists() for f in folders.values()))
+        if (len(self._starts) < 2 and not finished) or trainer.sharded:
+            if o.rewind == "auto":
+                reason = (o.early_weights_unavailable or self._single_start_reason
+                          or ("train.parallel torchrec retrains once" if trainer.sharded else
+                              "a resumed run that had retrained once"))
+                trainer.log(f"sseds: rewind=auto: retraining from the best pretrained weights only "
+                            f"({reason})")
+                record["single_start_reason"] = reason
+            record["chosen"] = "rewind" if o.rewind == "always" else "best"
+            fit = trainer.fit(resume=resume)
+            record["candidates"] = {record["chosen"]: _fit_summary(fit)}
+            self._start_record = record
+            return fit
+        rng = torch.get_rng_state()  # each candidate sees the random stream the single fit would
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        fits: dict[str, tuple[FitResult, dict[str, Tensor]]] = {}
+        for name in ("best", "rewind"):
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            if name in self._starts:  # (else its finished checkpoints are read back)
+                trainer.model.load_state_dict(self._starts[name])
+            trainer.log("sseds: rewind=auto: retraining from " + (
+                "the best pretrained weights" if name == "best" else self._early_weights()))
+            candidate = trainer.sibling(checkpoint_dir=folders.get(name), start=name)
+            fit = candidate.fit(resume=resume)
+            fits[name] = (fit, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        chosen = max(fits, key=lambda n: (fits[n][0].best_valid_auc, n == "best"))
+        fit, state = fits[chosen]
+        trainer.model.load_state_dict(state)
+        if folders and distributed.is_main():  # the run folder's checkpoints are the kept ones
+            for file in ("best.pt", "last.pt"):
+                shutil.copyfile(folders[chosen] / file, trainer.checkpoint_dir / file)
+        record.update(chosen=chosen, candidates={n: _fit_summary(f) for n, (f, _) in fits.items()})
+        trainer.log("sseds: rewind=auto: validation AUC " + ", ".join(
+            f"{n} {f.best_valid_auc:.5f} (epoch {f.best_epoch})" for n, (f, _) in fits.items())
+            + f": keeping the start from the {chosen} weights")
+        self._start_record = record
+        # the cost of the selection: both retrainings count
+        fit.train_seconds = sum(f.train_seconds for f, _ in fits.values())
+        fit.train_samples = sum(f.train_samples for f, _ in fits.values())
+        return fit
+
+    def retrain_metrics(self) -> dict[str, Any]:
+        """``retrain_start`` in metrics.json: the ``rewind`` option, the early weights, which start
+        was kept and each retrained candidate's validation AUC, best epoch and epochs run."""
+        return {"retrain_start": self._start_record} if self._start_record else {}
+
+
+def _fit_summary(fit: FitResult) -> dict[str, Any]:
+    return {"valid_auc": fit.best_valid_auc, "best_epoch": fit.best_epoch,
+            "epochs_run": fit.epochs_run}

@@ -152,6 +152,13 @@ class Trainer:
         self._loss_window = torch.zeros((), device=self.device)  # sum of losses since last log
         self._graph: CapturedTrainStep | None = None
 
+    def sibling(self, *, checkpoint_dir: str | Path | None, **fingerprint: Any) -> Trainer:
+        """A trainer of the same model, data and options with a fresh optimiser, its own
+        checkpoints and these fingerprint entries added (a method that trains the retraining
+        model more than once: SSEDS' ``rewind: auto``)."""
+        return Trainer(self.model, self.dataset, self.cfg, checkpoint_dir=checkpoint_dir,
+                       quiet=self.quiet, log=self._log, fingerprint={**self.fingerprint, **fingerprint})
+
     # ---- logging ------------------------------------------------------------------------------
     def log(self, msg: str) -> None:
         if not distributed.is_main():
