@@ -146,19 +146,42 @@ def _matches(given: dict, recorded: dict) -> bool:
         recorded.get(k), dict) else recorded.get(k) == v for k, v in given.items())
 
 
+def _searched_with_current_options(run: Path, method_cfg: dict) -> bool:
+    """Whether the run's plan records the search options this embdim resolves for
+    ``method_cfg``, the defaults included (config.yaml holds only the keys the grid gives, so a
+    changed default shows only here)."""
+    import dataclasses
+
+    from embdim.search.base import make_method
+
+    recorded = json.loads((run / "plan.json").read_text()).get("options") or {}
+    now = json.loads(json.dumps(dataclasses.asdict(make_method(method_cfg).options)))
+    return all(k in recorded and recorded[k] == v for k, v in now.items())
+
+
 def grid_finished(work: Path, method: str) -> bool:
-    """Whether every cell of the grid has finished with the settings the grid file gives."""
+    """Whether every cell of the grid has finished with the settings the grid file gives (and
+    the method's current defaults). A finished cell searched with other defaults is moved to
+    ``WORK/runs-stale/`` so that the grid runs it again."""
     import yaml
 
     from embdim.grid import expand, load_grid
 
+    finished = True
     for cell in expand(*load_grid(REPO / "examples" / "results" / f"{method}.yaml")):
         run = work / "runs" / method / cell.name
         if not (run / "metrics.json").exists():
-            return False
-        if not _matches(cell.config, yaml.safe_load((run / "config.yaml").read_text())):
-            return False
-    return True
+            finished = False
+        elif not _matches(cell.config, yaml.safe_load((run / "config.yaml").read_text())):
+            finished = False
+        elif not _searched_with_current_options(run, cell.config["method"]):
+            stale = work / "runs-stale" / method / time.strftime("%Y%m%d-%H%M%S") / cell.name
+            stale.parent.mkdir(parents=True, exist_ok=True)
+            run.rename(stale)
+            print(f"[grid: {method}] {cell.name} was searched with other defaults: moved to {stale}",
+                  flush=True)
+            finished = False
+    return finished
 
 
 def run_lane(work: Path, steps: Steps, methods: tuple[str, ...]) -> None:
