@@ -73,7 +73,8 @@ def planted(args: argparse.Namespace) -> dict[str, Any]:
         runs = []
         for seed in args.seeds:
             stream, _ = planted_stream(fig7_spec(seed, args.interactions))
-            summary = StreamLearner(stream, planted_fig7_config(seed, inputs), quiet=True).run()
+            cfg = planted_fig7_config(seed, inputs, validation=args.validation)
+            summary = StreamLearner(stream, cfg, quiet=True).run()
             runs.append(summary)
             rows = summary["by_popularity"]["user"]["online"]
             print(f"[{label}] seed {seed}: online MSE {summary['online']['mse']:.4f}; weight on "
@@ -113,6 +114,8 @@ def main() -> None:
     p = sub.add_parser("planted", help="the planted stream, with and without popularity")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--interactions", type=int, default=30_000)
+    p.add_argument("--validation", default="scored", choices=["scored", "replay"],
+                   help="method.validation (the controllers' validation mini-batch)")
     p.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS),
                    help="controller inputs to compare (method.controller_inputs)")
     p.add_argument("--out", default=str(RESULTS / "autoemb_fig7_planted.json"))

@@ -345,6 +345,7 @@ def mean_weight(buckets: dict[int, tuple[int, float]], low: int, high: float) ->
     return sum(n * w for n, w in chosen) / sum(n for n, _ in chosen)
 
 
+@pytest.mark.slow
 def test_controller_gives_popular_users_the_widest_width_only_when_it_sees_popularity():
     """Fig. 7 on a planted stream where only popular (heavy) users need the wide embedding and
     rare users' own ratings are noise (``fig7_spec``; users arrive over the stream, so rare and
@@ -352,11 +353,12 @@ def test_controller_gives_popular_users_the_widest_width_only_when_it_sees_popul
     DLRS, cold and rare rows included), a controller that sees popularity puts much more weight on
     the widest width for users with 63+ interactions than for those with 1-62; with popularity
     blanked (``controller_inputs: []``) the difference disappears. (With the context as well the
-    last weights fed back lock some seeds' weights in: docs/autoemb.md, Fig. 7.)"""
-    seeing = fig7_online_weights(["popularity"])
+    last weights fed back lock some seeds' weights in: docs/autoemb.md, Fig. 7. Seed 3: the one of
+    seeds 1-3 where the earlier ``validation: replay`` shows no effect at all.)"""
+    seeing = fig7_online_weights(["popularity"], seed=3)
     rare, popular = mean_weight(seeing, 1, 62), mean_weight(seeing, 63, np.inf)
     assert popular > rare + 0.5, seeing
-    blind = fig7_online_weights([])
+    blind = fig7_online_weights([], seed=3)
     assert abs(mean_weight(blind, 63, np.inf) - mean_weight(blind, 1, 62)) < 0.1, blind
 
 
