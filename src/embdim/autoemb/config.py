@@ -7,7 +7,7 @@ library's experiments:
     model:  {task: regression, widths: [2, 16, 128], hidden: [512, 512], fixed_width: 0,
              norm: running, fse_transform: true, one_over_n: false}
     method: {name: autoemb, order: second, xi: 0.01, controller_hidden: [512, 512],
-             controller_lr: 0.001, controller_inputs: [popularity, context]}
+             controller_lr: 0.001, controller_inputs: [popularity, context], validation: scored}
     train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu, checkpoint_seconds: 60}
 
 Parsing, typing and the one-line errors are the library's (:mod:`embdim.config`:
@@ -31,6 +31,7 @@ from embdim.config import (  # noqa: F401  (config_diff: re-exported)
 from embdim.errors import ConfigError
 
 METHODS = ("autoemb", "sam", "darts", "fse")
+VALIDATIONS = ("scored", "replay")
 ORDERS = ("first", "second")
 NORMS = ("running", "renorm", "batch", "row")
 CONTROLLER_INPUTS = ("popularity", "context")
@@ -69,7 +70,11 @@ class StreamMethodConfig:
     eps_scale: float = 0.01  # finite-difference step: eps = eps_scale / ||grad_W' L_val||
     controller_hidden: list[int] = field(default_factory=lambda: [512, 512])
     controller_lr: float = 1e-3  # Adam lr of the controllers (SAM, AutoEmb) / weight tables (DARTS)
-    val_batch_size: int = 0  # validation mini-batch; 0 = train.batch_size
+    # the controllers' validation mini-batch (AutoEmb, DARTS): scored (the batch just scored, with
+    # the DLRS that scored it, before it trains on it: held out from W) | replay (a uniform sample
+    # of earlier interactions, all already trained on, with the popularity their ids have now)
+    validation: str = "scored"
+    val_batch_size: int = 0  # replay's validation mini-batch; 0 = train.batch_size
     # what the controllers see (AutoEmb, SAM): popularity (bucket one-hot + log) and/or context
     # (last weights, last loss, seen flag); a part left out is fed as zeros (ablation)
     controller_inputs: list[str] = field(default_factory=lambda: ["popularity", "context"])
@@ -125,6 +130,8 @@ class StreamConfig:
         m, d, t = self.method, self.data, self.train
         if m.name not in METHODS:
             raise ConfigError(f"method.name {m.name!r}: expected one of {', '.join(METHODS)}")
+        if m.validation not in VALIDATIONS:
+            raise ConfigError(f"method.validation {m.validation!r}: expected scored or replay")
         if m.order not in ORDERS:
             raise ConfigError(f"method.order {m.order!r}: expected first or second")
         if self.model.task not in ("regression", "classification"):

@@ -6,21 +6,29 @@ an *online* part (the rest, where the reported metrics come from); the same loop
 in mini-batches of ``batch_size`` consecutive interactions (a batch never straddles the two parts).
 For each batch, in this order:
 
-1. (AutoEmb, DARTS) a **validation** mini-batch is sampled uniformly, with replacement, from the
-   interactions *before* the batch, and the controllers (DARTS: the per-user/item weight tables)
-   take one Adam step on ``grad_Theta L_val(W - xi grad_W L_train(W, Theta), Theta)``
-   (:mod:`embdim.autoemb.bilevel`). The training batch of the virtual step is the *previous* batch,
-   the last one the model has trained on (the current one may not be used before it is scored).
-   Validation interactions (and those of the virtual step) are fed with the popularity and context
-   their user/item has *now*;
-2. the controllers give ``alpha, beta`` for the new batch (popularity and context as they are now,
+1. the controllers give ``alpha, beta`` for the new batch (popularity and context as they are now,
    before the batch), the DLRS predicts, and the predictions are **scored** and recorded;
+2. (AutoEmb, DARTS) the controllers (DARTS: the per-user/item weight tables) take one Adam step
+   on ``grad_Theta L_val(W - xi grad_W L_train(W, Theta), Theta)``
+   (:mod:`embdim.autoemb.bilevel`) on a **validation** mini-batch of earlier interactions,
+   ``method.validation``:
+
+   * ``scored`` (default): the batch just scored — its labels are known now and the DLRS has not
+     trained on it — with the popularity and context its rows were scored with, evaluated by the
+     DLRS that scored it (parameters and normalisation statistics of before any update on it);
+   * ``replay``: a uniform sample, with replacement, of the interactions *before* the batch, fed
+     with the popularity and context their user/item has now, taken *before* step 1. Every one of
+     them has been trained on, so its loss rewards memorisation (the widest width, for every id),
+     and a row of popularity 0 never occurs in it.
+
+   The training batch of the virtual step is the *previous* batch, the last one the model has
+   trained on;
 3. the context (weights given, loss obtained) of the batch's users and items is stored;
 4. the DLRS takes one Adam step on the batch's training loss (SAM: the controllers too, on the
    same loss; AutoEmb/DARTS: the weights are constants in this step). FSE has no weights.
 
-Steps 2 and 4 share one forward pass: the parameters that score a batch are those from before any
-update on it.
+Steps 1 and 4 share one forward pass (its gradient is taken before step 2, its update applied
+after): the parameters that score a batch are those from before any update on it.
 
 **Popularity** has one definition everywhere: the number of the user's (item's) interactions the
 model has been *trained on* so far, i.e. in the batches before the current one
@@ -197,12 +205,23 @@ class StreamLearner:
             sparse_params=self.table_params)
         apply_gradient(self.theta_params, grads, self.theta_opt)
 
+    def _buffers(self) -> dict[str, Tensor]:
+        return {k: b.detach().clone() for k, b in self.model.named_buffers()}
+
+    @torch.no_grad()
+    def _load_buffers(self, saved: dict[str, Tensor]) -> None:
+        for k, b in self.model.named_buffers():
+            b.copy_(saved[k])
+
     def step(self, start: int, stop: int, stage: int) -> Tensor:
         """One batch of Algorithm 1; returns its training loss (detached)."""
-        if self.method in ("autoemb", "darts") and start > 0:
+        bilevel = self.method in ("autoemb", "darts")
+        scored_validation = bilevel and self.cfg.method.validation == "scored"
+        if bilevel and not scored_validation and start > 0:
             self.update_controllers(self.validation_batch(start))
         b = self.batch(start, stop)
         joint = self.method == "sam"
+        scoring_buffers = self._buffers() if scored_validation else None
         with torch.set_grad_enabled(True):
             if self.weights is not None and not joint:
                 with torch.no_grad():
@@ -217,9 +236,7 @@ class StreamLearner:
         self.metrics.add(stage, per_example.detach(), correct, b.user_pop, b.item_pop,
                          None if alpha is None else alpha.detach(),
                          None if beta is None else beta.detach())
-        if self.weights is not None:
-            self.weights.record(b.users, b.items, alpha.detach(), beta.detach(), per_example.detach())
-        # train
+        # the DLRS's gradient on this batch (its step comes last)
         loss = per_example.mean()
         self.w_opt.zero_grad(set_to_none=True)
         if joint:
@@ -228,6 +245,16 @@ class StreamLearner:
             self.theta_opt.step()
         else:
             loss.backward(inputs=self.w_params)
+        if scored_validation:
+            # Alg. 1 lines 2-3 with the batch just scored as the validation mini-batch: its labels
+            # are known now and W has not trained on it; the DLRS that scored it (parameters and
+            # normalisation statistics), the popularity and context its rows were scored with.
+            trained_buffers = self._buffers()
+            self._load_buffers(scoring_buffers)
+            self.update_controllers(b)
+            self._load_buffers(trained_buffers)
+        if self.weights is not None:
+            self.weights.record(b.users, b.items, alpha.detach(), beta.detach(), per_example.detach())
         self.w_opt.step()
         self.user_counts.index_add_(0, b.users, torch.ones_like(b.users))
         self.item_counts.index_add_(0, b.items, torch.ones_like(b.items))

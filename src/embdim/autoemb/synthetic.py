@@ -10,8 +10,14 @@ user's popularity, and a controller that works should move weight to the largest
 popularity grows.
 
 Ratings are integers 1..5: ``clip(round(3 + 1.25 * score + noise), 1, 5)`` with the score scaled to
-unit variance; interactions are drawn independently in time order (user by activity, item
-Zipf-distributed), one per timestamp.
+unit variance; interactions are drawn independently (user by activity, item Zipf-distributed), one
+per timestamp.
+
+``arrival`` (default 0: every user is active from the start) spreads the users' first appearance
+over the first ``arrival`` fraction of the stream: user ``u`` arrives at ``a_u ~ U(0, arrival)`` and
+its interactions fall at uniform times in ``[a_u, 1]``. Then at any moment new (cold) users and
+popular ones are scored side by side, so that low popularity no longer just means "early in the
+stream" (when every model is untrained).
 """
 
 from __future__ import annotations
@@ -33,6 +39,9 @@ class PlantedStreamSpec:
     latent_dim: int = 16  # factors of a heavy user's taste
     item_zipf: float = 0.8  # item popularity ~ rank^-item_zipf
     noise: float = 0.3  # std of the rating noise (in rating units)
+    light_user_bias: float = 1.0  # weight of a light user's own bias in its score (0: item only)
+    light_noise: float | None = None  # std of a light user's rating noise (None: ``noise``)
+    arrival: float = 0.0  # users arrive uniformly over this fraction of the stream (0: all at once)
     seed: int = 0
 
 
@@ -52,11 +61,29 @@ def planted_stream(spec: PlantedStreamSpec = PlantedStreamSpec()) -> tuple[Inter
     user_bias, item_bias = rng.normal(size=nu), rng.normal(size=ni)
     p = rng.normal(size=(nu, spec.latent_dim))
     q = np.eye(spec.latent_dim)[rng.integers(0, spec.latent_dim, size=ni)] * np.sqrt(spec.latent_dim)
-    simple = (user_bias[users] + 0.5 * item_bias[items]) / np.sqrt(1.25)
+    b = spec.light_user_bias
+    simple = (b * user_bias[users] + 0.5 * item_bias[items]) / np.sqrt(b * b + 0.25)
     rich = np.einsum("nk,nk->n", p[users], q[items]) / np.sqrt(spec.latent_dim)
     score = np.where(heavy[users], rich, simple)
-    ratings = np.clip(np.round(3 + 1.25 * score + rng.normal(scale=spec.noise, size=n)), 1, 5)
+    light_noise = spec.noise if spec.light_noise is None else spec.light_noise
+    noise = np.where(heavy[users], spec.noise, light_noise) * rng.standard_normal(size=n)
+    ratings = np.clip(np.round(3 + 1.25 * score + noise), 1, 5)
+    if spec.arrival > 0:
+        arrives = rng.uniform(0.0, spec.arrival, size=nu)
+        when = arrives[users] + (1.0 - arrives[users]) * rng.uniform(size=n)
+        order = np.argsort(when, kind="stable")
+        users, items, ratings = users[order], items[order], ratings[order]
     stream = InteractionStream.from_arrays(users, items, ratings.astype(np.float32),
                                            num_users=nu, num_items=ni, source="planted")
     stream.meta["planted"] = asdict(spec)
     return stream, heavy
+
+
+def fig7_spec(seed: int = 1, interactions: int = 30_000) -> PlantedStreamSpec:
+    """The planted stream of the Fig. 7 check (``tests/test_autoemb.py``,
+    ``benchmarks/fig7_autoemb.py``): users arrive over the first 90% of the stream (cold and popular
+    users side by side at any time); heavy users' ratings need 4 latent factors; a light user's
+    ratings are the item's plus noise of std 1 (its own embedding can only fit the noise, and a
+    wider one fits more of it per step)."""
+    return PlantedStreamSpec(num_users=300, num_items=200, interactions=interactions, latent_dim=4,
+                             arrival=0.9, light_user_bias=0.0, light_noise=1.0, seed=seed)
