@@ -344,8 +344,9 @@ def write_results(work: Path, steps: Steps, out_md: Path, assets: Path, total_se
     body = (report / "report.md").read_text().split("\n", 1)[1].strip()  # drop "# embdim report"
     rel = os.path.relpath(assets, out_md.parent)
     assets.mkdir(parents=True, exist_ok=True)
-    for old in assets.glob("*.png"):
-        if not old.name.startswith("sseds_vs_fde"):  # that page's plot is benchmarks/sseds_vs_fde.py's
+    for old in assets.glob("*.png"):  # the report's earlier plots; the pages of
+        #                               sseds_vs_fde.py and autodim_budget.py keep theirs
+        if not old.name.startswith(("sseds_vs_fde", "autodim_budget")):
             old.unlink()
     for png in sorted(report.glob("*.png")):
         shutil.copyfile(png, assets / png.name)
