@@ -59,7 +59,7 @@ def resolve_optimizer(name: str, *, device_type: str, distributed: bool, sharded
       fields) is at least ``LAZY_VOCABULARY_RATIO`` times the rows a batch reads
       (``rows_per_batch``: batch size x fields): there dense Adam's pass over every row of the
       tables costs more than lazy Adam's work on the rows read (measured crossover about 3:1 on a
-      2-core CPU: 14% slower at 0.7:1, 13% faster at 6:1; docs/training.md), at equal or better
+      2-core CPU: 12% slower at 0.7:1, 11% faster at 6:1; docs/training.md), at equal or better
       test AUC;
     * ``adam`` otherwise: smaller vocabularies, GPUs (where dense Adam is captured in the step's
       CUDA graph), torchrun with DDP (which averages dense gradients), weight decay (lazy Adam has
