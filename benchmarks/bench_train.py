@@ -36,7 +36,6 @@ from embdim.nn.models import ModelOptions, build_model
 from embdim.train.trainer import Trainer, seed_everything
 
 RESULTS = Path(__file__).parent / "results"
-RESOLVED_OPTIMIZER: dict[bool, str] = {}  # amp -> the library trainer's optimiser
 
 
 class MinimalDeepFM(nn.Module):
@@ -101,15 +100,15 @@ def time_minimal_loop(dataset: PreparedDataset, args, *, device: str = "cpu",
     return rates
 
 
-def time_library(dataset: PreparedDataset, args, amp: bool) -> tuple[list[float], float]:
-    """Training samples/s of ``args.repeats`` windows, and inference samples/s on valid."""
+def time_library(dataset: PreparedDataset, args, amp: bool) -> tuple[list[float], float, str]:
+    """Training samples/s of ``args.repeats`` windows, inference samples/s on valid, and the
+    optimiser the trainer uses (what ``train.optimizer: auto`` chose)."""
     seed_everything(0)
     options = ModelOptions(name="deepfm", mlp=list(args.mlp), dropout=args.dropout)
     model = build_model("deepfm", dataset.schema, dim=args.dim, options=options)
     cfg = TrainConfig(batch_size=args.batch, epochs=1, max_steps_per_epoch=args.warmup,
                       log_every=50, amp=amp, eval_batch_size=16384, optimizer=args.optimizer)
     trainer = Trainer(model, dataset, cfg, quiet=True)
-    RESOLVED_OPTIMIZER[amp] = trainer.optimizer_name  # what train.optimizer auto chose
     trainer.train_epoch(0)  # warm-up (allocator, threads)
     trainer.cfg.max_steps_per_epoch = args.steps
     rates = []
@@ -117,7 +116,7 @@ def time_library(dataset: PreparedDataset, args, amp: bool) -> tuple[list[float]
         _, samples, seconds = trainer.train_epoch(1 + r)
         rates.append(samples / seconds)
     _, _, infer_seconds = trainer.predict("valid")
-    return rates, len(dataset.split("valid")) / infer_seconds
+    return rates, len(dataset.split("valid")) / infer_seconds, trainer.optimizer_name
 
 
 def synthetic_criteo_shaped(out: Path, rows: int, min_count: int = 10) -> PreparedDataset:
@@ -145,8 +144,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--optimizer", default="auto", choices=["auto", "adam", "sparse_adam", "rowwise_adagrad"],
-                   help="train.optimizer of the library path (default auto, the library's: on CPU "
-                        "sparse_adam, lazy row-wise Adam on the tables; adam: dense Adam)")
+                   help="train.optimizer of the library path (default auto, the library's: lazy "
+                        "row-wise Adam on the tables for vocabularies of >= 3 ids per row a batch "
+                        "reads, else dense Adam)")
     p.add_argument("--amp", action="store_true",
                    help="also time the library with train.amp (bfloat16 matrix products)")
     p.add_argument("--out", default=str(RESULTS / "train.json"))
@@ -166,8 +166,8 @@ def main() -> None:
               f"{schema.splits['train']:,} training rows; batch {args.batch}, dim {args.dim}, "
               f"MLP {args.mlp}, {torch.get_num_threads()} threads")
         minimal = time_minimal_loop(dataset, args)
-        fp32, infer_fp32 = time_library(dataset, args, amp=False)
-        bf16, infer_bf16 = time_library(dataset, args, amp=True) if args.amp else ([], 0.0)
+        fp32, infer_fp32, optimizer = time_library(dataset, args, amp=False)
+        bf16, infer_bf16, _ = time_library(dataset, args, amp=True) if args.amp else ([], 0.0, "")
     med = lambda r: round(float(np.median(r))) if r else None
     result = {
         "data": args.prepared or f"synthetic criteo-shaped {args.rows} rows, min_count "
@@ -175,7 +175,7 @@ def main() -> None:
         "fields": schema.num_fields, "ids": int(sum(schema.vocab_sizes)),
         "batch": args.batch, "dim": args.dim, "mlp": args.mlp,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "optimizer": args.optimizer, "resolved_optimizer": RESOLVED_OPTIMIZER.get(False),
+        "optimizer": args.optimizer, "resolved_optimizer": optimizer,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "steps_per_window": args.steps, "windows": args.repeats,
         "minimal_loop_train_samples_per_second": med(minimal),

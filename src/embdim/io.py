@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,15 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_write_yaml(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def atomic_copy(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Copy the file ``source`` to ``path`` through :func:`atomic_write` (never a partial file)."""
+    def write(f) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+
+    atomic_write(path, write, mode="wb")
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:

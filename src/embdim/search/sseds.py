@@ -34,7 +34,6 @@ See docs/sseds.md for every option and for the choices the paper leaves open.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ from torch import Tensor, nn
 from embdim import distributed
 from embdim.data.loader import BatchLoader
 from embdim.errors import ConfigError, SchemaMismatchError
-from embdim.io import atomic_torch_save
+from embdim.io import atomic_copy, atomic_torch_save
 from embdim.nn.models import RecModel, build_model
 from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
@@ -832,7 +831,7 @@ class SSEDS(SearchMethod):
         trainer.model.load_state_dict(state)
         if folders and distributed.is_main():  # the run folder's checkpoints are the kept ones
             for file in ("best.pt", "last.pt"):
-                shutil.copyfile(folders[chosen] / file, trainer.checkpoint_dir / file)
+                atomic_copy(folders[chosen] / file, trainer.checkpoint_dir / file)
         record.update(chosen=chosen, candidates={n: _fit_summary(f) for n, (f, _) in fits.items()})
         trainer.log("sseds: rewind=auto: validation AUC " + ", ".join(
             f"{n} {f.best_valid_auc:.5f} (epoch {f.best_epoch})" for n, (f, _) in fits.items())
