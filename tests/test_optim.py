@@ -235,3 +235,42 @@ def test_a_table_read_twice_before_one_backward_gets_both_gradients():
     expected = torch.zeros(30, 2)
     expected[1], expected[2], expected[5] = 1, 2 + 2, 2
     torch.testing.assert_close(weight.grad.to_dense(), expected)
+
+
+@pytest.mark.parametrize("rule", ["sparse_adam", "rowwise_adagrad"])
+def test_fused_row_updates_run_on_cpu_tables_and_equal_the_torch_ops(rule, monkeypatch):
+    """On float32 CPU tables the row-wise optimisers update the rows a batch read in one fused
+    loop (embdim.train.row_kernels, numba: a dependency, so the fast path must not silently go);
+    its result equals the optimisers' torch ops over several steps."""
+    from embdim.nn.embedding import gather_rows
+    from embdim.train import optim, row_kernels
+
+    assert row_kernels.fused_rows_available(torch.zeros(3, 2))
+    calls = []
+    for fused_name in ("lazy_adam_rows_", "rowwise_adagrad_rows_"):
+        fused = getattr(optim, fused_name)
+        monkeypatch.setattr(optim, fused_name,
+                            lambda *a, _f=fused, **k: (calls.append(1), _f(*a, **k))[1])
+
+    def train(fused: bool) -> tuple[torch.Tensor, dict]:
+        monkeypatch.setattr(optim, "fused_rows_available",
+                            row_kernels.fused_rows_available if fused else lambda *t: False)
+        g = torch.Generator().manual_seed(5)
+        table = torch.nn.Parameter(torch.randn(500, 8, generator=g))
+        opt = (optim.LazyAdam([table], lr=0.02) if rule == "sparse_adam"
+               else optim.RowwiseAdagrad([table], lr=0.02))
+        for _ in range(5):
+            rows = torch.randint(0, 500, (300,), generator=g)  # duplicates: summed gradients
+            (gather_rows(table, rows, sparse=True) * torch.randn(300, 8, generator=g)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        return table.detach(), opt.state[table]
+
+    fused_table, fused_state = train(True)
+    assert len(calls) == 5
+    torch_table, torch_state = train(False)
+    assert len(calls) == 5  # the torch ops ran
+    torch.testing.assert_close(fused_table, torch_table, rtol=1e-6, atol=1e-7)
+    for key in ("exp_avg", "exp_avg_sq", "sum"):
+        if key in torch_state:
+            torch.testing.assert_close(fused_state[key], torch_state[key], rtol=2e-5, atol=1e-7)

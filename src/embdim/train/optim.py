@@ -43,6 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from embdim.train.row_kernels import fused_rows_available, lazy_adam_rows_, rowwise_adagrad_rows_
+
 ROWWISE_ADAGRAD_EPS = 1e-8  # FBGEMM's default eps (SplitTableBatchedEmbeddingBagsCodegen)
 
 
@@ -125,6 +127,9 @@ class RowwiseAdagrad(torch.optim.Optimizer):
                 if grad.is_sparse:
                     grad = coalesced(grad)  # duplicate rows summed: the "exact" variant
                     rows, g = grad.indices()[0], grad.values().float()
+                    if fused_rows_available(p, state["sum"], g):
+                        rowwise_adagrad_rows_(p, state["sum"], rows, g, lr=lr, eps=eps)
+                        continue
                 else:
                     rows, g = None, grad.float()
                 mean_sq = g.pow(2).mean(dim=1)
@@ -176,13 +181,17 @@ class LazyAdam(torch.optim.SparseAdam):
                 rows, g = grad._indices()[0], grad._values()
                 if group.get("maximize", False):
                     g = -g
+                t = state["step"]
+                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
+                if fused_rows_available(p, state["exp_avg"], state["exp_avg_sq"], g):
+                    lazy_adam_rows_(p, state["exp_avg"], state["exp_avg_sq"], rows, g, beta1=beta1,
+                                    beta2=beta2, step_size=step_size, eps=eps)
+                    continue
                 m = state["exp_avg"].index_select(0, rows).lerp_(g, 1 - beta1)
                 v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(
                     g, g, value=1 - beta2)
                 state["exp_avg"].index_copy_(0, rows, m)
                 state["exp_avg_sq"].index_copy_(0, rows, v)
-                t = state["step"]
-                step_size = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)
                 w = p.index_select(0, rows).addcdiv_(m, v.sqrt_().add_(eps), value=-step_size)
                 p.index_copy_(0, rows, w)  # each row once: a copy, cheaper than an index_add_
         return loss
