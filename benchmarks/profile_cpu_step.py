@@ -61,7 +61,8 @@ def _floor_seconds(model, batch: int, params: int) -> tuple[float, float]:
     dim = model.embedding.out_dim
     fields = model.embedding.num_fields
     # bytes: rows gathered (+ their gradient), the MLP input and its gradient, Adam's pass over
-    # every parameter (value, gradient, two moments read; value, two moments written)
+    # the parameters it updates (value, gradient, two moments read; value, two moments written):
+    # every parameter for dense Adam, the rows read (at most) and the dense ones for row-wise rules
     traffic = 4 * (2 * batch * fields * dim + 2 * batch * fields * dim + 7 * params)
     src = torch.empty(traffic // 8, dtype=torch.float32)
     dst = torch.empty_like(src)
@@ -181,12 +182,16 @@ def main() -> None:
     other = (step - per["lookup forward"] - per["FM forward"] - per["MLP forward"]
              - per["body backward"] - per["lookup backward"] - per["optimizer"])
     params = sum(p.numel() for p in model.parameters())
-    gemm, memory = _floor_seconds(model, args.batch, params)
+    optimized = params  # the parameters the optimiser reads and writes in a step
+    if trainer.optimizer_name != "adam":  # row-wise tables: only the rows a batch reads move
+        table_entries = sum(p.numel() for p in tables)
+        optimized = params - table_entries + args.batch * model.embedding.num_fields * (16 + 1)
+    gemm, memory = _floor_seconds(model, args.batch, optimized)
     floor_ms = (gemm + memory) * 1e3
     print(f"DeepFM dim 16, MLP [128, 128], batch {args.batch}, {args.threads} threads, "
           f"{sum(ds.schema.vocab_sizes):,} ids, "
           f"{params:,} parameters, CPU {torch.backends.cpu.get_cpu_capability()}, {n} steps")
-    print(f"optimizer {args.optimizer}")
+    print(f"optimizer {args.optimizer} ({trainer.optimizer_name})")
     print(f"{'phase':<34}{'ms/step':>10}{'share':>8}")
     rows = [("read batch", per["read batch"]), ("lookups forward", per["lookup forward"]),
             ("FM forward", per["FM forward"]), ("MLP forward", per["MLP forward"]),

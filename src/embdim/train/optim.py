@@ -2,7 +2,8 @@
 
 ``train.optimizer: auto`` (default) names one of the rules below for each run
 (:func:`resolve_optimizer`): ``sparse_adam`` where it runs (one CPU process, no weight decay) and
-is the faster (a vocabulary of at least 3 ids per row a batch reads), ``rowwise_adagrad`` for
+is the faster (a vocabulary of at least 3 ids per row a batch reads; below, both take the same time
+and the papers' Adam is kept), ``rowwise_adagrad`` for
 TorchRec's sharded tables, ``adam`` otherwise. The paper-reproduction grids name ``adam``, the
 papers' optimiser.
 
@@ -146,10 +147,11 @@ class RowwiseAdagrad(torch.optim.Optimizer):
 
 class LazyAdam(torch.optim.SparseAdam):
     """``torch.optim.SparseAdam``'s update, state and checkpoints, computed on the rows of the
-    gradient only: the rows' moments are gathered, updated and written back, and the rows' values
-    written back. torch's own step builds several sparse tensors per table and sorts
+    gradient only: on CPU in one fused loop over those rows (``embdim.train.row_kernels``),
+    elsewhere by gathering the rows' moments and values, updating them and writing them back.
+    torch's own step builds several sparse tensors per table and sorts
     the gradient to coalesce it; the tables' gradients here are coalesced already
-    (``embdim.nn.embedding.gather_rows``), so a step costs a few passes over the rows read.
+    (``embdim.nn.embedding.gather_rows``), so a step costs one pass over the rows read.
     For each row ``r`` of the gradient (``t`` the table's step count)::
 
         m_r = beta1 m_r + (1 - beta1) g_r;   v_r = beta2 v_r + (1 - beta2) g_r^2
