@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -245,7 +247,10 @@ def test_fused_row_updates_run_on_cpu_tables_and_equal_the_torch_ops(rule, monke
     from embdim.nn.embedding import gather_rows
     from embdim.train import optim, row_kernels
 
-    assert row_kernels.fused_rows_available(torch.zeros(3, 2))
+    numba_installed = importlib.util.find_spec("numba") is not None  # a dependency below Python 3.15
+    assert row_kernels.fused_rows_available(torch.zeros(3, 2)) == numba_installed
+    if not numba_installed:
+        pytest.skip("numba is not installed here: the optimisers' torch ops are the only path")
     calls = []
     for fused_name in ("lazy_adam_rows_", "rowwise_adagrad_rows_"):
         fused = getattr(optim, fused_name)
