@@ -2,8 +2,10 @@
 mean ± sample std, and the Welch t-test p-value of the online loss (docs/autoemb.md, Results).
 
     python benchmarks/autoemb_vs_fse.py runs/mls-sgd-lr01 [--methods fse autoemb] [--out FILE]
+    python benchmarks/autoemb_vs_fse.py runs/mls-sgd-lr01 runs/mls-sgd-lr01-fse2 --methods fse-2 autoemb
 
-Reads every finished streaming run below the folders; runs of one (task, method) are the seeds.
+Reads every finished streaming run below the folders; runs of one (task, method) are the seeds
+(FSE with ``model.fixed_width: W`` is the method ``fse-W``).
 Prints a Markdown table; with ``--out`` also writes it as JSON.
 """
 
@@ -28,8 +30,11 @@ def main() -> None:
     args = ap.parse_args()
     runs: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for m in find_stream_runs(args.folders):
-        if m["method"] in args.methods:
-            runs[(m["task"], m["method"])][m["_config"].train.seed] = m
+        label = m["method"]  # FSE with a model.fixed_width of its own: fse-<width>
+        if label == "fse" and m["_config"].model.fixed_width:
+            label += f"-{m['_config'].model.fixed_width}"
+        if label in args.methods:
+            runs[(m["task"], label)][m["_config"].train.seed] = m
     result = []
     print("| task | method | online loss per seed | online mean ± std | offline mean | Welch p |")
     print("|---|---|---|---|---|---|")
