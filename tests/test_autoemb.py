@@ -730,6 +730,10 @@ def test_checkpoint_of_another_stream_is_refused(tmp_path):
     other = StreamLearner(random_stream(n=300), cfg, quiet=True)
     with pytest.raises(SchemaMismatchError, match="interactions: checkpoint 400 vs now 300"):
         other.load_checkpoint(tmp_path / "last.pt")
+    # another DLRS optimiser (sgd's empty state would not fit Adam's)
+    adam = StreamLearner(random_stream(), tiny_config("autoemb", train__optimizer="adam"), quiet=True)
+    with pytest.raises(SchemaMismatchError, match="optimizer: checkpoint 'sgd' vs now 'adam'"):
+        adam.load_checkpoint(tmp_path / "last.pt")
 
 
 def test_plan_json_describes_the_learned_rule_consistently_with_metrics(tmp_path):
