@@ -41,7 +41,7 @@ def planted_fig7_config(seed: int, inputs: list[str], **method: Any):
         "model": {"widths": [1, 2, 16], "hidden": [64, 64]},
         "method": {"name": "autoemb", "order": "first", "controller_hidden": [32, 32],
                    "controller_lr": 0.01, "controller_inputs": inputs, **method},
-        "train": {"batch_size": 100, "threads": 1, "seed": seed}})
+        "train": {"batch_size": 100, "threads": 1, "seed": seed, "optimizer": "adam"}})
 
 
 def weights_by_bucket(runs: list[dict[str, Any]], entity: str = "user",

@@ -3,6 +3,7 @@ controller update, and the planted stream (fixtures built in code)."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -334,7 +335,7 @@ def fig7_online_weights(inputs: list[str], seed: int = 1, **method) -> dict[int,
         "model": {"widths": [1, 2, 16], "hidden": [64, 64]},
         "method": {"name": "autoemb", "order": "first", "controller_hidden": [32, 32],
                    "controller_lr": 0.01, "controller_inputs": inputs, **method},
-        "train": {"batch_size": 100, "threads": 1, "seed": seed}})
+        "train": {"batch_size": 100, "threads": 1, "seed": seed, "optimizer": "adam"}})
     rows = StreamLearner(stream, cfg, quiet=True).run()["by_popularity"]["user"]["online"]
     return {r["min_popularity"]: (r["interactions"], r["weights"][-1]) for r in rows}
 
@@ -493,6 +494,33 @@ def test_sparse_tables_touch_only_the_rows_of_the_batch(method):
     assert np.isfinite(learner.run()["online"]["mse"])
 
 
+@pytest.mark.parametrize("method", ["fse", "autoemb"])
+def test_sgd_takes_the_plain_gradient_step_that_eq9s_virtual_step_stands_for(method):
+    """``train.optimizer: sgd``: the DLRS's step on a batch is ``W - lr grad_W L_train`` (the
+    batch's mean loss, from the pass that scored it), exactly eq. 9's virtual step
+    ``W - xi grad_W L_train`` with ``xi = train.lr``; Adam's step is not."""
+    stream = random_stream()
+    steps = {}
+    for optimizer in ("sgd", "adam"):
+        cfg = tiny_config(method, train__optimizer=optimizer, train__lr=0.05)
+        assert cfg.xi == cfg.train.lr
+        torch.manual_seed(0)
+        learner = StreamLearner(stream, cfg, quiet=True)
+        learner.step(0, 20, 0)  # a first batch: running statistics, Adam state, a previous batch
+        model = copy.deepcopy(learner.model)
+        b = learner.batch(20, 40)
+        with torch.no_grad():
+            weights = () if learner.weights is None else learner.weights(b.users, b.items, b.user_pop,
+                                                                         b.item_pop)
+        loss = per_example_loss("regression", model(b.users, b.items, *weights), b.labels)[0].mean()
+        params = list(model.parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        learner.step(20, 40, 0)
+        steps[optimizer] = max(float((p - (w - 0.05 * (0 if g is None else g))).detach().abs().max())
+                               for p, w, g in zip(learner.model.parameters(), params, grads, strict=True))
+    assert steps["sgd"] < 1e-6 < 1e-3 < steps["adam"]
+
+
 # ---- config, CLI, report ---------------------------------------------------------------------------------
 
 def test_config_refuses_unknown_keys_and_bad_values():
@@ -521,7 +549,7 @@ def test_sparse_tables_is_an_alias_of_optimizer_sparse_adam():
     with pytest.raises(ConfigError, match="contradicts train.optimizer: adam"):
         tiny_config("fse", train__sparse_tables=True, train__optimizer="adam")
     with pytest.raises(ConfigError, match="^train.optimizer 'rowwise_adagrad': a streaming run takes "
-                                          "adam or sparse_adam$"):
+                                          "sgd, adam or sparse_adam$"):
         tiny_config("fse", train__optimizer="rowwise_adagrad")
 
 
@@ -609,15 +637,17 @@ def _without_timings(path):
 
 
 @pytest.mark.parametrize("method", ["autoemb", "sam", "darts", "fse"])
-@pytest.mark.parametrize("every,stop_after", [(3, 15), (0, 17)])
-def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method, every, stop_after):
+@pytest.mark.parametrize("every,stop_after,optimizer", [(3, 15, "adam"), (0, 17, "sgd")])
+def test_interrupted_run_resumes_to_the_same_metrics(tmp_path, monkeypatch, method, every, stop_after,
+                                                     optimizer):
     """Interrupt in the online part (in batch 15 or 17 of 20; checkpoints every 3 batches and at the
     end of the offline stage: after batches 3, 6, 9, 10, 13; or only after batch 10), resume from
     there (a batch or more is redone): metrics.json and plan.json are exactly those
     of an uninterrupted run (controller lr 0.05 so that contexts, controller optimiser, sampler and
-    the previous batch all matter: leaving any of them out of the checkpoint changes the metrics)."""
+    the previous batch all matter: leaving any of them out of the checkpoint changes the metrics;
+    with the DLRS on Adam, its moments too)."""
     stream_dir = random_stream().save(tmp_path / "s")
-    extra = ("--set", f"train.checkpoint_every={every}")
+    extra = ("--set", f"train.checkpoint_every={every}", "--set", f"train.optimizer={optimizer}")
     assert main(_resume_args(stream_dir, method, tmp_path / "whole", *extra)) == 0
     calls = [0]
     step = StreamLearner.step
@@ -700,6 +730,10 @@ def test_checkpoint_of_another_stream_is_refused(tmp_path):
     other = StreamLearner(random_stream(n=300), cfg, quiet=True)
     with pytest.raises(SchemaMismatchError, match="interactions: checkpoint 400 vs now 300"):
         other.load_checkpoint(tmp_path / "last.pt")
+    # another DLRS optimiser (sgd's empty state would not fit Adam's)
+    adam = StreamLearner(random_stream(), tiny_config("autoemb", train__optimizer="adam"), quiet=True)
+    with pytest.raises(SchemaMismatchError, match="optimizer: checkpoint 'sgd' vs now 'adam'"):
+        adam.load_checkpoint(tmp_path / "last.pt")
 
 
 def test_plan_json_describes_the_learned_rule_consistently_with_metrics(tmp_path):

@@ -8,7 +8,8 @@ library's experiments:
              norm: running, fse_transform: true, one_over_n: false}
     method: {name: autoemb, order: second, xi: 0.01, controller_hidden: [512, 512],
              controller_lr: 0.001, controller_inputs: [popularity, context], validation: scored}
-    train:  {batch_size: 500, lr: 0.01, seed: 2022, device: cpu, checkpoint_seconds: 60}
+    train:  {batch_size: 500, lr: 0.01, optimizer: sgd, seed: 2022, device: cpu,
+             checkpoint_seconds: 60}
 
 Parsing, typing and the one-line errors are the library's (:mod:`embdim.config`:
 ``section_from_dict``, ``typed_fields``, ``--set`` overrides); this module declares the streaming
@@ -35,7 +36,7 @@ VALIDATIONS = ("scored", "replay")
 ORDERS = ("first", "second")
 NORMS = ("running", "renorm", "batch", "row")
 CONTROLLER_INPUTS = ("popularity", "context")
-STREAM_OPTIMIZERS = ("adam", "sparse_adam")  # of embdim.config.OPTIMIZERS
+STREAM_OPTIMIZERS = ("sgd", "adam", "sparse_adam")  # adam, sparse_adam: of embdim.config.OPTIMIZERS
 
 
 @dataclass
@@ -83,14 +84,17 @@ class StreamMethodConfig:
 @dataclass
 class StreamTrainConfig:
     batch_size: int = 500
-    lr: float = 0.01  # Adam lr of the DLRS
+    lr: float = 0.01  # the DLRS's learning rate (sec. 3.2: 0.01); also eq. 9's xi by default
     seed: int = 2022
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
-    # "adam" (every parameter) | "sparse_adam": id tables with sparse gradients and lazy Adam
-    # (rows of the batch only), for large id counts; the CTR trainer's train.optimizer, the same
-    # embdim.train.optim.TableAdam. Alias: train.sparse_tables: true|false (resolve_aliases).
-    optimizer: str = "adam"
+    # the DLRS's optimiser: "sgd" (default): plain gradient descent W - lr grad_W L_train, the
+    # training step that eq. 9's virtual step W - xi grad_W L_train stands for (sec. 2.5: W is
+    # updated "through gradient descent") | "adam" (every parameter) | "sparse_adam": id tables
+    # with sparse gradients and lazy Adam (rows of the batch only), for large id counts; adam and
+    # sparse_adam are the CTR trainer's train.optimizer, the same embdim.train.optim.TableAdam.
+    # Alias: train.sparse_tables: true|false (resolve_aliases) = sparse_adam|adam.
+    optimizer: str = "sgd"
     curve_points: int = 100  # points of the metric curve over the stream (Fig. 8)
     log_every: int = 20  # batches between progress-bar updates
     # Checkpoints (run_folder/checkpoints/last.pt, for --resume) are written after a batch once
@@ -154,7 +158,7 @@ class StreamConfig:
             raise ConfigError("data.limit must be >= 0; train.curve_points and train.log_every > 0")
         if t.optimizer not in STREAM_OPTIMIZERS:
             raise ConfigError(f"train.optimizer {t.optimizer!r}: a streaming run takes "
-                              f"{' or '.join(STREAM_OPTIMIZERS)}")
+                              f"{', '.join(STREAM_OPTIMIZERS[:-1])} or {STREAM_OPTIMIZERS[-1]}")
         if t.checkpoint_every < 0 or t.checkpoint_seconds < 0:
             raise ConfigError("train.checkpoint_every and train.checkpoint_seconds must be >= 0 "
                               "(0 = that trigger off)")

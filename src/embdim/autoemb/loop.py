@@ -128,8 +128,13 @@ class StreamLearner:
         self.model.to(self.device)
         self.w_params = [p for p in self.model.parameters()]
         self.table_params = [t.weight for t in self.model.tables()] if sparse else []
-        # Adam, or with train.optimizer sparse_adam lazy Adam on the id tables (embdim.train.optim)
-        self.w_opt = TableAdam(self.w_params, self.table_params, lr=cfg.train.lr)
+        # train.optimizer: sgd = plain gradient descent, W - lr grad_W L_train: the step that eq. 9's
+        # virtual step W - xi grad_W L_train (xi = lr) stands for; adam; sparse_adam = lazy Adam on
+        # the id tables (embdim.train.optim)
+        if cfg.train.optimizer == "sgd":
+            self.w_opt: Any = torch.optim.SGD(self.w_params, lr=cfg.train.lr)
+        else:
+            self.w_opt = TableAdam(self.w_params, self.table_params, lr=cfg.train.lr)
         if self.weights is not None:
             self.weights.to(self.device)
             self.theta_params = [p for p in self.weights.parameters()]
@@ -267,6 +272,7 @@ class StreamLearner:
         return {"method": self.method, "task": self.cfg.model.task, "norm": self.cfg.model.norm,
                 "one_over_n": self.cfg.model.one_over_n,  # absent (None) before: refused
                 "sparse_tables": self.cfg.sparse_tables,  # (train.optimizer; key kept: old checkpoints)
+                "optimizer": self.cfg.train.optimizer,  # absent before sgd existed: refused
                 "widths": [int(w) for w in self.cfg.model.widths], "hidden": list(self.cfg.model.hidden),
                 "users": self.stream.num_users, "items": self.stream.num_items,
                 "interactions": self.length, "offline_end": self.offline_end,

@@ -252,7 +252,7 @@ def run_demo(out: str | Path, *, interactions: int = 40_000, seed: int = 2022, q
                 "data": {"path": str(stream_dir)},
                 "model": {"task": task, "widths": [1, 2, 16], "hidden": [64, 64]},
                 "method": {"name": method, "controller_hidden": [32, 32], "controller_lr": 0.01},
-                "train": {"batch_size": 100, "seed": seed, "threads": 1}})
+                "train": {"batch_size": 100, "seed": seed, "threads": 1, "optimizer": "adam"}})
             m = run_stream(cfg, run_dir, quiet=quiet, resume=True)
             if not quiet:
                 key = "online_mse" if task == "regression" else "online_cross_entropy"
