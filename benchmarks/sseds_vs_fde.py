@@ -85,6 +85,7 @@ VARIANTS = {
     "per-entry-r5-noretrain": {**R5, "retrain": False},
     "per-entry-r5-rewind1": {**R5, "rewind": "always", "rewind_epoch": 1},
     "per-entry-r5-auto": {**R5, "rewind": "auto", "rewind_epoch": 1},  # the library's defaults
+    "per-entry-r5-rewind0": {**R5, "rewind": "always", "rewind_epoch": 0},
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
@@ -113,7 +114,7 @@ def cells(datasets, seeds, kappas, variants):
     """(name, config) in run order; SSEDS cells after their FDE-128 (and its first epochs, where a
     variant rewinds: the same seeded run stopped after that epoch)."""
     rewinds = sorted({VARIANTS[v]["rewind_epoch"] for v in variants
-                      if VARIANTS[v].get("rewind", "never") != "never"})
+                      if VARIANTS[v].get("rewind", "never") != "never" and VARIANTS[v]["rewind_epoch"]})
     for ds in datasets:
         for seed in seeds:
             base = {"data": {"path": f"data/{ds}"}, "model": MODEL, "train": {**TRAIN, "seed": seed}}
@@ -128,7 +129,9 @@ def cells(datasets, seeds, kappas, variants):
                     method = {"name": "sseds", "budget": k, "pretrain_width": PRETRAIN_WIDTH,
                               **VARIANTS[v], "pretrain_checkpoint":
                               f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}_seed-{seed}/checkpoints/best.pt"}
-                    if method.get("rewind", "never") != "never":  # pretrained in the FDE cells
+                    if method.get("rewind", "never") != "never" and method["rewind_epoch"]:
+                        # the early weights: pretrained in the FDE cells (epoch 0, the initial
+                        # weights, are rebuilt from the seed)
                         method["rewind_checkpoint"] = (
                             f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}-epoch{method.pop('rewind_epoch')}"
                             f"_seed-{seed}/checkpoints/best.pt")

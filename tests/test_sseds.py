@@ -715,3 +715,64 @@ def test_plot_of_saliency_and_dims(searched, tmp_path):
     _, plan, _ = searched
     out = plot_plan(plan, tmp_path / "fig" / "sseds.png")
     assert out.exists() and out.stat().st_size > 1000
+
+
+def _recording_trainers(monkeypatch, module):
+    """Replace ``module.Trainer`` so every trainer built records its model's state at that moment
+    (before any training); returns the list of recorded states, in order."""
+    import embdim.train.trainer as trainer_module
+
+    states = []
+
+    class Recording(trainer_module.Trainer):
+        def __init__(self, model, *args, **kwargs):
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(module, "Trainer", Recording)
+    return states
+
+
+@pytest.mark.parametrize("pretrained_elsewhere", [False, True], ids=["pretrained-here", "checkpoint"])
+def test_rewind_epoch_0_starts_the_retraining_at_the_masked_initial_weights(
+        planted, tmp_path, monkeypatch, pretrained_elsewhere):
+    """rewind always, rewind_epoch 0 (the lottery ticket's rewind to initialisation): the slim
+    model starts as the *initial* weights of the pretraining, masked by the plan — of the
+    pretraining run here, or, with pretrain_checkpoint, of the FDE run at the pretrain width with
+    the same seed (rebuilt from the seed, no checkpoint of epoch 0 needed)."""
+    import embdim.experiment
+    import embdim.search.sseds
+
+    pretraining = _recording_trainers(monkeypatch, embdim.search.sseds)
+    retraining = _recording_trainers(monkeypatch, embdim.experiment)
+    method = {"budget": 0.3, "rewind": "always", "rewind_epoch": 0}
+    if pretrained_elsewhere:
+        fde = _cfg(planted, {})
+        fde = config_from_dict({**fde.to_dict(), "method": {"name": "fde", "dim": WIDTH}})
+        run_experiment(fde, tmp_path / "fde", quiet=True)
+        initial = retraining.pop(0)
+        method["pretrain_checkpoint"] = str(tmp_path / "fde" / "checkpoints" / "best.pt")
+    run_experiment(_cfg(planted, method), tmp_path / "sseds", quiet=True)
+    if not pretrained_elsewhere:
+        initial = pretraining[0]
+    plan = DimensionPlan.load(tmp_path / "sseds" / "plan.json")
+    schema = PreparedDataset(planted).schema
+    model_options, sseds = _cfg(planted, {}).model, make_method({"name": "sseds", "pretrain_width": WIDTH})
+    start, best = (build_model("deepfm", schema.vocab_sizes, dim=WIDTH,
+                               options=dataclasses.replace(model_options, aligned_dim=None))
+                   for _ in range(2))
+    start.load_state_dict(initial)
+    best_path = method.get("pretrain_checkpoint") or tmp_path / "sseds" / "search" / "pretrain" / "best.pt"
+    best.load_state_dict(torch.load(best_path, weights_only=True)["model"])
+    slim = build_model("deepfm", schema, plan,
+                       options=sseds.retrain_model_options(model_options, plan))
+    slim.load_state_dict(retraining[0])
+    ids = torch.from_numpy(np.array(PreparedDataset(planted).split("test").x[:512]))
+    with torch.no_grad():
+        slim.eval()
+        torch.testing.assert_close(slim(ids), _masked_pretrained_logits(start.eval(), plan, ids),
+                                   rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(slim(ids), _masked_pretrained_logits(best.eval(), plan, ids),
+                                  atol=1e-3)
+    record = json.loads((tmp_path / "sseds" / "metrics.json").read_text())["retrain_start"]
+    assert record["chosen"] == "rewind" and "epoch 0" in record["early_weights"]

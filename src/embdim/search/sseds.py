@@ -52,7 +52,7 @@ from embdim.nn.models import RecModel, build_model
 from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.search.budget import budget_entries
-from embdim.train.trainer import FitResult, Trainer, resolve_device
+from embdim.train.trainer import FitResult, Trainer, resolve_device, seed_everything
 
 ALIGNS = ("scatter", "linear", "pad")
 ALIGN_WIDTHS = ("pretrain", "max")
@@ -87,7 +87,8 @@ class SSEDSOptions:
     #                       the paper's ticket), "always" (the early weights below: late rewinding)
     #                       or "auto" (retrain from both, keep the better validation AUC; not in
     #                       the paper)
-    rewind_epoch: int = 1  # the early weights: the pretraining's weights after this epoch ...
+    rewind_epoch: int = 1  # the early weights: the pretraining's weights after this epoch (0: its
+    #                        initial weights, rebuilt from the seed: the lottery ticket's rewind) ...
     rewind_checkpoint: str | None = None  # ... or this state of the uniform model (e.g. an early
     #                                       epoch of the run behind pretrain_checkpoint)
     saliency_batch_size: int | None = None  # None: train.batch_size (paper: one batch of 2048)
@@ -131,8 +132,8 @@ class SSEDSOptions:
             if v is not None and not (isinstance(v, int) and v > 0):
                 problems.append(f"method.{key} must be a positive integer or null, got {v!r}")
         if not (isinstance(self.rewind_epoch, int) and not isinstance(self.rewind_epoch, bool)
-                and self.rewind_epoch > 0):
-            problems.append(f"method.rewind_epoch must be a positive integer, got "
+                and self.rewind_epoch >= 0):
+            problems.append(f"method.rewind_epoch must be an integer >= 0, got "
                             f"{self.rewind_epoch!r}")
         if not (isinstance(self.saliency_batches, int) and self.saliency_batches > 0):
             problems.append(f"method.saliency_batches must be a positive integer, got "
@@ -160,7 +161,8 @@ class SSEDSOptions:
         if self.rewind == "never" and self.rewind_checkpoint:
             problems.append("method.rewind_checkpoint names early weights that rewind=never does "
                             "not use: unset it, or set rewind to always or auto")
-        if self.rewind == "always" and self.pretrain_checkpoint and not self.rewind_checkpoint:
+        if (self.rewind == "always" and self.pretrain_checkpoint and not self.rewind_checkpoint
+                and self.rewind_epoch > 0):
             problems.append("method.rewind=always rewinds to the weights after pretraining epoch "
                             "rewind_epoch, but with pretrain_checkpoint the pretraining does not run "
                             "here: give the early weights as rewind_checkpoint")
@@ -185,14 +187,15 @@ class SSEDSOptions:
             return "retrain=false evaluates the pruned best pretrained model"
         if not (self.ticket or self.inherits_network):
             return "the slim model starts from a fresh initialisation (ticket=false)"
-        if self.pretrain_checkpoint and not self.rewind_checkpoint:
+        if self.pretrain_checkpoint and not self.rewind_checkpoint and self.rewind_epoch > 0:
             return "with pretrain_checkpoint and no rewind_checkpoint there are no early weights"
         return None
 
     @property
     def keeps_early_weights(self) -> bool:
         """Whether the pretraining keeps its weights after ``rewind_epoch`` (``epoch-K.pt``)."""
-        return self.rewind != "never" and not self.pretrain_checkpoint and not self.rewind_checkpoint
+        return (self.rewind != "never" and self.rewind_epoch > 0 and not self.pretrain_checkpoint
+                and not self.rewind_checkpoint)
 
     @property
     def inherits_network(self) -> bool:
@@ -535,6 +538,19 @@ class SSEDS(SearchMethod):
         opts = self._pretrain_options(ctx)
         return build_model(opts.name, vocab_sizes, dim=self.options.pretrain_width, options=opts)
 
+    def initial_model(self, vocab_sizes: list[int], ctx: SearchContext) -> RecModel:
+        """The uniform model as the pretraining started (``rewind_epoch: 0``, the lottery ticket's
+        rewind to initialisation): built as the pipeline builds it, right after seeding with
+        ``train.seed`` — so also for a ``pretrain_checkpoint`` of an FDE run at ``pretrain_width``
+        with that seed. The global random stream is left as it was."""
+        numpy_state = np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                seed_everything(ctx.train.seed)
+                return self.build_pretrain_model(vocab_sizes, ctx)
+        finally:
+            np.random.set_state(numpy_state)
+
     def _load_checkpoint_state(self, path: str | Path, model: RecModel, schema_hash: str,
                                option: str = "pretrain_checkpoint") -> None:
         try:
@@ -685,6 +701,8 @@ class SSEDS(SearchMethod):
         ``rewind_checkpoint``): the weights the ticket and the inherited network come from. When
         the pretraining kept no such weights: an error, or None if not ``required``."""
         o = self.options
+        if o.rewind_epoch == 0 and not o.rewind_checkpoint:
+            return self.initial_model(plan.vocab_sizes, ctx)
         model = self.build_pretrain_model(plan.vocab_sizes, ctx)
         if o.rewind_checkpoint:
             self._load_checkpoint_state(o.rewind_checkpoint, model, plan.schema_hash,
@@ -717,8 +735,11 @@ class SSEDS(SearchMethod):
 
     def _early_weights(self) -> str:
         o = self.options
-        return (f"the weights of {o.rewind_checkpoint}" if o.rewind_checkpoint
-                else f"the weights after pretraining epoch {o.rewind_epoch}")
+        if o.rewind_checkpoint:
+            return f"the weights of {o.rewind_checkpoint}"
+        if o.rewind_epoch == 0:
+            return "the pretraining's initial weights (epoch 0)"
+        return f"the weights after pretraining epoch {o.rewind_epoch}"
 
     def init_retrain_model(self, model: RecModel, plan: DimensionPlan, ctx: SearchContext) -> None:
         """Winning ticket (sec. 3.2.3): the kept pretrained columns; per Algorithm 1 the rest of the
