@@ -64,10 +64,11 @@ TRAIN = {"batch_size": 2048, "lr": 0.001, "epochs": 10, "early_stop": 2, "device
 # The variants name every search option they rely on: the library's defaults have changed since
 # some of these cells were run (then: rank saliency, one round, retraining from the best weights;
 # now: per_entry, 5 rounds, rewind auto).
-NEVER = {"rewind": "never"}  # the retraining starts from the best pretrained weights (the paper)
+NEVER = {"rewind": "never", "vocab_cap": False}  # the retraining starts from the best pretrained
+#                                                 weights (the paper); widths not capped (eq. 12)
 PAPER = {"rank": "saliency", "saliency_rounds": 1, **NEVER}  # eq. 10-12: one shot, by saliency
 SINGLE = {"saliency_rounds": 1, **NEVER}
-R5 = {"rank": "per_entry", "saliency_rounds": 5, **NEVER}  # the library's search defaults
+R5 = {"rank": "per_entry", "saliency_rounds": 5, **NEVER}  # the search defaults before vocab_cap
 VARIANTS = {
     "scatter": {**PAPER},
     "linear-select": {**PAPER, "align": "linear"},
@@ -84,8 +85,11 @@ VARIANTS = {
     "per-entry-r5-freshbody": {**R5, "inherit_network": False},
     "per-entry-r5-noretrain": {**R5, "retrain": False},
     "per-entry-r5-rewind1": {**R5, "rewind": "always", "rewind_epoch": 1},
-    "per-entry-r5-auto": {**R5, "rewind": "auto", "rewind_epoch": 1},  # the library's defaults
+    "per-entry-r5-auto": {**R5, "rewind": "auto", "rewind_epoch": 1},  # the defaults before vocab_cap
     "per-entry-r5-rewind0": {**R5, "rewind": "always", "rewind_epoch": 0},
+    "per-entry-r5-cap": {**R5, "vocab_cap": True},
+    "per-entry-r5-cap-auto": {**R5, "vocab_cap": True, "rewind": "auto", "rewind_epoch": 1},  # the
+    #                                                                    library's defaults
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}

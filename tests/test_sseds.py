@@ -32,7 +32,8 @@ from embdim.train.trainer import Trainer, seed_everything
 
 NOISE = ["f0", "f5"]
 WIDTH = 8
-PAPER = {"rank": "saliency", "saliency_rounds": 1}  # eq. 10-12: one shot, ranked by saliency
+PAPER = {"rank": "saliency", "saliency_rounds": 1, "vocab_cap": False}  # eq. 10-12: one shot,
+#                                                                         ranked by saliency
 ALWAYS = {"rewind": "always", "rewind_epoch": 1}  # late rewinding to pretraining epoch 1
 
 
@@ -90,6 +91,21 @@ def test_budget_arithmetic_is_exact_and_fill_packs_cheaper_cells():
     # per entry: (0,0) 3/1, (0,1) 0.5/1, (1,0) 0.2, (1,1) 0.1 -> both cheap cells first
     cheap = prune_to_budget(s, [1, 10], 0.5, per_entry=True)
     assert cheap.dims == [2, 0] and cheap.kept_params == 2 and cheap.next_cell_cost == 10
+
+
+def test_vocab_cap_passes_over_the_columns_a_field_cannot_use():
+    """vocab_cap: a field of v ids keeps at most v columns (its v rows span no more); the cells
+    ranked above the others are passed over, not the end of the selection, and the budget goes on
+    to the next-ranked cells. Without the cap the cheap field takes them all."""
+    s = np.array([[9.0, 8.0, 7.0, 6.0, 5.0], [1.0, 0.9, 0.8, 0.7, 0.6]])  # field 0 first
+    vocab = [2, 3]  # total 25 entries
+    free = prune_to_budget(s, vocab, 0.6)  # budget 15: field 0's five columns (10), then one of 1
+    assert free.dims == [5, 1] and free.kept_params == 13
+    capped = prune_to_budget(s, vocab, 0.6, vocab_cap=True)  # field 0 at 2, then three of 1 (9)
+    assert capped.dims == [2, 3] and capped.kept_params == 13
+    assert capped.kept_indices == [[0, 1], [0, 1, 2]]
+    per_entry = prune_to_budget(s, vocab, 1.0, per_entry=True, vocab_cap=True)
+    assert per_entry.dims == [2, 3]  # widths never exceed the vocabulary, whatever the budget
 
 
 # ---- eq. 9-11: saliency ------------------------------------------------------------------------
@@ -656,7 +672,7 @@ def test_options_are_validated():
                 {"retrain": False, "ticket": False}, {"colour": "red"},
                 {"align": "zeros"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
                 {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"},
-                {"rewind_epoch": 0}, {"rewind_epoch": None}, {"rewind": "sometimes"},
+                {"rewind_epoch": -1}, {"rewind_epoch": None}, {"rewind": "sometimes"},
                 {"rewind": "never", "rewind_checkpoint": "a.pt"},
                 {**ALWAYS, "pretrain_checkpoint": "a.pt"},
                 {**ALWAYS, "ticket": False}, {**ALWAYS, "retrain": False}):
@@ -665,6 +681,9 @@ def test_options_are_validated():
     # rewind auto (the default) falls back to the best weights where there are no early ones
     for fine in ({"pretrain_checkpoint": "a.pt"}, {"ticket": False}, {"retrain": False}):
         assert make_method({"name": "sseds", **fine}).options.early_weights_unavailable
+    # ... but the initial weights (rewind_epoch 0) are rebuilt from the seed, so they need no file
+    initial = {"rewind": "always", "rewind_epoch": 0, "pretrain_checkpoint": "a.pt"}
+    assert not make_method({"name": "sseds", **initial}).options.early_weights_unavailable
 
 
 # ---- end to end --------------------------------------------------------------------------------

@@ -72,7 +72,8 @@ class SSEDSOptions:
     pretrained model of eq. 8 (binary ``alpha`` of eq. 12) for every kappa and every base model.
     The search defaults are not the paper's single shot: cells are ranked by saliency per table
     entry and the budget is reached in 5 rounds (``rank: per_entry``, ``saliency_rounds: 5``);
-    ``rank: saliency, saliency_rounds: 1`` is the paper's eq. 10-12 (examples/sseds_paper.yaml).
+    ``rank: saliency, saliency_rounds: 1, vocab_cap: false`` is the paper's eq. 10-12
+    (examples/sseds_paper.yaml); ``vocab_cap`` (default) keeps no field wider than its vocabulary.
     Nor is the default retraining start: ``rewind: auto`` retrains from the best pretrained weights
     (the paper's) and from those after pretraining epoch 1 and keeps the better on validation;
     ``rewind: never`` is the paper's.
@@ -101,6 +102,8 @@ class SSEDSOptions:
     stability_batches: int = 4  # after the search, the plans of this many other single batches are
     #                             compared with the chosen one (plan.json "stability"); 0: skip
     fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
+    vocab_cap: bool = True  # a field keeps at most vocab_i columns (its rows span no more; not in
+    #                         the paper, whose eq. 12 is vocab_cap: false)
     rank: str = "per_entry"  # "per_entry": saliency / vocab_i (a knapsack's greedy order; not in
     #                          the paper) or "saliency" (eq. 12)
     ticket: bool = True  # copy the kept pretrained columns into the slim tables ("w/o ticket": false)
@@ -363,7 +366,8 @@ def alignment_params(dims: list[int], align_cost: int | str) -> int:
 
 def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, *,
                     fill: bool = False, align_cost: int | str = 0,
-                    per_entry: bool = False, allowed: np.ndarray | None = None) -> PruneResult:
+                    per_entry: bool = False, allowed: np.ndarray | None = None,
+                    vocab_cap: bool = False) -> PruneResult:
     """Keep cells most-salient-first while their cost stays ``<= floor(kappa x total)``.
 
     ``saliency [F, d]``; ``total`` is the full table, ``sum_i vocab_i x d``. A cell of field ``i``
@@ -375,6 +379,10 @@ def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, 
     ``per_entry`` ranks by saliency per table entry, ``s_ij / vocab_i`` (not in the paper: the
     greedy order of a knapsack over the cells), instead of by saliency (eq. 12). ``allowed``
     ``[F, d]`` bool: only those cells can be kept (the others are passed over, as already pruned).
+    ``vocab_cap``: a field keeps at most ``vocab_i`` columns (not in the paper): its ``vocab_i``
+    rows span at most ``vocab_i`` dimensions, so a further column is a linear combination of the
+    kept ones for every linear map the model applies to the field's embedding (an MLP's first
+    layer); its cells are passed over like cells not ``allowed``.
     """
     num_fields, d = saliency.shape
     vocab = [int(v) for v in vocab_sizes]
@@ -390,6 +398,8 @@ def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, 
         if flat_allowed is not None and not flat_allowed[cell]:
             continue
         i = int(cell) // d
+        if vocab_cap and widths[i] >= vocab[i]:
+            continue
         widths[i] += 1
         aligned_after = alignment_params(widths, align_cost)
         c = vocab[i] + aligned_after - aligned
@@ -634,7 +644,7 @@ class SSEDS(SearchMethod):
         def prune(scores: np.ndarray, kappa: float = o.budget, allowed=None) -> PruneResult:
             return prune_to_budget(scores, schema.vocab_sizes, kappa, fill=o.fill,
                                    align_cost=o.align_cost, per_entry=o.rank == "per_entry",
-                                   allowed=allowed)
+                                   allowed=allowed, vocab_cap=o.vocab_cap)
 
         def search(start: int, count: int) -> tuple[np.ndarray, PruneResult]:
             # Data-parallel (torchrun): the mean over the processes' batches, the same on every rank.
