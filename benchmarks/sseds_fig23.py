@@ -108,6 +108,7 @@ def summarise(work: Path, models, widths, kappas, seeds, searches) -> tuple[str,
 def plot(data: dict, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     fig = Figure(figsize=(5 * len(data), 4.5))
     FigureCanvasAgg(fig)
@@ -122,6 +123,7 @@ def plot(data: dict, path: Path) -> None:
             ax.errorbar([r["params"] for r in rs], [r["auc"] for r in rs], [r["std"] for r in rs],
                         marker="o" if group == "FDE" else "s", capsize=2, label=group)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("embedding parameters")
         ax.set_ylabel("test AUC")
         ax.set_title(NAMES.get(name, name))
