@@ -191,8 +191,17 @@ def test_sseds_runs_get_a_retraining_start_table(tmp_path):
         (tmp_path / f"sseds-{seed}" / "metrics.json").write_text(
             json.dumps({**m, "retrain_start": record}))
     _run(tmp_path, "fde-1", {"name": "fde", "dim": 32}, "fm", 1, 0.79, 0.45, 400)
+    # a run that retrained from the early weights only (rewind always) comes first: best stays
+    # the first column
+    _run(tmp_path, "a-always", {"name": "sseds", "budget": 0.05, "rewind": "always"}, "fm", 1, 0.8,
+         0.4, 100)
+    m = json.loads((tmp_path / "a-always" / "metrics.json").read_text())
+    (tmp_path / "a-always" / "metrics.json").write_text(json.dumps({**m, "retrain_start": {
+        "rewind": "always", "chosen": "rewind", "candidates": {
+            "rewind": {"valid_auc": 0.7, "best_epoch": 1, "epochs_run": 2}}}}))
     table = write_report([tmp_path], tmp_path / "out", plots=False)
     section = table.split("Retraining start")[1]
+    assert "| sseds budget=0.05 rewind=always | fm | always | rewind | - | 0.7000 |" in section
     assert "| method | model | rewind | kept (per seed) | best: valid AUC | rewind: valid AUC |" in section
     assert "| sseds budget=0.1 | fm | auto | best/rewind | 0.8500 | 0.8600 |" in section
     assert "fde dim=32" not in section

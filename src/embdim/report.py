@@ -246,7 +246,8 @@ def retrain_start_table(groups: list[Group]) -> list[str]:
     records = [(g, rs) for g, rs in records if rs]
     if not records:
         return []
-    names = list(dict.fromkeys(n for _, rs in records for r in rs for n in r.get("candidates", {})))
+    names = sorted(dict.fromkeys(n for _, rs in records for r in rs for n in r.get("candidates", {})),
+                   key=lambda n: n != "best")  # the best pretrained weights (the paper's) first
     lines = ["Retraining start (`retrain_start` in metrics.json): the start each seed kept and the "
              "validation AUC each start retrained to (mean over seeds).", "",
              "| method | model | rewind | kept (per seed) | "
