@@ -33,10 +33,15 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    started from the pretraining's weights after epoch 1 instead of its best ones:
    ``rewind: always, rewind_epoch: 1``; as the pretraining is the FDE-128 cell, the script runs
    that cell's seeded training once more, stopped after 1 epoch, ``fde-128-epoch1``, and passes
-   its weights as ``rewind_checkpoint``) and ``per-entry-r5-auto`` (its plans retrained from
+   its weights as ``rewind_checkpoint``), ``per-entry-r5-auto`` (its plans retrained from
    both starting points, the one with the better validation AUC kept: ``rewind: auto``, the
-   library's defaults). Every variant but the last retrains from one start (``rewind: never``
-   unless named).
+   library's defaults before ``vocab_cap``), ``per-entry-r5-rewind0`` (its plans retrained from
+   the pretraining's initial weights: ``rewind: always, rewind_epoch: 0``, rebuilt from the
+   seed), ``per-entry-r5-avg20`` (the rounds with ``|g|`` averaged over 20 batches),
+   ``per-entry-r5-cap`` (the rounds with no field wider than its vocabulary: ``vocab_cap: true``)
+   and ``per-entry-r5-cap-auto`` (that with ``rewind: auto``: the library's defaults). The
+   variants set ``vocab_cap: false`` unless named, and retrain from one start
+   (``rewind: never``) unless named.
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -87,6 +92,7 @@ VARIANTS = {
     "per-entry-r5-rewind1": {**R5, "rewind": "always", "rewind_epoch": 1},
     "per-entry-r5-auto": {**R5, "rewind": "auto", "rewind_epoch": 1},  # the defaults before vocab_cap
     "per-entry-r5-rewind0": {**R5, "rewind": "always", "rewind_epoch": 0},
+    "per-entry-r5-avg20": {**R5, "saliency_batches": 20},
     "per-entry-r5-cap": {**R5, "vocab_cap": True},
     "per-entry-r5-cap-auto": {**R5, "vocab_cap": True, "rewind": "auto", "rewind_epoch": 1},  # the
     #                                                                    library's defaults
