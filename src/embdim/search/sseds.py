@@ -16,13 +16,16 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    or by saliency per table entry (``rank: per_entry``, the default) and kept, first ranked first,
    while the kept embedding entries (a cell of field ``i`` costs ``vocab_i``) stay within
    ``kappa x sum_i vocab_i x d``; the first ranked cell that does not fit ends the selection (the
-   quantile ``s~`` of eq. 12). Fields with no kept cell are dropped (feature selection, footnote 2).
+   quantile ``s~`` of eq. 12); with ``vocab_cap`` (the default; not in the paper) a field keeps at
+   most ``vocab_i`` columns, the cells past that passed over. Fields with no kept cell are
+   dropped (feature selection, footnote 2).
 4. **Retraining** (sec. 3.2.3, eq. 13-14): the pipeline builds the slim model from the plan — field
    ``i`` at width ``d_i``, aligned by ``M_i`` (no bias) to ``d_max`` — and
    :meth:`SSEDS.init_retrain_model` copies the kept columns of the pretrained tables in (the
    "winning ticket"; ``ticket: false`` = ablation "w/o ticket") and, following Algorithm 1
    (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow —
-   from the best pretrained weights, from an early epoch of the pretraining (late rewinding), or
+   from the best pretrained weights, from an early epoch of the pretraining (late rewinding; epoch
+   0: its initial weights), or
    — the default, ``rewind: auto`` — from whichever of the two retrains to the better
    *validation* AUC (:meth:`SSEDS.fit_retrain` trains both; not in the paper).
    ``retrain: false`` is the ablation "w/o retraining" (sec. 4.5): the pruned pretrained model is
