@@ -108,6 +108,22 @@ def test_vocab_cap_passes_over_the_columns_a_field_cannot_use():
     assert per_entry.dims == [2, 3]  # widths never exceed the vocabulary, whatever the budget
 
 
+def test_the_default_search_keeps_no_field_wider_than_its_vocabulary(searched, planted, tmp_path):
+    """Through SSEDS.search: with the default vocab_cap a field of fewer ids than the pretrain width
+    (f0: 5 values) keeps at most vocab_i columns even when the budget allows the whole table;
+    vocab_cap false (eq. 12) keeps all of them."""
+    method, _, _ = searched
+    torch.save(method._pretrained_state, tmp_path / "pretrained.pt")
+    vocab = PreparedDataset(planted).schema.vocab_sizes
+    assert min(vocab) < WIDTH
+    plans = {cap: make_method({"name": "sseds", "budget": 1.0, "pretrain_width": WIDTH,
+                               "pretrain_checkpoint": str(tmp_path / "pretrained.pt"),
+                               **({} if cap else {"vocab_cap": False})})
+             .search(PreparedDataset(planted), _ctx()) for cap in (True, False)}
+    assert plans[True].dims == [min(v, WIDTH) for v in vocab]
+    assert plans[False].dims == [WIDTH] * len(vocab)
+
+
 # ---- eq. 9-11: saliency ------------------------------------------------------------------------
 def _batch(planted, rows=2000):
     loader = BatchLoader(PreparedDataset(planted).split("train"), rows, shuffle=True, seed=1)
