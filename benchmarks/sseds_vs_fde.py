@@ -33,10 +33,15 @@ CPU cores; up to 10 epochs, early stop after 2 without a better validation AUC):
    started from the pretraining's weights after epoch 1 instead of its best ones:
    ``rewind: always, rewind_epoch: 1``; as the pretraining is the FDE-128 cell, the script runs
    that cell's seeded training once more, stopped after 1 epoch, ``fde-128-epoch1``, and passes
-   its weights as ``rewind_checkpoint``) and ``per-entry-r5-auto`` (its plans retrained from
+   its weights as ``rewind_checkpoint``), ``per-entry-r5-auto`` (its plans retrained from
    both starting points, the one with the better validation AUC kept: ``rewind: auto``, the
-   library's defaults). Every variant but the last retrains from one start (``rewind: never``
-   unless named).
+   library's defaults before ``vocab_cap``), ``per-entry-r5-rewind0`` (its plans retrained from
+   the pretraining's initial weights: ``rewind: always, rewind_epoch: 0``, rebuilt from the
+   seed), ``per-entry-r5-avg20`` (the rounds with ``|g|`` averaged over 20 batches),
+   ``per-entry-r5-cap`` (the rounds with no field wider than its vocabulary: ``vocab_cap: true``)
+   and ``per-entry-r5-cap-auto`` (that with ``rewind: auto``: the library's defaults). The
+   variants set ``vocab_cap: false`` unless named, and retrain from one start
+   (``rewind: never``) unless named.
 
 Every run is an ordinary run folder under ``WORK/sseds-vs-fde/`` (``embdim report`` reads them); a
 finished run is skipped on a restart. The script writes ``--out`` (Markdown: the comparison table at
@@ -64,10 +69,11 @@ TRAIN = {"batch_size": 2048, "lr": 0.001, "epochs": 10, "early_stop": 2, "device
 # The variants name every search option they rely on: the library's defaults have changed since
 # some of these cells were run (then: rank saliency, one round, retraining from the best weights;
 # now: per_entry, 5 rounds, rewind auto).
-NEVER = {"rewind": "never"}  # the retraining starts from the best pretrained weights (the paper)
+NEVER = {"rewind": "never", "vocab_cap": False}  # the retraining starts from the best pretrained
+#                                                 weights (the paper); widths not capped (eq. 12)
 PAPER = {"rank": "saliency", "saliency_rounds": 1, **NEVER}  # eq. 10-12: one shot, by saliency
 SINGLE = {"saliency_rounds": 1, **NEVER}
-R5 = {"rank": "per_entry", "saliency_rounds": 5, **NEVER}  # the library's search defaults
+R5 = {"rank": "per_entry", "saliency_rounds": 5, **NEVER}  # the search defaults before vocab_cap
 VARIANTS = {
     "scatter": {**PAPER},
     "linear-select": {**PAPER, "align": "linear"},
@@ -84,7 +90,12 @@ VARIANTS = {
     "per-entry-r5-freshbody": {**R5, "inherit_network": False},
     "per-entry-r5-noretrain": {**R5, "retrain": False},
     "per-entry-r5-rewind1": {**R5, "rewind": "always", "rewind_epoch": 1},
-    "per-entry-r5-auto": {**R5, "rewind": "auto", "rewind_epoch": 1},  # the library's defaults
+    "per-entry-r5-auto": {**R5, "rewind": "auto", "rewind_epoch": 1},  # the defaults before vocab_cap
+    "per-entry-r5-rewind0": {**R5, "rewind": "always", "rewind_epoch": 0},
+    "per-entry-r5-avg20": {**R5, "saliency_batches": 20},
+    "per-entry-r5-cap": {**R5, "vocab_cap": True},
+    "per-entry-r5-cap-auto": {**R5, "vocab_cap": True, "rewind": "auto", "rewind_epoch": 1},  # the
+    #                                                                    library's defaults
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}
@@ -113,7 +124,7 @@ def cells(datasets, seeds, kappas, variants):
     """(name, config) in run order; SSEDS cells after their FDE-128 (and its first epochs, where a
     variant rewinds: the same seeded run stopped after that epoch)."""
     rewinds = sorted({VARIANTS[v]["rewind_epoch"] for v in variants
-                      if VARIANTS[v].get("rewind", "never") != "never"})
+                      if VARIANTS[v].get("rewind", "never") != "never" and VARIANTS[v]["rewind_epoch"]})
     for ds in datasets:
         for seed in seeds:
             base = {"data": {"path": f"data/{ds}"}, "model": MODEL, "train": {**TRAIN, "seed": seed}}
@@ -128,7 +139,9 @@ def cells(datasets, seeds, kappas, variants):
                     method = {"name": "sseds", "budget": k, "pretrain_width": PRETRAIN_WIDTH,
                               **VARIANTS[v], "pretrain_checkpoint":
                               f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}_seed-{seed}/checkpoints/best.pt"}
-                    if method.get("rewind", "never") != "never":  # pretrained in the FDE cells
+                    if method.get("rewind", "never") != "never" and method["rewind_epoch"]:
+                        # the early weights: pretrained in the FDE cells (epoch 0, the initial
+                        # weights, are rebuilt from the seed)
                         method["rewind_checkpoint"] = (
                             f"sseds-vs-fde/{ds}/fde-{PRETRAIN_WIDTH}-epoch{method.pop('rewind_epoch')}"
                             f"_seed-{seed}/checkpoints/best.pt")

@@ -176,3 +176,33 @@ def test_params_count_alignment_and_sseds_plans_get_a_stability_table(tmp_path):
     table = write_report([tmp_path], tmp_path / "out", plots=False)
     assert "| sseds budget=0.1 | fm | 0.60 | 0.90 | 0.83 |" in table  # seeds: (2+8)/(4+8)
     assert "| fde dim=32 | fm | 0." not in table.split("Plan stability")[1]
+
+
+def test_sseds_runs_get_a_retraining_start_table(tmp_path):
+    """metrics.json "retrain_start" (rewind auto: which start each seed kept and both candidates'
+    validation AUC) becomes a table; runs without it (FDE) get no row."""
+    for seed, chosen, aucs in ((1, "best", (0.90, 0.88)), (2, "rewind", (0.80, 0.84))):
+        _run(tmp_path, f"sseds-{seed}", {"name": "sseds", "budget": 0.1}, "fm", seed, 0.8, 0.4, 100)
+        m = json.loads((tmp_path / f"sseds-{seed}" / "metrics.json").read_text())
+        record = {"rewind": "auto", "early_weights": "the weights after pretraining epoch 1",
+                  "chosen": chosen, "candidates": {
+                      "best": {"valid_auc": aucs[0], "best_epoch": 2, "epochs_run": 4},
+                      "rewind": {"valid_auc": aucs[1], "best_epoch": 3, "epochs_run": 5}}}
+        (tmp_path / f"sseds-{seed}" / "metrics.json").write_text(
+            json.dumps({**m, "retrain_start": record}))
+    _run(tmp_path, "fde-1", {"name": "fde", "dim": 32}, "fm", 1, 0.79, 0.45, 400)
+    # a run that retrained from the early weights only (rewind always) comes first: best stays
+    # the first column
+    _run(tmp_path, "a-always", {"name": "sseds", "budget": 0.05, "rewind": "always"}, "fm", 1, 0.8,
+         0.4, 100)
+    m = json.loads((tmp_path / "a-always" / "metrics.json").read_text())
+    (tmp_path / "a-always" / "metrics.json").write_text(json.dumps({**m, "retrain_start": {
+        "rewind": "always", "chosen": "rewind", "candidates": {
+            "rewind": {"valid_auc": 0.7, "best_epoch": 1, "epochs_run": 2}}}}))
+    table = write_report([tmp_path], tmp_path / "out", plots=False)
+    section = table.split("Retraining start")[1]
+    assert "| sseds budget=0.05 rewind=always | fm | always | rewind | - | 0.7000 |" in section
+    assert "| method | model | rewind | kept (per seed) | best: valid AUC | rewind: valid AUC |" in section
+    assert "| sseds budget=0.1 | fm | auto | best/rewind | 0.8500 | 0.8600 |" in section
+    assert "fde dim=32" not in section
+    assert "Retraining start" in (tmp_path / "out" / "report.md").read_text()

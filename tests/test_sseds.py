@@ -32,7 +32,8 @@ from embdim.train.trainer import Trainer, seed_everything
 
 NOISE = ["f0", "f5"]
 WIDTH = 8
-PAPER = {"rank": "saliency", "saliency_rounds": 1}  # eq. 10-12: one shot, ranked by saliency
+PAPER = {"rank": "saliency", "saliency_rounds": 1, "vocab_cap": False}  # eq. 10-12: one shot,
+#                                                                         ranked by saliency
 ALWAYS = {"rewind": "always", "rewind_epoch": 1}  # late rewinding to pretraining epoch 1
 
 
@@ -90,6 +91,37 @@ def test_budget_arithmetic_is_exact_and_fill_packs_cheaper_cells():
     # per entry: (0,0) 3/1, (0,1) 0.5/1, (1,0) 0.2, (1,1) 0.1 -> both cheap cells first
     cheap = prune_to_budget(s, [1, 10], 0.5, per_entry=True)
     assert cheap.dims == [2, 0] and cheap.kept_params == 2 and cheap.next_cell_cost == 10
+
+
+def test_vocab_cap_passes_over_the_columns_a_field_cannot_use():
+    """vocab_cap: a field of v ids keeps at most v columns (its v rows span no more); the cells
+    ranked above the others are passed over, not the end of the selection, and the budget goes on
+    to the next-ranked cells. Without the cap the cheap field takes them all."""
+    s = np.array([[9.0, 8.0, 7.0, 6.0, 5.0], [1.0, 0.9, 0.8, 0.7, 0.6]])  # field 0 first
+    vocab = [2, 3]  # total 25 entries
+    free = prune_to_budget(s, vocab, 0.6)  # budget 15: field 0's five columns (10), then one of 1
+    assert free.dims == [5, 1] and free.kept_params == 13
+    capped = prune_to_budget(s, vocab, 0.6, vocab_cap=True)  # field 0 at 2, then three of 1 (9)
+    assert capped.dims == [2, 3] and capped.kept_params == 13
+    assert capped.kept_indices == [[0, 1], [0, 1, 2]]
+    per_entry = prune_to_budget(s, vocab, 1.0, per_entry=True, vocab_cap=True)
+    assert per_entry.dims == [2, 3]  # widths never exceed the vocabulary, whatever the budget
+
+
+def test_the_default_search_keeps_no_field_wider_than_its_vocabulary(searched, planted, tmp_path):
+    """Through SSEDS.search: with the default vocab_cap a field of fewer ids than the pretrain width
+    (f0: 5 values) keeps at most vocab_i columns even when the budget allows the whole table;
+    vocab_cap false (eq. 12) keeps all of them."""
+    method, _, _ = searched
+    torch.save(method._pretrained_state, tmp_path / "pretrained.pt")
+    vocab = PreparedDataset(planted).schema.vocab_sizes
+    assert min(vocab) < WIDTH
+    plans = {cap: make_method({"name": "sseds", "budget": 1.0, "pretrain_width": WIDTH,
+                               "pretrain_checkpoint": str(tmp_path / "pretrained.pt"),
+                               **({} if cap else {"vocab_cap": False})})
+             .search(PreparedDataset(planted), _ctx()) for cap in (True, False)}
+    assert plans[True].dims == [min(v, WIDTH) for v in vocab]
+    assert plans[False].dims == [WIDTH] * len(vocab)
 
 
 # ---- eq. 9-11: saliency ------------------------------------------------------------------------
@@ -656,7 +688,7 @@ def test_options_are_validated():
                 {"retrain": False, "ticket": False}, {"colour": "red"},
                 {"align": "zeros"}, {"align_width": "max"}, {"align": "linear", "align_width": "max"},
                 {"retrain": False, "align": "linear", "align_width": "max", "align_init": "random"},
-                {"rewind_epoch": 0}, {"rewind_epoch": None}, {"rewind": "sometimes"},
+                {"rewind_epoch": -1}, {"rewind_epoch": None}, {"rewind": "sometimes"},
                 {"rewind": "never", "rewind_checkpoint": "a.pt"},
                 {**ALWAYS, "pretrain_checkpoint": "a.pt"},
                 {**ALWAYS, "ticket": False}, {**ALWAYS, "retrain": False}):
@@ -665,6 +697,9 @@ def test_options_are_validated():
     # rewind auto (the default) falls back to the best weights where there are no early ones
     for fine in ({"pretrain_checkpoint": "a.pt"}, {"ticket": False}, {"retrain": False}):
         assert make_method({"name": "sseds", **fine}).options.early_weights_unavailable
+    # ... but the initial weights (rewind_epoch 0) are rebuilt from the seed, so they need no file
+    initial = {"rewind": "always", "rewind_epoch": 0, "pretrain_checkpoint": "a.pt"}
+    assert not make_method({"name": "sseds", **initial}).options.early_weights_unavailable
 
 
 # ---- end to end --------------------------------------------------------------------------------
@@ -715,3 +750,64 @@ def test_plot_of_saliency_and_dims(searched, tmp_path):
     _, plan, _ = searched
     out = plot_plan(plan, tmp_path / "fig" / "sseds.png")
     assert out.exists() and out.stat().st_size > 1000
+
+
+def _recording_trainers(monkeypatch, module):
+    """Replace ``module.Trainer`` so every trainer built records its model's state at that moment
+    (before any training); returns the list of recorded states, in order."""
+    import embdim.train.trainer as trainer_module
+
+    states = []
+
+    class Recording(trainer_module.Trainer):
+        def __init__(self, model, *args, **kwargs):
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            super().__init__(model, *args, **kwargs)
+
+    monkeypatch.setattr(module, "Trainer", Recording)
+    return states
+
+
+@pytest.mark.parametrize("pretrained_elsewhere", [False, True], ids=["pretrained-here", "checkpoint"])
+def test_rewind_epoch_0_starts_the_retraining_at_the_masked_initial_weights(
+        planted, tmp_path, monkeypatch, pretrained_elsewhere):
+    """rewind always, rewind_epoch 0 (the lottery ticket's rewind to initialisation): the slim
+    model starts as the *initial* weights of the pretraining, masked by the plan — of the
+    pretraining run here, or, with pretrain_checkpoint, of the FDE run at the pretrain width with
+    the same seed (rebuilt from the seed, no checkpoint of epoch 0 needed)."""
+    import embdim.experiment
+    import embdim.search.sseds
+
+    pretraining = _recording_trainers(monkeypatch, embdim.search.sseds)
+    retraining = _recording_trainers(monkeypatch, embdim.experiment)
+    method = {"budget": 0.3, "rewind": "always", "rewind_epoch": 0}
+    if pretrained_elsewhere:
+        fde = _cfg(planted, {})
+        fde = config_from_dict({**fde.to_dict(), "method": {"name": "fde", "dim": WIDTH}})
+        run_experiment(fde, tmp_path / "fde", quiet=True)
+        initial = retraining.pop(0)
+        method["pretrain_checkpoint"] = str(tmp_path / "fde" / "checkpoints" / "best.pt")
+    run_experiment(_cfg(planted, method), tmp_path / "sseds", quiet=True)
+    if not pretrained_elsewhere:
+        initial = pretraining[0]
+    plan = DimensionPlan.load(tmp_path / "sseds" / "plan.json")
+    schema = PreparedDataset(planted).schema
+    model_options, sseds = _cfg(planted, {}).model, make_method({"name": "sseds", "pretrain_width": WIDTH})
+    start, best = (build_model("deepfm", schema.vocab_sizes, dim=WIDTH,
+                               options=dataclasses.replace(model_options, aligned_dim=None))
+                   for _ in range(2))
+    start.load_state_dict(initial)
+    best_path = method.get("pretrain_checkpoint") or tmp_path / "sseds" / "search" / "pretrain" / "best.pt"
+    best.load_state_dict(torch.load(best_path, weights_only=True)["model"])
+    slim = build_model("deepfm", schema, plan,
+                       options=sseds.retrain_model_options(model_options, plan))
+    slim.load_state_dict(retraining[0])
+    ids = torch.from_numpy(np.array(PreparedDataset(planted).split("test").x[:512]))
+    with torch.no_grad():
+        slim.eval()
+        torch.testing.assert_close(slim(ids), _masked_pretrained_logits(start.eval(), plan, ids),
+                                   rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(slim(ids), _masked_pretrained_logits(best.eval(), plan, ids),
+                                  atol=1e-3)
+    record = json.loads((tmp_path / "sseds" / "metrics.json").read_text())["retrain_start"]
+    assert record["chosen"] == "rewind" and "epoch 0" in record["early_weights"]

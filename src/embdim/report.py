@@ -169,6 +169,8 @@ def markdown_table(groups: list[Group]) -> str:
         lines += [""] + efficiency_table(ordered)
         stability = stability_table(ordered)
         lines += [""] + stability if stability else []
+        starts = retrain_start_table(ordered)
+        lines += [""] + starts if starts else []
         out.append("\n".join(lines))
     return "\n\n".join(out)
 
@@ -232,6 +234,34 @@ def stability_table(groups: list[Group]) -> list[str]:
             "of the same pretrained model, and between seeds.", "",
             "| method | model | batches: kept-cell Jaccard | batches: width overlap | seeds: width "
             "overlap |", "|---|---|---|---|---|", *rows]
+
+
+def retrain_start_table(groups: list[Group]) -> list[str]:
+    """Where the retraining started (SSEDS runs, whose metrics.json has ``retrain_start``): the
+    ``rewind`` option, the start each seed kept (``best``: the best pretrained weights, ``rewind``:
+    the early ones) and the validation AUC each retrained candidate reached (mean over the seeds
+    that trained it). Selection uses validation only, so these are validation, not test, AUCs."""
+    records = [(g, [r["retrain_start"] for r in g.runs if isinstance(r.get("retrain_start"), dict)])
+               for g in groups]
+    records = [(g, rs) for g, rs in records if rs]
+    if not records:
+        return []
+    names = sorted(dict.fromkeys(n for _, rs in records for r in rs for n in r.get("candidates", {})),
+                   key=lambda n: n != "best")  # the best pretrained weights (the paper's) first
+    lines = ["Retraining start (`retrain_start` in metrics.json): the start each seed kept and the "
+             "validation AUC each start retrained to (mean over seeds).", "",
+             "| method | model | rewind | kept (per seed) | "
+             + " | ".join(f"{n}: valid AUC" for n in names) + " |",
+             "|---" * (len(names) + 4) + "|"]
+    for g, rs in records:
+        cells = []
+        for n in names:
+            aucs = [r["candidates"][n]["valid_auc"] for r in rs if n in r.get("candidates", {})]
+            cells.append(f"{np.mean(aucs):.4f}" if aucs else "-")
+        rewind = "/".join(dict.fromkeys(str(r.get("rewind", "?")) for r in rs))
+        kept = "/".join(str(r.get("chosen", "?")) for r in rs)
+        lines.append(f"| {g.method} | {g.model} | {rewind} | {kept} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plan_extra(run: dict[str, Any]) -> dict[str, Any]:

@@ -16,13 +16,16 @@ Qu et al., "Single-shot Embedding Dimension Search in Recommender System" (SIGIR
    or by saliency per table entry (``rank: per_entry``, the default) and kept, first ranked first,
    while the kept embedding entries (a cell of field ``i`` costs ``vocab_i``) stay within
    ``kappa x sum_i vocab_i x d``; the first ranked cell that does not fit ends the selection (the
-   quantile ``s~`` of eq. 12). Fields with no kept cell are dropped (feature selection, footnote 2).
+   quantile ``s~`` of eq. 12); with ``vocab_cap`` (the default; not in the paper) a field keeps at
+   most ``vocab_i`` columns, the cells past that passed over. Fields with no kept cell are
+   dropped (feature selection, footnote 2).
 4. **Retraining** (sec. 3.2.3, eq. 13-14): the pipeline builds the slim model from the plan — field
    ``i`` at width ``d_i``, aligned by ``M_i`` (no bias) to ``d_max`` — and
    :meth:`SSEDS.init_retrain_model` copies the kept columns of the pretrained tables in (the
    "winning ticket"; ``ticket: false`` = ablation "w/o ticket") and, following Algorithm 1
    (``V*, Theta* <- V~, Theta^``), the rest of the pretrained network where its shapes allow —
-   from the best pretrained weights, from an early epoch of the pretraining (late rewinding), or
+   from the best pretrained weights, from an early epoch of the pretraining (late rewinding; epoch
+   0: its initial weights), or
    — the default, ``rewind: auto`` — from whichever of the two retrains to the better
    *validation* AUC (:meth:`SSEDS.fit_retrain` trains both; not in the paper).
    ``retrain: false`` is the ablation "w/o retraining" (sec. 4.5): the pruned pretrained model is
@@ -52,7 +55,7 @@ from embdim.nn.models import RecModel, build_model
 from embdim.plan import DimensionPlan, width_overlap
 from embdim.search.base import SearchContext, SearchMethod, register
 from embdim.search.budget import budget_entries
-from embdim.train.trainer import FitResult, Trainer, resolve_device
+from embdim.train.trainer import FitResult, Trainer, resolve_device, seed_everything
 
 ALIGNS = ("scatter", "linear", "pad")
 ALIGN_WIDTHS = ("pretrain", "max")
@@ -72,7 +75,8 @@ class SSEDSOptions:
     pretrained model of eq. 8 (binary ``alpha`` of eq. 12) for every kappa and every base model.
     The search defaults are not the paper's single shot: cells are ranked by saliency per table
     entry and the budget is reached in 5 rounds (``rank: per_entry``, ``saliency_rounds: 5``);
-    ``rank: saliency, saliency_rounds: 1`` is the paper's eq. 10-12 (examples/sseds_paper.yaml).
+    ``rank: saliency, saliency_rounds: 1, vocab_cap: false`` is the paper's eq. 10-12
+    (examples/sseds_paper.yaml); ``vocab_cap`` (default) keeps no field wider than its vocabulary.
     Nor is the default retraining start: ``rewind: auto`` retrains from the best pretrained weights
     (the paper's) and from those after pretraining epoch 1 and keeps the better on validation;
     ``rewind: never`` is the paper's.
@@ -87,7 +91,8 @@ class SSEDSOptions:
     #                       the paper's ticket), "always" (the early weights below: late rewinding)
     #                       or "auto" (retrain from both, keep the better validation AUC; not in
     #                       the paper)
-    rewind_epoch: int = 1  # the early weights: the pretraining's weights after this epoch ...
+    rewind_epoch: int = 1  # the early weights: the pretraining's weights after this epoch (0: its
+    #                        initial weights, rebuilt from the seed: the lottery ticket's rewind) ...
     rewind_checkpoint: str | None = None  # ... or this state of the uniform model (e.g. an early
     #                                       epoch of the run behind pretrain_checkpoint)
     saliency_batch_size: int | None = None  # None: train.batch_size (paper: one batch of 2048)
@@ -100,6 +105,8 @@ class SSEDSOptions:
     stability_batches: int = 4  # after the search, the plans of this many other single batches are
     #                             compared with the chosen one (plan.json "stability"); 0: skip
     fill: bool = False  # after the first cell that does not fit, keep adding smaller ones that do
+    vocab_cap: bool = True  # a field keeps at most vocab_i columns (its rows span no more; not in
+    #                         the paper, whose eq. 12 is vocab_cap: false)
     rank: str = "per_entry"  # "per_entry": saliency / vocab_i (a knapsack's greedy order; not in
     #                          the paper) or "saliency" (eq. 12)
     ticket: bool = True  # copy the kept pretrained columns into the slim tables ("w/o ticket": false)
@@ -131,8 +138,8 @@ class SSEDSOptions:
             if v is not None and not (isinstance(v, int) and v > 0):
                 problems.append(f"method.{key} must be a positive integer or null, got {v!r}")
         if not (isinstance(self.rewind_epoch, int) and not isinstance(self.rewind_epoch, bool)
-                and self.rewind_epoch > 0):
-            problems.append(f"method.rewind_epoch must be a positive integer, got "
+                and self.rewind_epoch >= 0):
+            problems.append(f"method.rewind_epoch must be an integer >= 0, got "
                             f"{self.rewind_epoch!r}")
         if not (isinstance(self.saliency_batches, int) and self.saliency_batches > 0):
             problems.append(f"method.saliency_batches must be a positive integer, got "
@@ -160,7 +167,8 @@ class SSEDSOptions:
         if self.rewind == "never" and self.rewind_checkpoint:
             problems.append("method.rewind_checkpoint names early weights that rewind=never does "
                             "not use: unset it, or set rewind to always or auto")
-        if self.rewind == "always" and self.pretrain_checkpoint and not self.rewind_checkpoint:
+        if (self.rewind == "always" and self.pretrain_checkpoint and not self.rewind_checkpoint
+                and self.rewind_epoch > 0):
             problems.append("method.rewind=always rewinds to the weights after pretraining epoch "
                             "rewind_epoch, but with pretrain_checkpoint the pretraining does not run "
                             "here: give the early weights as rewind_checkpoint")
@@ -185,14 +193,15 @@ class SSEDSOptions:
             return "retrain=false evaluates the pruned best pretrained model"
         if not (self.ticket or self.inherits_network):
             return "the slim model starts from a fresh initialisation (ticket=false)"
-        if self.pretrain_checkpoint and not self.rewind_checkpoint:
+        if self.pretrain_checkpoint and not self.rewind_checkpoint and self.rewind_epoch > 0:
             return "with pretrain_checkpoint and no rewind_checkpoint there are no early weights"
         return None
 
     @property
     def keeps_early_weights(self) -> bool:
         """Whether the pretraining keeps its weights after ``rewind_epoch`` (``epoch-K.pt``)."""
-        return self.rewind != "never" and not self.pretrain_checkpoint and not self.rewind_checkpoint
+        return (self.rewind != "never" and self.rewind_epoch > 0 and not self.pretrain_checkpoint
+                and not self.rewind_checkpoint)
 
     @property
     def inherits_network(self) -> bool:
@@ -360,7 +369,8 @@ def alignment_params(dims: list[int], align_cost: int | str) -> int:
 
 def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, *,
                     fill: bool = False, align_cost: int | str = 0,
-                    per_entry: bool = False, allowed: np.ndarray | None = None) -> PruneResult:
+                    per_entry: bool = False, allowed: np.ndarray | None = None,
+                    vocab_cap: bool = False) -> PruneResult:
     """Keep cells most-salient-first while their cost stays ``<= floor(kappa x total)``.
 
     ``saliency [F, d]``; ``total`` is the full table, ``sum_i vocab_i x d``. A cell of field ``i``
@@ -372,6 +382,10 @@ def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, 
     ``per_entry`` ranks by saliency per table entry, ``s_ij / vocab_i`` (not in the paper: the
     greedy order of a knapsack over the cells), instead of by saliency (eq. 12). ``allowed``
     ``[F, d]`` bool: only those cells can be kept (the others are passed over, as already pruned).
+    ``vocab_cap``: a field keeps at most ``vocab_i`` columns (not in the paper): its ``vocab_i``
+    rows span at most ``vocab_i`` dimensions, so a further column is a linear combination of the
+    kept ones for every linear map the model applies to the field's embedding (an MLP's first
+    layer); its cells are passed over like cells not ``allowed``.
     """
     num_fields, d = saliency.shape
     vocab = [int(v) for v in vocab_sizes]
@@ -387,6 +401,8 @@ def prune_to_budget(saliency: np.ndarray, vocab_sizes: list[int], kappa: float, 
         if flat_allowed is not None and not flat_allowed[cell]:
             continue
         i = int(cell) // d
+        if vocab_cap and widths[i] >= vocab[i]:
+            continue
         widths[i] += 1
         aligned_after = alignment_params(widths, align_cost)
         c = vocab[i] + aligned_after - aligned
@@ -535,6 +551,19 @@ class SSEDS(SearchMethod):
         opts = self._pretrain_options(ctx)
         return build_model(opts.name, vocab_sizes, dim=self.options.pretrain_width, options=opts)
 
+    def initial_model(self, vocab_sizes: list[int], ctx: SearchContext) -> RecModel:
+        """The uniform model as the pretraining started (``rewind_epoch: 0``, the lottery ticket's
+        rewind to initialisation): built as the pipeline builds it, right after seeding with
+        ``train.seed`` — so also for a ``pretrain_checkpoint`` of an FDE run at ``pretrain_width``
+        with that seed. The global random stream is left as it was."""
+        numpy_state = np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                seed_everything(ctx.train.seed)
+                return self.build_pretrain_model(vocab_sizes, ctx)
+        finally:
+            np.random.set_state(numpy_state)
+
     def _load_checkpoint_state(self, path: str | Path, model: RecModel, schema_hash: str,
                                option: str = "pretrain_checkpoint") -> None:
         try:
@@ -618,7 +647,7 @@ class SSEDS(SearchMethod):
         def prune(scores: np.ndarray, kappa: float = o.budget, allowed=None) -> PruneResult:
             return prune_to_budget(scores, schema.vocab_sizes, kappa, fill=o.fill,
                                    align_cost=o.align_cost, per_entry=o.rank == "per_entry",
-                                   allowed=allowed)
+                                   allowed=allowed, vocab_cap=o.vocab_cap)
 
         def search(start: int, count: int) -> tuple[np.ndarray, PruneResult]:
             # Data-parallel (torchrun): the mean over the processes' batches, the same on every rank.
@@ -685,6 +714,8 @@ class SSEDS(SearchMethod):
         ``rewind_checkpoint``): the weights the ticket and the inherited network come from. When
         the pretraining kept no such weights: an error, or None if not ``required``."""
         o = self.options
+        if o.rewind_epoch == 0 and not o.rewind_checkpoint:
+            return self.initial_model(plan.vocab_sizes, ctx)
         model = self.build_pretrain_model(plan.vocab_sizes, ctx)
         if o.rewind_checkpoint:
             self._load_checkpoint_state(o.rewind_checkpoint, model, plan.schema_hash,
@@ -717,8 +748,11 @@ class SSEDS(SearchMethod):
 
     def _early_weights(self) -> str:
         o = self.options
-        return (f"the weights of {o.rewind_checkpoint}" if o.rewind_checkpoint
-                else f"the weights after pretraining epoch {o.rewind_epoch}")
+        if o.rewind_checkpoint:
+            return f"the weights of {o.rewind_checkpoint}"
+        if o.rewind_epoch == 0:
+            return "the pretraining's initial weights (epoch 0)"
+        return f"the weights after pretraining epoch {o.rewind_epoch}"
 
     def init_retrain_model(self, model: RecModel, plan: DimensionPlan, ctx: SearchContext) -> None:
         """Winning ticket (sec. 3.2.3): the kept pretrained columns; per Algorithm 1 the rest of the
