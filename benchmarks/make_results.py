@@ -52,6 +52,7 @@ ADULT_ARGS = ["--label", "income", "--positive", ">50K", "--na-values", "?",
               "gender,native-country",
               "--numeric", "age,fnlwgt,educational-num,capital-gain,capital-loss,hours-per-week"]
 EMBDIM = [sys.executable, "-m", "embdim.cli"]
+REPORT_PLOTS = ("auc_params_", "dims_", "saliency_")  # the plots `embdim report` writes (embdim.plots)
 
 
 def shell(cmd: list[str]) -> str:
@@ -344,9 +345,9 @@ def write_results(work: Path, steps: Steps, out_md: Path, assets: Path, total_se
     body = (report / "report.md").read_text().split("\n", 1)[1].strip()  # drop "# embdim report"
     rel = os.path.relpath(assets, out_md.parent)
     assets.mkdir(parents=True, exist_ok=True)
-    for old in assets.glob("*.png"):  # the report's earlier plots; the pages of
-        #                               sseds_vs_fde.py and autodim_budget.py keep theirs
-        if not old.name.startswith(("sseds_vs_fde", "autodim_budget")):
+    for old in assets.glob("*.png"):  # the report's earlier plots (embdim.plots' names); the
+        #                               other benchmarks' pages (sseds_vs_fde.py, ...) keep theirs
+        if old.name.startswith(REPORT_PLOTS):
             old.unlink()
     for png in sorted(report.glob("*.png")):
         shutil.copyfile(png, assets / png.name)
