@@ -185,7 +185,8 @@ def main() -> None:
     optimized = params  # the parameters the optimiser reads and writes in a step
     if trainer.optimizer_name != "adam":  # row-wise tables: only the rows a batch reads move
         table_entries = sum(p.numel() for p in tables)
-        optimized = params - table_entries + args.batch * model.embedding.num_fields * (16 + 1)
+        optimized = params - table_entries + args.batch * model.embedding.num_fields * (
+            model.embedding.out_dim + 1)  # the field rows and the first-order weights read
     gemm, memory = _floor_seconds(model, args.batch, optimized)
     floor_ms = (gemm + memory) * 1e3
     print(f"DeepFM dim 16, MLP [128, 128], batch {args.batch}, {args.threads} threads, "

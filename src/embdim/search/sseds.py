@@ -167,8 +167,7 @@ class SSEDSOptions:
         if self.rewind == "never" and self.rewind_checkpoint:
             problems.append("method.rewind_checkpoint names early weights that rewind=never does "
                             "not use: unset it, or set rewind to always or auto")
-        if (self.rewind == "always" and self.pretrain_checkpoint and not self.rewind_checkpoint
-                and self.rewind_epoch > 0):
+        if self.rewind == "always" and self.pretrain_checkpoint and self.early_weights == "epoch":
             problems.append("method.rewind=always rewinds to the weights after pretraining epoch "
                             "rewind_epoch, but with pretrain_checkpoint the pretraining does not run "
                             "here: give the early weights as rewind_checkpoint")
@@ -193,15 +192,23 @@ class SSEDSOptions:
             return "retrain=false evaluates the pruned best pretrained model"
         if not (self.ticket or self.inherits_network):
             return "the slim model starts from a fresh initialisation (ticket=false)"
-        if self.pretrain_checkpoint and not self.rewind_checkpoint and self.rewind_epoch > 0:
+        if self.pretrain_checkpoint and self.early_weights == "epoch":
             return "with pretrain_checkpoint and no rewind_checkpoint there are no early weights"
         return None
 
     @property
+    def early_weights(self) -> str:
+        """Where the early weights come from: ``"checkpoint"`` (``rewind_checkpoint``),
+        ``"initial"`` (``rewind_epoch: 0``, rebuilt from the seed) or ``"epoch"`` (the pretraining's
+        weights after ``rewind_epoch``)."""
+        if self.rewind_checkpoint:
+            return "checkpoint"
+        return "initial" if self.rewind_epoch == 0 else "epoch"
+
+    @property
     def keeps_early_weights(self) -> bool:
         """Whether the pretraining keeps its weights after ``rewind_epoch`` (``epoch-K.pt``)."""
-        return (self.rewind != "never" and self.rewind_epoch > 0 and not self.pretrain_checkpoint
-                and not self.rewind_checkpoint)
+        return self.rewind != "never" and not self.pretrain_checkpoint and self.early_weights == "epoch"
 
     @property
     def inherits_network(self) -> bool:
@@ -714,7 +721,7 @@ class SSEDS(SearchMethod):
         ``rewind_checkpoint``): the weights the ticket and the inherited network come from. When
         the pretraining kept no such weights: an error, or None if not ``required``."""
         o = self.options
-        if o.rewind_epoch == 0 and not o.rewind_checkpoint:
+        if o.early_weights == "initial":
             return self.initial_model(plan.vocab_sizes, ctx)
         model = self.build_pretrain_model(plan.vocab_sizes, ctx)
         if o.rewind_checkpoint:
@@ -748,9 +755,9 @@ class SSEDS(SearchMethod):
 
     def _early_weights(self) -> str:
         o = self.options
-        if o.rewind_checkpoint:
+        if o.early_weights == "checkpoint":
             return f"the weights of {o.rewind_checkpoint}"
-        if o.rewind_epoch == 0:
+        if o.early_weights == "initial":
             return "the pretraining's initial weights (epoch 0)"
         return f"the weights after pretraining epoch {o.rewind_epoch}"
 
