@@ -521,6 +521,14 @@ def test_sgd_takes_the_plain_gradient_step_that_eq9s_virtual_step_stands_for(met
     assert steps["sgd"] < 1e-6 < 1e-3 < steps["adam"]
 
 
+def test_the_default_dlrs_step_is_the_papers():
+    """By default the DLRS steps by plain gradient descent at the paper's learning rates (sec. 3.2:
+    DLRS 0.01, controllers 0.001), the step eq. 9 unrolls with xi = lr."""
+    cfg = load_stream_config(None, [])
+    assert (cfg.train.optimizer, cfg.train.lr, cfg.method.controller_lr) == ("sgd", 0.01, 0.001)
+    assert cfg.xi == cfg.train.lr
+
+
 # ---- config, CLI, report ---------------------------------------------------------------------------------
 
 def test_config_refuses_unknown_keys_and_bad_values():
