@@ -95,6 +95,34 @@ def test_a_saved_autodim_plan_is_re_derived_for_a_budget_as_the_search_would():
         assert again.options["budget"] == kappa and argmax.dims == [16, 16, 16]
 
 
+def test_vocab_cap_cuts_widths_at_the_vocabulary_and_the_budget_counts_the_cut_tables():
+    """A 4-row table wider than 4 is cut to 4 (lossless behind the linear alignment); the entries
+    it frees let the budget keep the other field at its preferred width."""
+    vocab, cands = [4, 100], [2, 8, 16, 32]
+    result = _searched([[0.0, 0.0, 0.0, 3.0], [0.0, 0.0, 1.0, 2.0]], cands, vocab)
+    plain = derive_plan(result, _Schema(vocab), "autodim", {})
+    capped = derive_plan(result, _Schema(vocab), "autodim", {}, vocab_cap=True)
+    assert plain.dims == [32, 32] and capped.dims == [4, 32]
+    assert capped.extra["searched_dims"] == [32, 32] and capped.extra["vocab_cap"] is True
+    assert capped.embedding_params == 4 * 4 + 100 * 32
+    # 0.97 x 3,328 = 3,228 entries: [32, 32] (3,328) does not fit, [4, 32] (3,216) does
+    assert derive_plan(result, _Schema(vocab), "autodim", {}, budget=0.97).dims != [32, 32]
+    within = derive_plan(result, _Schema(vocab), "autodim", {}, budget=0.97, vocab_cap=True)
+    assert within.dims == [4, 32] and within.embedding_params <= 3228
+    assert plan_under_budget(capped, 0.97).dims == [4, 32]  # the saved plan re-derives capped
+    assert plan_under_budget(plain, 0.97).dims == derive_plan(
+        result, _Schema(vocab), "autodim", {}, budget=0.97).dims
+
+
+def test_vocab_cap_applies_only_where_it_loses_nothing():
+    from embdim.search.autodim import AutoDimOptions
+
+    assert not AutoDimOptions().caps_at_vocab  # the default: eq. 13 as written
+    assert AutoDimOptions(vocab_cap=True).caps_at_vocab
+    assert not AutoDimOptions(vocab_cap=True, unify="pad").caps_at_vocab  # padding: v is not d
+    assert not AutoDimOptions(vocab_cap=True, inherit=True).caps_at_vocab  # copies the searched width
+
+
 def test_random_search_draws_only_assignments_inside_the_budget():
     rng = np.random.default_rng(0)
     vocab, cands = [10, 200, 3000, 40, 5], [2, 8, 16, 24, 32]

@@ -42,6 +42,14 @@ def budget_params(vocab_sizes: list[int], full_dim: int, kappa: float) -> int:
     return budget_entries(kappa, sum(vocab_sizes) * int(full_dim))
 
 
+def capped_at_vocab(widths: list[list[int]], vocab_sizes: list[int]) -> list[list[int]]:
+    """Each field's candidate widths capped at its vocabulary, ``min(d, vocab_i)``: a table of
+    ``v`` rows has rank at most ``v``, so behind a linear alignment ``E_i W_i`` (``[v, d] x [d, D]``)
+    width ``v`` represents every matrix width ``d > v`` does, with fewer entries (AutoDim's
+    ``vocab_cap``). Capped candidates of one field may coincide; they keep their own scores."""
+    return [[min(int(d), int(v)) for d in w] for w, v in zip(widths, vocab_sizes, strict=True)]
+
+
 def check_feasible(vocab_sizes: list[int], widths: list[list[int]], budget: int, kappa: float,
                    full_dim: int, method: str) -> None:
     """Refuse a budget below the smallest plan (every field at its narrowest candidate)."""
