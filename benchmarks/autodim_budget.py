@@ -25,6 +25,10 @@ hundred W-steps per epoch where the paper's Criteo gives 18,000; candidates {2, 
    Against FDE it measures what the retraining architecture alone costs or gains; against the
    budget plan, what alpha's choice of widths adds at the same size and architecture.
 
+With ``--vocab-cap`` the same searches are also run with ``vocab_cap: true`` (every derived width
+cut at its field's vocabulary; the budget counts the cut tables), prefix ``autodim-vocabcap``, and
+the page gets their rows.
+
 Every run is an ordinary run folder under ``WORK/autodim-budget/`` (``embdim report`` reads them);
 finished runs are skipped on a restart. Embedding parameters count the tables only (the budget's
 basis); the alignment parameters are listed separately in the JSON.
@@ -59,22 +63,33 @@ def fde_width(kappa: float) -> int:
     return max(1, round(kappa * FULL))
 
 
-def run_cell(work: Path, ds: str, model: str, seed: int, kappas: list[float], threads: int) -> None:
-    """Every run of one (dataset, model, seed): AutoDim, its budget plans, the FDE widths."""
+def run_searched(root: Path, base: dict, name: str, search: dict, seed: int, kappas: list[float],
+                 threads: int):
+    """One AutoDim run (search, argmax plan, retrain) and its budget plans, retrained alike."""
     from embdim.plan import DimensionPlan
     from embdim.search.autodim import plan_under_budget
 
-    root = work / "autodim-budget" / ds / model
-    base = {"data": {"path": f"data/{ds}"}, "model": {"name": model, **MODEL},
-            "train": {**TRAIN, "seed": seed}}
-    run({**base, "method": SEARCH}, root / f"autodim_seed-{seed}", threads)
-    searched = DimensionPlan.load(root / f"autodim_seed-{seed}" / "plan.json")
+    run({**base, "method": search}, root / f"{name}_seed-{seed}", threads)
+    searched = DimensionPlan.load(root / f"{name}_seed-{seed}" / "plan.json")
     for k in kappas:
-        plan_path = root / "plans" / f"autodim-{k}_seed-{seed}.json"
+        plan_path = root / "plans" / f"{name}-{k}_seed-{seed}.json"
         if not plan_path.exists():
             plan_under_budget(searched, k).save(plan_path)
         run({**base, "method": {"name": "plan", "path": str(plan_path)}},
-            root / f"autodim-{k}_seed-{seed}", threads)
+            root / f"{name}-{k}_seed-{seed}", threads)
+    return searched
+
+
+def run_cell(work: Path, ds: str, model: str, seed: int, kappas: list[float], threads: int,
+             vocab_cap: bool = False) -> None:
+    """Every run of one (dataset, model, seed): AutoDim, its budget plans, the FDE widths."""
+    root = work / "autodim-budget" / ds / model
+    base = {"data": {"path": f"data/{ds}"}, "model": {"name": model, **MODEL},
+            "train": {**TRAIN, "seed": seed}}
+    searched = run_searched(root, base, "autodim", SEARCH, seed, kappas, threads)
+    if vocab_cap:
+        run_searched(root, base, "autodim-vocabcap", {**SEARCH, "vocab_cap": True}, seed, kappas,
+                     threads)
     for w in [FULL] + [fde_width(k) for k in kappas]:
         run({**base, "method": {"name": "fde", "dim": w}}, root / f"fde-{w}_seed-{seed}", threads)
     for w in [fde_width(k) for k in kappas]:
@@ -110,12 +125,21 @@ def summarise(work: Path, datasets, models, seeds, kappas) -> tuple[str, dict]:
         for model in models:
             p = f"{ds}/{model}"
             full, argmax = stats(f"{p}/fde-{FULL}"), stats(f"{p}/autodim")
+            capped = stats(f"{p}/autodim-vocabcap")
             rows = [{"kappa": k, "fde_width": fde_width(k), "fde": stats(f"{p}/fde-{fde_width(k)}"),
                      "aligned": stats(f"{p}/aligned-{fde_width(k)}"),
-                     "autodim": stats(f"{p}/autodim-{k}")} for k in kappas]
+                     "autodim": stats(f"{p}/autodim-{k}"),
+                     "vocabcap": stats(f"{p}/autodim-vocabcap-{k}")} for k in kappas]
             data[p] = {"fde_full": full, "autodim_argmax": argmax, "rows": rows}
+            cap_line, cap_rows = "", []
+            if capped is not None:
+                data[p]["vocabcap_argmax"] = capped
+                cap_line = f" With `vocab_cap: true`: {cell(capped, full)}."
+                cap_rows = ["| AutoDim, `budget: kappa`, `vocab_cap: true` | "
+                            + " | ".join(cell(r["vocabcap"], r["fde"]) for r in rows) + " |"]
             lines += [f"### {DATASETS.get(ds, ds)}, {MODELS.get(model, model)}", "",
-                      f"FDE-{FULL}: {cell(full)}; AutoDim (argmax, eq. 13): {cell(argmax, full)}.",
+                      f"FDE-{FULL}: {cell(full)}; AutoDim (argmax, eq. 13): {cell(argmax, full)}."
+                      + cap_line,
                       "", "| | " + " | ".join(f"kappa {k}" for k in kappas) + " |",
                       "|---|" + "---|" * len(kappas),
                       f"| FDE (width {' / '.join(str(fde_width(k)) for k in kappas)}) | "
@@ -125,7 +149,8 @@ def summarise(work: Path, datasets, models, seeds, kappas) -> tuple[str, dict]:
                       "| AutoDim, `budget: kappa` | "
                       + " | ".join(cell(r["autodim"], r["fde"]) for r in rows) + " |",
                       "| AutoDim, `budget: kappa`, difference to the uniform widths retrained alike | "
-                      + " | ".join(cell(r["autodim"], r["aligned"]) for r in rows) + " |", ""]
+                      + " | ".join(cell(r["autodim"], r["aligned"]) for r in rows) + " |",
+                      *cap_rows, ""]
     return "\n".join(lines), data
 
 
@@ -144,7 +169,9 @@ def plot(data: dict, path: Path) -> None:
                 ("FDE (uniform)", [r["fde"] for r in d["rows"]] + [d["fde_full"]], "o-"),
                 ("uniform, AutoDim's retraining", [r["aligned"] for r in d["rows"]], "v--"),
                 ("AutoDim, budget", [r["autodim"] for r in d["rows"]], "s-"),
-                ("AutoDim, argmax", [d["autodim_argmax"]], "D")):
+                ("AutoDim, argmax", [d["autodim_argmax"]], "D"),
+                ("AutoDim, budget, vocab_cap", [r.get("vocabcap") for r in d["rows"]]
+                 + [d.get("vocabcap_argmax")], "x:")):
             pts = sorted((s for s in pts if s), key=lambda s: s["ratio"])
             if pts:
                 ax.errorbar([s["ratio"] for s in pts], [s["auc"] for s in pts],
@@ -170,6 +197,8 @@ def main() -> None:
     ap.add_argument("--kappas", default="0.1,0.25,0.5")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lane", default="0/1", help="I/N: run every N-th cell from the I-th (parallel lanes)")
+    ap.add_argument("--vocab-cap", action="store_true",
+                    help="also run every search with method.vocab_cap: true (prefix autodim-vocabcap)")
     ap.add_argument("--summary-only", action="store_true")
     ap.add_argument("--out", type=Path, default=None, help="Markdown summary (PNG and JSON beside it)")
     args = ap.parse_args()
@@ -189,7 +218,7 @@ def main() -> None:
         todo = [(ds, m, s) for s in seeds for ds in datasets for m in models]  # every dataset early
         for i, (ds, m, s) in enumerate(todo):
             if i % lanes == lane:
-                run_cell(work, ds, m, s, kappas, args.threads)
+                run_cell(work, ds, m, s, kappas, args.threads, vocab_cap=args.vocab_cap)
     text, data = summarise(work, datasets, models, seeds, kappas)
     print(text)
     if out:
@@ -203,8 +232,8 @@ def main() -> None:
             "(finished runs are kept; `--summary-only` runs nothing) and writes this page. Setting: "
             "the docstring of benchmarks/autodim_budget.py. Cells: test AUC mean ± std over seeds "
             f"(embedding parameters / FDE-{FULL}; difference to FDE of the same size or, for the "
-            "argmax plan, to FDE-32; in the last row, to the same widths retrained as AutoDim "
-            "retrains). A `-` is a cell that was not run.\n\n"
+            "argmax plan, to FDE-32; in the row \"difference to the uniform widths retrained alike\", "
+            "to the same widths retrained as AutoDim retrains). A `-` is a cell that was not run.\n\n"
             + text + f"\n![AUC against embedding parameters]({png.name})\n")
         out.with_suffix(".json").write_text(json.dumps(data, indent=1))
 
