@@ -69,8 +69,9 @@ TRAIN = {"batch_size": 2048, "lr": 0.001, "epochs": 10, "early_stop": 2, "device
 # The variants name every search option they rely on: the library's defaults have changed since
 # some of these cells were run (then: rank saliency, one round, retraining from the best weights;
 # now: per_entry, 5 rounds, rewind auto).
-NEVER = {"rewind": "never", "vocab_cap": False}  # the retraining starts from the best pretrained
-#                                                 weights (the paper); widths not capped (eq. 12)
+NEVER = {"rewind": "never", "vocab_cap": False, "keep_start": False}  # the retraining starts from
+#   the best pretrained weights (the paper); widths not capped (eq. 12); the start is not a
+#   candidate for the best epoch
 PAPER = {"rank": "saliency", "saliency_rounds": 1, **NEVER}  # eq. 10-12: one shot, by saliency
 SINGLE = {"saliency_rounds": 1, **NEVER}
 R5 = {"rank": "per_entry", "saliency_rounds": 5, **NEVER}  # the search defaults before vocab_cap
@@ -95,7 +96,9 @@ VARIANTS = {
     "per-entry-r5-avg20": {**R5, "saliency_batches": 20},
     "per-entry-r5-cap": {**R5, "vocab_cap": True},
     "per-entry-r5-cap-auto": {**R5, "vocab_cap": True, "rewind": "auto", "rewind_epoch": 1},  # the
-    #                                                                    library's defaults
+    #                                                          library's defaults before keep_start
+    "per-entry-r5-cap-auto-keep": {**R5, "vocab_cap": True, "rewind": "auto", "rewind_epoch": 1,
+                                   "keep_start": True},  # the library's defaults
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}

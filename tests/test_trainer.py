@@ -159,3 +159,38 @@ def test_bn_recalibration_is_validated():
         TrainConfig(bn_recalibration=-1).validate()
     with pytest.raises(ConfigError, match="bn_recalibration"):
         TrainConfig(bn_recalibration=10, parallel="torchrec", optimizer="rowwise_adagrad").validate()
+
+
+# ---- the starting weights as epoch 0 (train.validate_start) ----------------------------------------
+def _trained_then_ruined_by(planted, tmp_path, **train):
+    """A model trained 3 epochs, then fitted again at a learning rate that only makes it worse."""
+    ds = PreparedDataset(planted)
+    seed_everything(7)
+    model = build_model("deepfm", ds.schema, dim=8, options={"mlp": [32]})
+    Trainer(model, ds, _cfg(planted).train, quiet=True).fit()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = _cfg(planted, epochs=2, lr=1.0, **train).train
+    trainer = Trainer(model, ds, cfg, checkpoint_dir=tmp_path / "ck", quiet=True)
+    return trainer.fit(), model, start, trainer
+
+
+def test_validate_start_keeps_the_starting_weights_when_no_epoch_beats_them(planted, tmp_path):
+    fit, model, start, trainer = _trained_then_ruined_by(planted, tmp_path / "a", validate_start=True)
+    assert fit.best_epoch == 0 and fit.start_valid_auc == fit.best_valid_auc
+    assert all(h["valid_auc"] < fit.best_valid_auc for h in fit.history) and fit.epochs_run == 2
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
+    best = torch.load(tmp_path / "a" / "ck" / "best.pt", weights_only=True)
+    assert best["epoch"] == 0 and all(torch.equal(v, start[k]) for k, v in best["model"].items())
+    plain, ruined, _, _ = _trained_then_ruined_by(planted, tmp_path / "b")
+    assert plain.best_epoch >= 1 and plain.start_valid_auc is None
+    assert plain.best_valid_auc < fit.best_valid_auc
+
+
+def test_sseds_retraining_validates_its_start_only_from_trained_weights():
+    from embdim.search.sseds import SSEDS
+
+    train = TrainConfig()
+    assert SSEDS().retrain_train_options(train, None).validate_start  # the default (keep_start)
+    assert not SSEDS(keep_start=False).retrain_train_options(train, None).validate_start
+    fresh = SSEDS(ticket=False, inherit_network=False)  # a fresh start is never worth keeping
+    assert not fresh.retrain_train_options(train, None).validate_start

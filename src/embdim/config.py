@@ -71,6 +71,9 @@ class TrainConfig:
     # training batches (train-mode forwards without gradient; docs/training.md); 0 = off: the
     # running averages of the training steps
     bn_recalibration: int = 0
+    # Validate the model once before the first epoch ("epoch 0") and let early stopping keep it
+    # when no epoch beats it: for a fit that starts from trained weights (SSEDS' retraining)
+    validate_start: bool = False
 
     @property
     def in_memory_limit_bytes(self) -> int:

@@ -113,6 +113,9 @@ class SSEDSOptions:
     inherit_network: bool | None = None  # start the rest of the network from the pretrained one
     #                     (Algorithm 1); None: the same as ``ticket`` (when the aligned width fits)
     retrain: bool = True  # false: ablation "w/o retraining", evaluate the pruned pretrained model
+    keep_start: bool = True  # the retraining validates the slim model as it starts (epoch 0) and
+    #                          early stopping keeps it when no epoch beats it (train.validate_start;
+    #                          not in the paper: retraining can only improve on the pruned model)
     # ---- how the slim model's fields reach one width (sec. 3.2.3) ----
     align: str = "scatter"  # "scatter": each kept column at its pretrained coordinate, no
     #                         parameters (eq. 8's masked model); "linear": trainable M_i (eq. 13);
@@ -752,6 +755,18 @@ class SSEDS(SearchMethod):
             model_options, align=o.align, align_always=True,
             aligned_dim=o.pretrain_width if o.align_width == "pretrain" else None,
             linear_fields="kept" if o.prune_first_order else "all")
+
+    def retrain_train_options(self, train, plan: DimensionPlan):
+        """``keep_start``: the retraining validates the slim model before its first epoch and keeps
+        it if no epoch beats it (``train.validate_start``). The slim model starts as the pruned
+        pretrained one; where the pretraining peaked after one epoch (FDE-128 on the
+        Criteo-format data of docs/sseds.md), every retraining epoch was below that start.
+        Only when the slim model starts from trained weights (``ticket`` or the inherited
+        network)."""
+        o = self.options
+        if o.keep_start and (o.ticket or o.inherits_network) and not train.validate_start:
+            return dataclasses.replace(train, validate_start=True)
+        return train
 
     def _early_weights(self) -> str:
         o = self.options

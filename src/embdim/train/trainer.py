@@ -52,6 +52,7 @@ class FitResult:
     stopped_early: bool = False
     train_seconds: float = 0.0
     train_samples: int = 0
+    start_valid_auc: float | None = None  # train.validate_start: the model before the first epoch
 
     @property
     def train_samples_per_second(self) -> float:
@@ -331,12 +332,15 @@ class Trainer:
         if resume and self.sharded and self._last_path and self._last_path.exists():
             raise ConfigError(f"{self._last_path}: train.parallel torchrec does not resume from "
                               "checkpoints (it writes none of the sharded tables): use a new folder")
-        if resume and self._last_path and self._last_path.exists():
+        resumed = bool(resume and self._last_path and self._last_path.exists())
+        if resumed:
             result, bad_epochs, start_epoch, done = self._load_checkpoint()
             self.log(f"resumed from {self._last_path} after epoch {start_epoch}")
             if done:
                 self._restore_best()
                 return result
+        elif self.cfg.validate_start:
+            best_state = self._validate_start(result)
         for epoch in range(start_epoch, self.cfg.epochs):
             loss, samples, seconds = self.train_epoch(epoch)
             if self.cfg.bn_recalibration:
@@ -373,6 +377,20 @@ class Trainer:
         else:
             self._restore_best()
         return result
+
+    def _validate_start(self, result: FitResult) -> dict[str, torch.Tensor]:
+        """``train.validate_start``: the model as handed over is "epoch 0", a candidate for the
+        best weights like any epoch (``best.pt`` written; ``best_epoch`` 0 if no epoch beats it)."""
+        if self.cfg.bn_recalibration:
+            self.recalibrate_batchnorm(0)
+        valid = self.evaluate("valid")
+        result.start_valid_auc = result.best_valid_auc = valid["auc"]
+        result.best_epoch = 0
+        state = self._snapshot()
+        self.log(f"epoch 0 (the starting weights): valid_auc={valid['auc']:.5f} "
+                 f"valid_logloss={valid['logloss']:.5f}")
+        self._save_checkpoint(result, 0, 0, False, state)
+        return state
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
         if self.sharded:
@@ -423,7 +441,8 @@ class Trainer:
             "result": {"history": result.history, "best_epoch": result.best_epoch,
                        "best_valid_auc": result.best_valid_auc, "epochs_run": result.epochs_run,
                        "stopped_early": result.stopped_early,
-                       "train_seconds": result.train_seconds, "train_samples": result.train_samples},
+                       "train_seconds": result.train_seconds, "train_samples": result.train_samples,
+                       "start_valid_auc": result.start_valid_auc},
         }
         atomic_torch_save(self._last_path, state)
 
@@ -447,7 +466,8 @@ class Trainer:
                            best_valid_auc=float(r["best_valid_auc"]), epochs_run=int(r["epochs_run"]),
                            stopped_early=bool(r["stopped_early"]),
                            train_seconds=float(r["train_seconds"]),
-                           train_samples=int(r["train_samples"]))
+                           train_samples=int(r["train_samples"]),
+                           start_valid_auc=r.get("start_valid_auc"))
         return result, int(state["bad_epochs"]), int(state["epoch"]), bool(state["done"])
 
     def _restore_best(self) -> None:
