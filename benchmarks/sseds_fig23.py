@@ -12,9 +12,8 @@ The setting is the paper's (sec. 4.1.3: pretrain width 128, Adam 1e-3, batch 204
 without BatchNorm or dropout; 3 epochs as its sec. 4.4) except what ``--mlp`` and ``--epochs`` reduce.
 SSEDS runs as ``--searches`` says: ``paper`` (eq. 10-12 single shot ranked by saliency, retrained
 from the best pretrained weights: ``rank: saliency, saliency_rounds: 1, vocab_cap: false,
-rewind: never, keep_start: false``, as examples/sseds_fig23_sseds.yaml) and/or ``default`` (the
-library's defaults: saliency per entry, 5 rounds, no field wider than its vocabulary, ``rewind:
-auto``, the starting weights kept when no retraining epoch beats them, ``keep_start``; its early
+rewind: never``, as examples/sseds_fig23_sseds.yaml) and/or ``default`` (the library's defaults:
+saliency per entry, 5 rounds, no field wider than its vocabulary, ``rewind: auto``; its early
 weights are the FDE-128 run stopped after epoch 1, run as the cell ``fde-128-epoch1``). Every
 run is an ordinary run folder under ``WORK/sseds-fig23/`` (``embdim report`` reads them); finished
 runs are skipped on a restart. ``--out`` gets the Markdown table (mean ± std over seeds; each
@@ -35,9 +34,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 PRETRAIN_WIDTH = 128
 SEARCHES = {
-    "paper": {"rank": "saliency", "saliency_rounds": 1, "vocab_cap": False, "rewind": "never",
-              "keep_start": False},
+    "paper": {"rank": "saliency", "saliency_rounds": 1, "vocab_cap": False, "rewind": "never"},
     "default": {},  # the library's defaults (rewind auto: early weights after epoch 1)
+    "default-keep": {"keep_start": True},  # ... and the pruned start kept if no epoch beats it
 }
 NAMES = {"fm": "FM", "deepfm": "DeepFM", "widedeep": "Wide&Deep"}
 

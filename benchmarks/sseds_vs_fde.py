@@ -69,9 +69,8 @@ TRAIN = {"batch_size": 2048, "lr": 0.001, "epochs": 10, "early_stop": 2, "device
 # The variants name every search option they rely on: the library's defaults have changed since
 # some of these cells were run (then: rank saliency, one round, retraining from the best weights;
 # now: per_entry, 5 rounds, rewind auto).
-NEVER = {"rewind": "never", "vocab_cap": False, "keep_start": False}  # the retraining starts from
-#   the best pretrained weights (the paper); widths not capped (eq. 12); the start is not a
-#   candidate for the best epoch
+NEVER = {"rewind": "never", "vocab_cap": False}  # the retraining starts from the best pretrained
+#                                                 weights (the paper); widths not capped (eq. 12)
 PAPER = {"rank": "saliency", "saliency_rounds": 1, **NEVER}  # eq. 10-12: one shot, by saliency
 SINGLE = {"saliency_rounds": 1, **NEVER}
 R5 = {"rank": "per_entry", "saliency_rounds": 5, **NEVER}  # the search defaults before vocab_cap
@@ -96,9 +95,9 @@ VARIANTS = {
     "per-entry-r5-avg20": {**R5, "saliency_batches": 20},
     "per-entry-r5-cap": {**R5, "vocab_cap": True},
     "per-entry-r5-cap-auto": {**R5, "vocab_cap": True, "rewind": "auto", "rewind_epoch": 1},  # the
-    #                                                          library's defaults before keep_start
+    #                                                                    library's defaults
     "per-entry-r5-cap-auto-keep": {**R5, "vocab_cap": True, "rewind": "auto", "rewind_epoch": 1,
-                                   "keep_start": True},  # the library's defaults
+                                   "keep_start": True},  # ... with the start kept if best
 }
 DATASETS = {"synthetic": "Synthetic (planted)", "adult": "UCI Adult",
             "ml-latest-small": "MovieLens latest-small"}

@@ -190,7 +190,7 @@ def test_sseds_retraining_validates_its_start_only_from_trained_weights():
     from embdim.search.sseds import SSEDS
 
     train = TrainConfig()
-    assert SSEDS().retrain_train_options(train, None).validate_start  # the default (keep_start)
-    assert not SSEDS(keep_start=False).retrain_train_options(train, None).validate_start
-    fresh = SSEDS(ticket=False, inherit_network=False)  # a fresh start is never worth keeping
+    assert not SSEDS().retrain_train_options(train, None).validate_start  # the default: Alg. 1
+    assert SSEDS(keep_start=True).retrain_train_options(train, None).validate_start
+    fresh = SSEDS(keep_start=True, ticket=False, inherit_network=False)  # never worth keeping
     assert not fresh.retrain_train_options(train, None).validate_start
