@@ -52,7 +52,7 @@ def cells(data: str, models, widths, kappas, seeds, searches, mlp, epochs):
             fde = f"{name}/fde-{PRETRAIN_WIDTH}_seed-{seed}"
             for w in sorted(set(widths) | {PRETRAIN_WIDTH}, reverse=True):
                 yield f"{name}/fde-{w}_seed-{seed}", {**base, "method": {"name": "fde", "dim": w}}
-            if "default" in searches:
+            if any(s.startswith("default") for s in searches):
                 yield (f"{name}/fde-{PRETRAIN_WIDTH}-epoch1_seed-{seed}",
                        {**base, "train": {**base["train"], "epochs": 1},
                         "method": {"name": "fde", "dim": PRETRAIN_WIDTH}})
@@ -61,7 +61,7 @@ def cells(data: str, models, widths, kappas, seeds, searches, mlp, epochs):
                     method = {"name": "sseds", "budget": k, "pretrain_width": PRETRAIN_WIDTH,
                               **SEARCHES[search],
                               "pretrain_checkpoint": f"sseds-fig23/{fde}/checkpoints/best.pt"}
-                    if search == "default":
+                    if search.startswith("default"):  # rewind auto: the epoch-1 weights
                         method["rewind_checkpoint"] = (f"sseds-fig23/{name}/fde-{PRETRAIN_WIDTH}-"
                                                        f"epoch1_seed-{seed}/checkpoints/best.pt")
                     yield f"{name}/sseds-{search}-{k}_seed-{seed}", {**base, "method": method}
