@@ -68,7 +68,8 @@ def main() -> None:
                               for n in plan.field_names)
             print(f"{args.model} {setting or 'defaults'} seed {seed}: {share:.1%} of FDE-{plan.full_dim}, "
                   f"dims {dict(zip(plan.field_names, plan.dims, strict=True))}; alpha {alpha}", flush=True)
-        print(f"== {args.data.name} {args.model} {setting or 'defaults'}: mean {sum(shares) / len(shares):.1%} "
+        mean = sum(shares) / len(shares)
+        print(f"== {args.data.name} {args.model} {setting or 'defaults'}: mean {mean:.1%} "
               f"of FDE at the largest candidate ({len(shares)} seeds)", flush=True)
 
 

@@ -57,8 +57,13 @@ from embdim.search.bilevel import (
     second_order_alpha_grad,
     w_step,
 )
-from embdim.search.budget import (best_widths_under_budget, budget_params, capped_at_vocab,
-                                  check_feasible, check_kappa)
+from embdim.search.budget import (
+    best_widths_under_budget,
+    budget_params,
+    capped_at_vocab,
+    check_feasible,
+    check_kappa,
+)
 from embdim.search.fde import DEFAULT_CANDIDATES
 from embdim.train.host import cpu_has_fast_bf16
 from embdim.train.metrics import binary_metrics

@@ -760,7 +760,7 @@ class SSEDS(SearchMethod):
         """``keep_start: true``: the retraining validates the slim model before its first epoch and
         keeps it if no epoch beats it (``train.validate_start``), only when the slim model starts
         from trained weights (``ticket`` or the inherited network). Off by default: in the
-        measured runs (docs/sseds.md, "Keeping the starting weights") the pruned start was always
+        measured runs (docs/sseds.md, "Keeping the pruned start") the pruned start was always
         below the first retraining epoch."""
         o = self.options
         if o.keep_start and (o.ticket or o.inherits_network) and not train.validate_start:
