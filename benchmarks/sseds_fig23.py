@@ -14,7 +14,9 @@ SSEDS runs as ``--searches`` says: ``paper`` (eq. 10-12 single shot ranked by sa
 from the best pretrained weights: ``rank: saliency, saliency_rounds: 1, vocab_cap: false,
 rewind: never``, as examples/sseds_fig23_sseds.yaml) and/or ``default`` (the library's defaults:
 saliency per entry, 5 rounds, no field wider than its vocabulary, ``rewind: auto``; its early
-weights are the FDE-128 run stopped after epoch 1, run as the cell ``fde-128-epoch1``). Every
+weights are the FDE-128 run stopped after epoch 1, run as the cell ``fde-128-epoch1``), and/or
+``default-keep`` (the defaults with ``keep_start: true``: the pruned start kept when no retraining
+epoch beats it). Every
 run is an ordinary run folder under ``WORK/sseds-fig23/`` (``embdim report`` reads them); finished
 runs are skipped on a restart. ``--out`` gets the Markdown table (mean ± std over seeds; each
 run's difference to FDE-128 of its seed) and a PNG beside it.
@@ -141,7 +143,8 @@ def main() -> None:
     ap.add_argument("--widths", default="13,32,64,128", help="FDE widths (128 is always run)")
     ap.add_argument("--kappas", default="0.1,0.3,0.5")
     ap.add_argument("--seeds", default="1,2")
-    ap.add_argument("--searches", default="paper", help="paper and/or default (comma-separated)")
+    ap.add_argument("--searches", default="paper",
+                    help="paper, default and/or default-keep (comma-separated)")
     ap.add_argument("--mlp", default="1024,1024", help="hidden layers (the paper's 1024,1024)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)

@@ -293,8 +293,9 @@ def test_second_order_search_runs_and_leaves_weights_consistent(small):
 
 
 # ---- derive, plan, retrain -------------------------------------------------------------------------
-def test_end_to_end_run_writes_a_plan_with_alpha_and_retrains_without_batchnorm(small, tmp_path):
-    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 2, "update_every": 1, "vocab_cap": True},
+@pytest.mark.parametrize("vocab_cap", [False, True])
+def test_end_to_end_run_writes_a_plan_with_alpha_and_retrains_without_batchnorm(small, tmp_path, vocab_cap):
+    cfg = _cfg(small, {"name": "autodim", "pretrain_steps": 2, "update_every": 1, "vocab_cap": vocab_cap},
                epochs=1)
     run = tmp_path / "run"
     metrics = run_experiment(cfg, run, quiet=True)
@@ -308,8 +309,8 @@ def test_end_to_end_run_writes_a_plan_with_alpha_and_retrains_without_batchnorm(
         searched = plan.extra["candidates"][name][max(range(5), key=a.__getitem__)]  # eq. 13
         vocab = plan.vocab_sizes[plan.field_names.index(name)]
         assert plan.extra["searched_dims"][plan.field_names.index(name)] == searched
-        assert plan.dims_by_field()[name] == min(searched, vocab)  # vocab_cap
-    assert plan.extra["vocab_cap"] is True
+        assert plan.dims_by_field()[name] == (min(searched, vocab) if vocab_cap else searched)
+    assert plan.extra["vocab_cap"] is vocab_cap
     assert any(v < 32 for v in plan.vocab_sizes), "the data should have a field the cap can cut"
     assert plan.full_dim == 32 and plan.options["lookup"] == "shared"
     assert metrics["embedding_params"] == plan.embedding_params

@@ -175,15 +175,37 @@ def _trained_then_ruined_by(planted, tmp_path, **train):
 
 
 def test_validate_start_keeps_the_starting_weights_when_no_epoch_beats_them(planted, tmp_path):
-    fit, model, start, trainer = _trained_then_ruined_by(planted, tmp_path / "a", validate_start=True)
+    fit, model, start, _ = _trained_then_ruined_by(planted, tmp_path / "a", validate_start=True)
     assert fit.best_epoch == 0 and fit.start_valid_auc == fit.best_valid_auc
     assert all(h["valid_auc"] < fit.best_valid_auc for h in fit.history) and fit.epochs_run == 2
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
     best = torch.load(tmp_path / "a" / "ck" / "best.pt", weights_only=True)
     assert best["epoch"] == 0 and all(torch.equal(v, start[k]) for k, v in best["model"].items())
-    plain, ruined, _, _ = _trained_then_ruined_by(planted, tmp_path / "b")
+    plain, _, _, _ = _trained_then_ruined_by(planted, tmp_path / "b")
     assert plain.best_epoch >= 1 and plain.start_valid_auc is None
     assert plain.best_valid_auc < fit.best_valid_auc
+
+
+def test_a_fit_stopped_after_the_epoch_0_checkpoint_resumes_to_the_same_end(planted, tmp_path):
+    """Interrupted right after the starting weights were validated and saved, the resumed fit
+    ends with the weights, history and best epoch of the uninterrupted one."""
+    def trainer(folder):
+        ds = PreparedDataset(planted)
+        seed_everything(7)
+        model = build_model("deepfm", ds.schema, dim=8, options={"mlp": [32]})
+        cfg = _cfg(planted, epochs=2, validate_start=True).train
+        return Trainer(model, ds, cfg, checkpoint_dir=tmp_path / folder, quiet=True), model
+
+    full_trainer, full_model = trainer("full")
+    full = full_trainer.fit()
+    first, _ = trainer("cut")
+    first._validate_start(full.__class__())  # the interruption: only epoch 0 ran and was saved
+    resumed_trainer, resumed_model = trainer("cut")
+    resumed = resumed_trainer.fit(resume=True)
+    assert resumed.history == [{**h, "seconds": r["seconds"], "samples_per_second": r["samples_per_second"]}
+                               for h, r in zip(full.history, resumed.history, strict=True)]
+    assert (resumed.best_epoch, resumed.start_valid_auc) == (full.best_epoch, full.start_valid_auc)
+    assert all(torch.equal(v, resumed_model.state_dict()[k]) for k, v in full_model.state_dict().items())
 
 
 def test_sseds_retraining_validates_its_start_only_from_trained_weights():

@@ -146,7 +146,8 @@ def open_experiment(cfg: ExperimentConfig | dict[str, Any],
 def _context(cfg: ExperimentConfig, out_dir: Path, quiet: bool, log: RunLog) -> SearchContext:
     # The searches run data-parallel (DDP) under torchrun; train.parallel torchrec shards the
     # retrain of the plan only (the search loops read FieldEmbedding's tables directly).
-    train = dataclasses.replace(cfg.train, parallel="ddp")
+    # train.validate_start is for the retraining (a start from trained weights), not the searches
+    train = dataclasses.replace(cfg.train, parallel="ddp", validate_start=False)
     return SearchContext(model_options=cfg.model, train=train, work_dir=out_dir / "search",
                          quiet=quiet, log=log)
 

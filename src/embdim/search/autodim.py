@@ -132,8 +132,8 @@ class AutoDimOptions:
     budget: float | None = None  # kappa: best plan from alpha with tables <= kappa * FDE (d_max)
     # a field's width capped at its vocabulary, min(d, vocab): the same function class behind the
     # linear alignment (a v-row table has rank <= v); only with unify: linear and without inherit.
-    # Off by default (eq. 13 as written): on UCI Adult the cut tables retrained 0.0004-0.0012 AUC
-    # lower (docs/autodim.md, "Widths above the vocabulary")
+    # Off by default (eq. 13 as written): on UCI Adult the cut argmax plans retrained 0.0004-0.0011
+    # AUC lower (docs/autodim.md, "Widths above the vocabulary")
     vocab_cap: bool = False
 
     @property
@@ -487,6 +487,9 @@ class AutoDim(SearchMethod):
                               "it cannot be combined with method.round_to")
 
     def _search(self, dataset, ctx: SearchContext) -> DimensionPlan:
+        if self.options.vocab_cap and not self.options.caps_at_vocab:
+            ctx.log(f"{self.name}: method.vocab_cap is not applied: it keeps the function class only "
+                    "with unify: linear and without inherit")
         searcher = AutoDimSearch(dataset, ctx, self.options, joint=self.joint)
         self.result = searcher.run()
         opts = dataclasses.asdict(self.options)

@@ -758,10 +758,11 @@ class SSEDS(SearchMethod):
 
     def retrain_train_options(self, train, plan: DimensionPlan):
         """``keep_start: true``: the retraining validates the slim model before its first epoch and
-        keeps it if no epoch beats it (``train.validate_start``), only when the slim model starts
-        from trained weights (``ticket`` or the inherited network). Off by default: in the
-        measured runs (docs/sseds.md, "Keeping the pruned start") the pruned start was always
-        below the first retraining epoch."""
+        keeps it if no epoch beats it (``train.validate_start``) when it is set to start from
+        trained weights (``ticket`` or the inherited network; a saved plan retrained with
+        ``method: plan`` starts fresh, and a fresh start is validated too but never kept in
+        practice). Off by default: in the measured runs (docs/sseds.md, the bullet "Keeping the
+        pruned start") the pruned start was always below the first retraining epoch."""
         o = self.options
         if o.keep_start and (o.ticket or o.inherits_network) and not train.validate_start:
             return dataclasses.replace(train, validate_start=True)
