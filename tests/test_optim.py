@@ -279,3 +279,26 @@ def test_fused_row_updates_run_on_cpu_tables_and_equal_the_torch_ops(rule, monke
     for key in ("exp_avg", "exp_avg_sq", "sum"):
         if key in torch_state:
             torch.testing.assert_close(fused_state[key], torch_state[key], rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed here")
+def test_the_fused_kernels_leave_torch_s_thread_count_as_train_threads_set_it():
+    """Starting numba's threading layer resets the process's OpenMP thread count; the first fused
+    update (in a fresh process, where that layer starts) must leave torch's pool at 1 thread."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "assert torch.get_num_threads() == 1\n"  # read before numba starts, as the trainers do
+            "from embdim.train.row_kernels import lazy_adam_rows_\n"
+            "t = torch.zeros(4, 2)\n"
+            "lazy_adam_rows_(t, torch.zeros(4, 2), torch.zeros(4, 2), torch.tensor([0, 2]), torch.ones(2, 2),"
+            " beta1=0.9, beta2=0.999, step_size=0.1, eps=1e-8)\n"
+            "assert float(t[1].abs().sum()) == 0 and float(t[0].abs().sum()) > 0\n"
+            "print(torch.get_num_threads())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**env, "EMBDIM_FUSED_ROWS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "1"

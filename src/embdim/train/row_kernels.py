@@ -34,6 +34,9 @@ def _kernels() -> ModuleType | None:
     """The compiled kernels, or None (logged once) where they cannot run."""
     if os.environ.get("EMBDIM_FUSED_ROWS", "1") == "0":
         return None
+    # Starting numba's threading layer (its OpenMP runtime may be torch's) resets the process's
+    # OpenMP thread count to all cores: keep torch's intra-op pool as train.threads set it.
+    torch_threads = torch.get_num_threads()
     try:
         from embdim.train import _numba_rows
         _numba_rows.lazy_adam(*_tiny_adam_args())  # compile now (or load from numba's cache)
@@ -42,6 +45,9 @@ def _kernels() -> ModuleType | None:
         log.warning("fused row-wise table updates unavailable (%s: %s); using torch ops",
                     type(exc).__name__, exc)
         return None
+    finally:
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
     return _numba_rows
 
 
