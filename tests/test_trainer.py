@@ -170,18 +170,17 @@ def _trained_then_ruined_by(planted, tmp_path, **train):
     Trainer(model, ds, _cfg(planted).train, quiet=True).fit()
     start = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = _cfg(planted, epochs=2, lr=1.0, **train).train
-    trainer = Trainer(model, ds, cfg, checkpoint_dir=tmp_path / "ck", quiet=True)
-    return trainer.fit(), model, start, trainer
+    return Trainer(model, ds, cfg, checkpoint_dir=tmp_path / "ck", quiet=True).fit(), model, start
 
 
 def test_validate_start_keeps_the_starting_weights_when_no_epoch_beats_them(planted, tmp_path):
-    fit, model, start, _ = _trained_then_ruined_by(planted, tmp_path / "a", validate_start=True)
+    fit, model, start = _trained_then_ruined_by(planted, tmp_path / "a", validate_start=True)
     assert fit.best_epoch == 0 and fit.start_valid_auc == fit.best_valid_auc
     assert all(h["valid_auc"] < fit.best_valid_auc for h in fit.history) and fit.epochs_run == 2
     assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items())
     best = torch.load(tmp_path / "a" / "ck" / "best.pt", weights_only=True)
     assert best["epoch"] == 0 and all(torch.equal(v, start[k]) for k, v in best["model"].items())
-    plain, _, _, _ = _trained_then_ruined_by(planted, tmp_path / "b")
+    plain, _, _ = _trained_then_ruined_by(planted, tmp_path / "b")
     assert plain.best_epoch >= 1 and plain.start_valid_auc is None
     assert plain.best_valid_auc < fit.best_valid_auc
 
